@@ -1,0 +1,35 @@
+# The README's commands. Everything installs into .venv; torch is installed first from TORCH_SPEC so
+# that no dependency pulls a CUDA build (override it on a GPU machine: make test TORCH_SPEC=torch==2.13.0).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= all,dev
+PY := $(VENV)/bin/python
+comma := ,
+STAMP := $(VENV)/.modelport-$(subst $(comma),-,$(EXTRAS))-$(subst =,,$(TORCH_SPEC))
+DEMO_OUT ?= demo-out
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench bench-quick lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/modelport export modelport.examples:digits_cnn -o $(DEMO_OUT)/digits_cnn.onnx --dynamic x:0=batch
+
+test: setup
+	$(VENV)/bin/ruff check modelport tests benchmarks
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check modelport tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,69 @@
+"""The one table of backends: the CLI, the harness, the docs and the tests all read it.
+
+Each entry says what the backend consumes, which precisions it builds, which extra installs it and
+which modules must import for it to work. The backend classes are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from modelport.backends.base import PRECISIONS, Backend, Option, Recipe, Runner
+from modelport.errors import BadInput
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    title: str
+    module: str
+    cls: str
+    consumes: str  # "onnx" or "torch"
+    precisions: tuple[str, ...]
+    devices: tuple[str, ...]
+    extra: str | None
+    imports: tuple[str, ...]
+    packages: tuple[str, ...]
+    artifact: str  # what a user gets, in words
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    e.name: e
+    for e in (
+        BackendEntry("onnxruntime", "ONNX Runtime", "modelport.backends.onnxruntime", "OnnxRuntimeBackend",
+                     "onnx", PRECISIONS, ("cpu", "cuda"), None, ("onnxruntime",), ("onnxruntime", "onnx"),
+                     "model.onnx"),
+        BackendEntry("openvino", "OpenVINO", "modelport.backends.openvino", "OpenVinoBackend",
+                     "onnx", PRECISIONS, ("cpu", "gpu", "npu"), "openvino", ("openvino", "nncf"),
+                     ("openvino", "nncf"), "model.xml + model.bin (IR)"),
+        BackendEntry("tflite", "TFLite (LiteRT)", "modelport.backends.tflite", "TFLiteBackend",
+                     "torch", PRECISIONS, ("cpu",), "tflite", ("litert_torch", "ai_edge_quantizer"),
+                     ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"), "model.tflite"),
+        BackendEntry("tensorrt", "TensorRT", "modelport.backends.tensorrt", "TensorRTBackend",
+                     "onnx", ("fp32", "fp16", "int8"), ("cuda",), "tensorrt", ("tensorrt",),
+                     ("tensorrt",), "model.engine"),
+    )
+}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend named `name`, its module imported now (runtime packages still load lazily)."""
+    entry = BACKENDS.get(name)
+    if entry is None:
+        raise BadInput(f"Unknown backend {name!r}.", hint=f"Backends: {', '.join(BACKENDS)}.")
+    module = importlib.import_module(entry.module)
+    return getattr(module, entry.cls)()
+
+
+def parse_backends(text: str) -> list[str]:
+    """`all` or a comma-separated list of backend names, validated against the table."""
+    names = list(BACKENDS) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    for n in names:
+        if n not in BACKENDS:
+            raise BadInput(f"Unknown backend {n!r}.", hint=f"Backends: {', '.join(BACKENDS)}, or all.")
+    return names
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendEntry", "Option", "Recipe", "Runner", "get_backend",
+           "parse_backends"]

@@ -1,0 +1,100 @@
+"""Build and load artifacts for any backend: the manifest, the reuse key and the atomic write live here once.
+
+Backends only write their runtime's files and say what they did; everything common to every build
+(validation, the key, reuse, the manifest, timing, never leaving half an artifact) is done here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelport.artifact import MANIFEST, MANIFEST_VERSION, Artifact, build_key, existing_with_key, file_sizes, staging_dir
+from modelport.backends import BACKENDS, Runner, get_backend
+from modelport.backends.base import CALIBRATED
+from modelport.bundle import ModelBundle
+from modelport.calibration import CalibrationSet
+from modelport.errors import BadInput, ModelportError, StepFailed
+from modelport.machine import machine_summary
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("modelport")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: str | Path, *,
+                   options: Mapping[str, Any] | None = None, calibration: CalibrationSet | None = None,
+                   force: bool = False) -> tuple[Artifact, bool]:
+    """Build (or reuse) the artifact at `out`; returns it and whether it was reused."""
+    backend = get_backend(backend_name)
+    recipe = backend.recipe(precision, options)
+    backend.require()
+    if precision in CALIBRATED and calibration is None:
+        raise BadInput(f"{precision} needs calibration data for {backend_name}.",
+                       hint="Pass --calib SRC (file.npz, a directory, images:DIR, file.py:fn), or --calib synthetic "
+                            "for a latency-only build whose accuracy means nothing.")
+    source = bundle.source
+    key_parts = {
+        "backend": backend_name, "recipe": recipe.to_json(), "model": source.content_hash,
+        "calibration": calibration.fingerprint if calibration is not None and precision in CALIBRATED else None,
+        "versions": backend.versions(), "modelport": _version(), "opset": bundle.opset,
+    }
+    key = build_key(key_parts)
+    out = Path(out)
+    if not force and (existing := existing_with_key(out, key)) is not None:
+        return existing, True
+    start = time.perf_counter()
+    with staging_dir(out) as tmp:
+        try:
+            details = backend.build(bundle, recipe, calibration if precision in CALIBRATED else None, tmp)
+        except ModelportError:
+            raise
+        except Exception as exc:
+            raise StepFailed(f"The {backend_name} {precision} build failed: {type(exc).__name__}: {exc}",
+                             hint="Run with --debug for the traceback.") from exc
+        seconds = time.perf_counter() - start
+        if "main_file" not in details or not (tmp / details["main_file"]).is_file():
+            raise StepFailed(f"The {backend_name} backend wrote no main file.")
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "key": key,
+            "backend": backend_name,
+            "recipe": recipe.to_json(),
+            "source": {"name": source.name, "origin": source.origin, "weights_hash": source.weights_hash,
+                       "content_hash": source.content_hash, "inputs": [s.to_json() for s in source.inputs],
+                       "outputs": [s.to_json() for s in source.outputs]},
+            "onnx": _onnx_info(bundle) if BACKENDS[backend_name].consumes == "onnx" else None,
+            "calibration": calibration.describe() if calibration is not None and precision in CALIBRATED else None,
+            "versions": {"modelport": _version(), **backend.versions()},
+            "machine": machine_summary(),
+            "build_seconds": round(seconds, 3),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": file_sizes(tmp),
+            "details": details,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return Artifact.open(out), False
+
+
+def _onnx_info(bundle: ModelBundle) -> dict[str, Any]:
+    info = bundle.export_info
+    return {"exporter": info["exporter"], "opset": info["opset"], "max_rel_error": max(
+        (p["max_rel"] for p in info.get("parity", [])), default=None), "fallback_reason": info.get("fallback_reason")}
+
+
+def load_artifact(path: str | Path, threads: int | None = None) -> Runner:
+    """A Runner for any backend's artifact directory; the manifest says which backend."""
+    artifact = Artifact.open(path)
+    if artifact.backend not in BACKENDS:
+        raise BadInput(f"{str(path)!r} was built by unknown backend {artifact.backend!r}.")
+    backend = get_backend(artifact.backend)
+    backend.require()
+    return backend.load(artifact, threads=threads)

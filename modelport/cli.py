@@ -1,0 +1,260 @@
+"""The `modelport` command. Failures print one paragraph and exit 2 (bad input) or 1 (a failed step)."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.table import Table
+
+from modelport.console import (
+    CalibOpt,
+    CalibSizeOpt,
+    DynamicOpt,
+    InputOpt,
+    JsonOpt,
+    ModelArg,
+    SeedOpt,
+    console,
+    err_console,
+    human_bytes,
+    print_json,
+    status,
+)
+from modelport.errors import BadInput, ModelportError
+
+app = typer.Typer(name="modelport", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Take a PyTorch model to ONNX Runtime, OpenVINO, TensorRT and TFLite, and measure which "
+                       "deployment to ship.")
+_state = {"debug": False}
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from modelport import __version__
+
+        console.print(f"modelport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _parse_options(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"Cannot parse --option {pair!r}.", hint="Write --option key=value.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _parity_rows(parity: list[dict]) -> str:
+    return ", ".join(f"{p['name']} {p['max_abs']:.2e} abs / {p['max_rel']:.2e} rel" for p in parity) or "not checked"
+
+
+@app.command()
+def export(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")] = Path("model.onnx"),
+    inputs: InputOpt = None,
+    dynamic: DynamicOpt = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
+    atol: Annotated[float, typer.Option(help="Largest accepted error, relative to each output's scale.")] = 1e-4,
+    no_check: Annotated[bool, typer.Option("--no-check", help="Skip the numerical check against PyTorch.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export MODEL to ONNX and check it against PyTorch in ONNX Runtime."""
+    from modelport.exporters.onnx import export_onnx
+    from modelport.model import load_model
+
+    with status(f"Loading {model}", not json_out):
+        source = load_model(model, inputs or (), dynamic or ())
+    with status(f"Exporting {source.name} to ONNX and checking it", not json_out):
+        report = export_onnx(source, output, opset=opset, atol=atol, check=not no_check)
+    data = report.to_json()
+    if json_out:
+        print_json(data)
+        return
+    table = Table(title=f"Exported {source.name}", show_header=False)
+    table.add_row("file", str(report.path))
+    table.add_row("inputs", " ".join(str(s) for s in report.inputs))
+    table.add_row("outputs", " ".join(str(s) for s in report.outputs))
+    table.add_row("opset", str(report.opset))
+    table.add_row("size", human_bytes(report.size_bytes))
+    table.add_row("exporter", report.exporter + (f" (fallback: {report.fallback_reason})" if report.fallback_reason
+                                                 else ""))
+    table.add_row("parity vs torch", _parity_rows(data["parity"]))
+    table.add_row("checked on", ", ".join(report.cases) or "-")
+    table.add_row("seconds", f"{report.seconds:.2f}")
+    console.print(table)
+
+
+@app.command()
+def build(
+    model: ModelArg,
+    backend: Annotated[str, typer.Option("--backend", "-b", help="onnxruntime, openvino, tflite or tensorrt.")],
+    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16, int8 or int8-dynamic.")] = "fp32",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact directory.")] = None,
+    calib: CalibOpt = None,
+    calib_size: CalibSizeOpt = None,
+    seed: SeedOpt = 0,
+    option: Annotated[list[str] | None, typer.Option("--option", help="Backend option key=value (repeatable).")] = None,
+    inputs: InputOpt = None,
+    dynamic: DynamicOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if an identical artifact exists.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a runtime-native artifact of MODEL for one backend and precision."""
+    from modelport.backends import get_backend
+    from modelport.builder import build_artifact
+    from modelport.bundle import ModelBundle
+    from modelport.calibration import open_calibration
+    from modelport.model import load_model
+
+    backend_impl = get_backend(backend)
+    backend_impl.recipe(precision, _parse_options(option))  # bad options fail before any slow work
+    backend_impl.require()
+    with status(f"Loading {model}", not json_out):
+        source = load_model(model, inputs or (), dynamic or ())
+    calibration = None
+    if calib is not None:
+        calibration = open_calibration(calib, source.inputs, size=calib_size, seed=seed)
+    out = output or Path(f"{source.name}-{backend}-{precision}")
+    with status(f"Building {backend} {precision}", not json_out):
+        artifact, reused = build_artifact(ModelBundle(source), backend, precision, out,
+                                          options=_parse_options(option), calibration=calibration, force=force)
+    manifest = artifact.manifest
+    if json_out:
+        print_json({"path": str(artifact.path), "reused": reused, "manifest": manifest})
+        return
+    table = Table(title=f"{backend} {precision} {'(reused)' if reused else ''}".strip(), show_header=False)
+    table.add_row("artifact", str(artifact.path))
+    table.add_row("size", human_bytes(artifact.size_bytes))
+    table.add_row("build seconds", f"{manifest['build_seconds']:.2f}")
+    if manifest.get("calibration"):
+        c = manifest["calibration"]
+        table.add_row("calibration", f"{c['samples']} samples from {c['source']} ({c['fingerprint']})")
+    for key, value in manifest["details"].items():
+        if key != "main_file":
+            table.add_row(key.replace("_", " "), _short(value))
+    console.print(table)
+
+
+def _short(value: object, limit: int = 300) -> str:
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}: {v}" for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        text = ", ".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@app.command()
+def backends(json_out: JsonOpt = False) -> None:
+    """List the backends, what they build, and whether this machine can run them."""
+    from modelport.backends import BACKENDS, get_backend
+
+    rows = []
+    for name, entry in BACKENDS.items():
+        ok, reason = get_backend(name).available()
+        rows.append({"name": name, "title": entry.title, "consumes": entry.consumes, "precisions": entry.precisions,
+                     "devices": entry.devices, "extra": entry.extra, "artifact": entry.artifact,
+                     "available": ok, "reason": reason})
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title="Backends")
+    for col in ("backend", "consumes", "precisions", "artifact", "extra", "status"):
+        table.add_column(col)
+    for r in rows:
+        state = "[green]available[/]" if r["available"] else f"[yellow]unavailable[/]: {r['reason']}"
+        table.add_row(r["name"], r["consumes"], ", ".join(r["precisions"]), r["artifact"], r["extra"] or "-", state)
+    console.print(table)
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="An artifact directory or an .onnx file.", show_default=False)],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what an artifact or ONNX file contains: inputs, outputs, recipe, versions, op counts."""
+    from modelport.artifact import Artifact
+
+    if path.suffix == ".onnx":
+        data = _onnx_summary(path)
+    else:
+        data = Artifact.open(path).manifest
+    if json_out:
+        print_json(data)
+        return
+    table = Table(title=str(path), show_header=False)
+    for key, value in data.items():
+        table.add_row(key, _short(value, 500))
+    console.print(table)
+
+
+def _onnx_summary(path: Path) -> dict:
+    import collections
+
+    import onnx
+
+    from modelport.exporters.onnx import _onnx_specs, onnx_opset
+
+    if not path.is_file():
+        raise BadInput(f"{str(path)!r} does not exist.")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise BadInput(f"{str(path)!r} is not a readable ONNX file: {exc}") from exc
+    ins, outs = _onnx_specs(path)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    return {"file": str(path), "opset": onnx_opset(path), "inputs": [str(s) for s in ins],
+            "outputs": [str(s) for s in outs], "nodes": len(model.graph.node), "ops": dict(ops.most_common()),
+            "size": path.stat().st_size}
+
+
+def main() -> None:
+    """Entry point: run the app, turning ModelportErrors into one paragraph and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except ModelportError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err_console.print(exc.hint, highlight=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        err_console.print("This is a modelport bug; run again with --debug and report the traceback.")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""PyTorch -> ONNX, validated: checker, shape inference, then ONNX Runtime against PyTorch on several inputs.
+
+The torch.export-based exporter is tried first; the TorchScript exporter only when it fails, and the
+report says so and why. Nothing is written at the destination until every check has passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelport.errors import BadInput, StepFailed
+from modelport.model import SourceModel, TensorSpec, resize_along
+
+_TWO_GB = 2**31
+DEFAULT_ATOL = 1e-4
+
+
+@dataclass
+class OutputParity:
+    """Worst error of one output over all check cases; `max_rel` is max abs error over the output's scale."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    case: str
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    exporter: str
+    opset: int
+    seconds: float
+    size_bytes: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parity: list[OutputParity] = field(default_factory=list)
+    cases: list[str] = field(default_factory=list)
+    checked: bool = True
+    atol: float = DEFAULT_ATOL
+    fallback_reason: str | None = None
+
+    @property
+    def max_rel(self) -> float:
+        return max((p.max_rel for p in self.parity), default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data["inputs"] = [s.to_json() for s in self.inputs]
+        data["outputs"] = [s.to_json() for s in self.outputs]
+        return data
+
+
+def _param_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def _export_args(source: SourceModel) -> tuple[torch.Tensor, ...]:
+    """Example inputs with every symbolic dim of size >= 2: torch.export specialises dims of size 0 and 1."""
+    args = []
+    for spec in source.inputs:
+        t = source.example_inputs[spec.name]
+        for axis in spec.dynamic_axes:
+            if t.shape[axis] < 2:
+                t = resize_along(t, axis, 2)
+        args.append(t)
+    return tuple(args)
+
+
+def _dynamo_export(source: SourceModel, args: tuple, path: Path, opset: int | None, external: bool) -> None:
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = []
+    for spec in source.inputs:
+        axes = {axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in spec.dynamic_axes.items()}
+        shapes.append(axes or None)
+    dynamic = tuple(shapes) if any(s for s in shapes) else None
+    program = torch.onnx.export(source.module, args, dynamo=True, input_names=source.input_names,
+                                output_names=source.output_names, opset_version=opset,
+                                dynamic_shapes=dynamic, external_data=external)
+    if program is None:
+        raise StepFailed("The torch.export-based exporter returned no program.")
+    program.save(str(path), external_data=external)
+
+
+def _torchscript_export(source: SourceModel, args: tuple, path: Path, opset: int | None) -> None:
+    axes = {s.name: s.dynamic_axes for s in source.inputs + source.outputs if s.dynamic_axes}
+    torch.onnx.export(source.module, args, str(path), dynamo=False, input_names=source.input_names,
+                      output_names=source.output_names, opset_version=opset or 17,
+                      dynamic_axes=axes or None)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters print progress and warnings of their own; keep them out of the user's terminal."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:400]}" if lines else type(exc).__name__
+
+
+_OP_PATTERNS = (
+    re.compile(r"Exporting the operator '([\w:.]+)'"),
+    re.compile(r"torch\.ops\.([\w]+\.[\w]+)(?:\.\w+)?"),
+    re.compile(r"target=([\w]+\.[\w]+)(?:\.\w+)?"),
+    re.compile(r"\b([a-z_]\w*::\w+)\b"),
+)
+
+
+def _unsupported_op(*messages: str) -> str | None:
+    for msg in messages:
+        for pattern in _OP_PATTERNS:
+            for m in pattern.finditer(msg):
+                op = m.group(1).replace(".", "::", 1) if "::" not in m.group(1) else m.group(1)
+                if not op.startswith(("aten::_assert", "onnx::")) and not op.startswith("prims::"):
+                    return op
+    return None
+
+
+def _module_of_op(source: SourceModel, args: tuple, op: str) -> str | None:
+    """The submodule (path and class) whose forward calls `op`, read from torch.export's module stack."""
+    ns, _, name = op.partition("::")
+    try:
+        program = torch.export.export(source.module, args)
+    except Exception:
+        return None
+    for node in program.graph.nodes:
+        target = str(getattr(node, "target", ""))
+        if node.op == "call_function" and target.startswith(f"{ns}.{name}"):
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                path, cls = list(stack.values())[-1]
+                cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+                return f"{path or '<root>'} ({cls_name.rsplit('.', 1)[-1]})"
+            return "<root module>"
+    return None
+
+
+def _case_inputs(source: SourceModel) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """The example inputs, three perturbed copies, and (where dims are symbolic) the example at other sizes."""
+    ex = source.example_inputs
+    yield "example", source.example_feeds()
+    g = torch.Generator().manual_seed(1234)
+    for i in range(3):
+        feeds = {}
+        for name, t in ex.items():
+            if t.dtype.is_floating_point:
+                std = float(t.float().std()) if t.numel() > 1 else 1.0
+                noise = torch.randn(t.shape, generator=g) * (std or 1.0) + float(t.float().mean())
+                feeds[name] = noise.to(t.dtype).numpy()
+            else:
+                flat = t.flatten()
+                feeds[name] = flat[torch.randperm(flat.numel(), generator=g)].reshape(t.shape).numpy()
+        yield f"random-{i}", feeds
+    dims: dict[str, int] = {}
+    for spec in source.inputs:
+        for axis, dim in spec.dynamic_axes.items():
+            size = ex[spec.name].shape[axis]
+            dims.setdefault(dim, (3 if size != 3 else 5) if axis == 0 else max(1, size - 1))
+    if dims:
+        feeds = {}
+        for spec in source.inputs:
+            t = ex[spec.name]
+            for axis, dim in spec.dynamic_axes.items():
+                t = resize_along(t, axis, dims[dim])
+            feeds[spec.name] = t.numpy()
+        yield ",".join(f"{k}={v}" for k, v in dims.items()), feeds
+
+
+def check_parity(source: SourceModel, onnx_path: Path) -> tuple[list[OutputParity], list[str]]:
+    """Run the ONNX model in ONNX Runtime and PyTorch on the same inputs; the worst error per output."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    worst: dict[str, OutputParity] = {}
+    cases = []
+    for case, feeds in _case_inputs(source):
+        cases.append(case)
+        ref = source.run(feeds)
+        try:
+            got = dict(zip(source.output_names, session.run(source.output_names, feeds), strict=True))
+        except Exception as exc:
+            raise StepFailed(f"The exported ONNX model fails in ONNX Runtime on the {case!r} inputs: {_first_line(exc)}",
+                             hint="Mark only axes that vary as --dynamic, or report the model to modelport.") from exc
+        for name, r in ref.items():
+            o = got[name]
+            if o.shape != r.shape:
+                raise StepFailed(f"Output {name!r} has shape {o.shape} in ONNX Runtime but {r.shape} in PyTorch "
+                                 f"on the {case!r} inputs.")
+            r64, o64 = r.astype(np.float64), o.astype(np.float64)
+            max_abs = float(np.max(np.abs(r64 - o64))) if r.size else 0.0
+            scale = float(np.max(np.abs(r64))) if r.size else 1.0
+            rel = max_abs / scale if scale > 0 else max_abs
+            if name not in worst or rel > worst[name].max_rel:
+                worst[name] = OutputParity(name, max_abs, rel, case)
+    return [worst[n] for n in source.output_names], cases
+
+
+def _onnx_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(v: Any) -> TensorSpec:
+        t = v.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+        return TensorSpec(v.name, dims, str(helper.tensor_dtype_to_np_dtype(t.elem_type)))
+
+    inits = {i.name for i in model.graph.initializer}
+    return ([spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output])
+
+
+def onnx_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = None, atol: float = DEFAULT_ATOL,
+                check: bool = True) -> ExportReport:
+    """Export, check and validate `source`; the file lands at `out` only when everything passed."""
+    import onnx
+
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise BadInput(f"The output {str(out)!r} must end in .onnx.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    args = _export_args(source)
+    external = _param_bytes(source.module) >= _TWO_GB - 2**26
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}-", dir=out.parent))
+    try:
+        path = tmp / out.name
+        exporter, fallback_reason = "dynamo", None
+        try:
+            with _quiet():
+                _dynamo_export(source, args, path, opset, external)
+        except Exception as dynamo_exc:
+            fallback_reason = _first_line(dynamo_exc)
+            exporter = "torchscript"
+            for f in tmp.iterdir():
+                f.unlink()
+            try:
+                with _quiet():
+                    _torchscript_export(source, args, path, opset)
+            except Exception as ts_exc:
+                op = _unsupported_op(str(dynamo_exc), str(ts_exc))
+                where = _module_of_op(source, args, op) if op else None
+                what = f"the operator {op!r}" + (f" in module {where}" if where else "") if op else "the model"
+                raise StepFailed(
+                    f"Neither ONNX exporter could convert {what}.\n"
+                    f"  torch.export-based exporter: {fallback_reason}\n"
+                    f"  TorchScript exporter: {_first_line(ts_exc)}",
+                    hint="Replace the operator with standard torch ops, register an ONNX translation for it "
+                         "(custom_translation_table), or pick a newer --opset.") from ts_exc
+        try:
+            onnx.checker.check_model(str(path), full_check=False)
+            onnx.shape_inference.infer_shapes_path(str(path), str(path))
+        except Exception as exc:
+            raise StepFailed(f"The exported ONNX model is invalid: {_first_line(exc)}") from exc
+        parity, cases = check_parity(source, path) if check else ([], [])
+        bad = [p for p in parity if not p.max_rel <= atol]
+        if bad:
+            detail = "; ".join(f"{p.name}: max abs {p.max_abs:.3g}, relative {p.max_rel:.3g} on {p.case!r} inputs"
+                               for p in bad)
+            raise StepFailed(f"The ONNX model does not match PyTorch above tolerance {atol:g}: {detail}.",
+                             hint="Look for ops that differ between runtimes (random, in-place, data-dependent "
+                                  "shapes); raise --atol if the error is acceptable, or pass --no-check.")
+        inputs, outputs = _onnx_specs(path)
+        opset_used = onnx_opset(path)
+        size = sum(f.stat().st_size for f in tmp.iterdir())
+        for f in tmp.iterdir():
+            f.replace(out.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportReport(path=out, exporter=exporter, opset=opset_used, seconds=time.perf_counter() - start,
+                        size_bytes=size, inputs=inputs, outputs=outputs, parity=parity, cases=cases,
+                        checked=check, atol=atol, fallback_reason=fallback_reason)

@@ -1,0 +1,398 @@
+"""Load a user's PyTorch model into a SourceModel: module, named tensor specs, example inputs, weight hash.
+
+MODEL is `path/to/file.py:factory`, `package.module:factory` or a `.pt2` file saved with
+`torch.export.save`. A factory returns an `nn.Module` (its inputs then come from `--input` specs) or
+`(module, example_inputs)` with the inputs as a tuple or a dict of tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelport.errors import BadInput, StepFailed
+
+Dim = int | str
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "long": "int64",
+            "int": "int64"}
+
+
+def dtype_name(dtype: torch.dtype | np.dtype | str) -> str:
+    """The canonical numpy-style name of a torch or numpy dtype."""
+    if isinstance(dtype, torch.dtype):
+        for name, value in _DTYPES.items():
+            if value == dtype:
+                return name
+        raise BadInput(f"Unsupported tensor dtype {dtype}.")
+    name = str(np.dtype(dtype))
+    return _ALIASES.get(name, name)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor: shape dims are ints (static) or names (symbolic, e.g. 'batch')."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def concrete(self, sizes: Mapping[str, int] | None = None, default: int = 1) -> tuple[int, ...]:
+        """The shape with symbolic dims set from `sizes` (or `default`)."""
+        sizes = sizes or {}
+        return tuple(d if isinstance(d, int) else int(sizes.get(d, default)) for d in self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(data["name"], tuple(data["shape"]), data["dtype"])
+
+    def __str__(self) -> str:
+        return f"{self.name}:{'x'.join(str(d) for d in self.shape)}:{self.dtype}"
+
+
+def parse_input_spec(text: str) -> TensorSpec:
+    """Parse `NAME:SHAPE[:DTYPE]`, e.g. `x:1x3x224x224:float32`."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise BadInput(f"Cannot parse --input {text!r}.", hint="Write NAME:SHAPE[:DTYPE], e.g. x:1x3x224x224:float32.")
+    name, shape_text = parts[0], parts[1]
+    try:
+        shape = tuple(int(d) for d in shape_text.lower().split("x"))
+    except ValueError:
+        raise BadInput(f"Cannot parse the shape {shape_text!r} in --input {text!r}.",
+                       hint="Dims are positive integers joined by 'x'; mark dynamic dims with --dynamic.") from None
+    if any(d <= 0 for d in shape):
+        raise BadInput(f"Dims must be positive in --input {text!r}.")
+    dtype = _ALIASES.get(parts[2], parts[2]) if len(parts) == 3 else "float32"
+    if dtype not in _DTYPES:
+        raise BadInput(f"Unknown dtype {parts[2]!r} in --input {text!r}.", hint=f"Use one of {', '.join(_DTYPES)}.")
+    return TensorSpec(name, shape, dtype)
+
+
+def parse_dynamic_spec(text: str) -> tuple[str, int, str]:
+    """Parse `NAME:AXIS=DIMNAME`, e.g. `x:0=batch`."""
+    m = re.fullmatch(r"([^:]+):(\d+)=([A-Za-z_]\w*)", text)
+    if not m:
+        raise BadInput(f"Cannot parse --dynamic {text!r}.", hint="Write NAME:AXIS=DIMNAME, e.g. x:0=batch.")
+    return m.group(1), int(m.group(2)), m.group(3)
+
+
+@dataclass
+class SourceModel:
+    """A PyTorch model ready to export: eval-mode module, named specs, example inputs and a weight hash."""
+
+    name: str
+    origin: str
+    module: torch.nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    example_inputs: dict[str, torch.Tensor]
+    weights_hash: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
+
+    @property
+    def content_hash(self) -> str:
+        """Weights plus the I/O contract: what every artifact built from this model depends on."""
+        h = hashlib.sha256(self.weights_hash.encode())
+        for spec in self.inputs + self.outputs:
+            h.update(str(spec).encode())
+        return h.hexdigest()[:16]
+
+    def example_feeds(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.example_inputs.items()}
+
+    def run(self, feeds: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
+        """Run the PyTorch module on named inputs; outputs keyed by output name."""
+        args = [torch.as_tensor(np.asarray(feeds[n])) if not isinstance(feeds[n], torch.Tensor) else feeds[n]
+                for n in self.input_names]
+        with torch.inference_mode():
+            out = self.module(*args)
+        return dict(zip(self.output_names, (t.detach().cpu().numpy() for t in flatten_outputs(out)), strict=True))
+
+    def with_dynamic(self, dynamic: Sequence[tuple[str, int, str]]) -> SourceModel:
+        """Mark input axes symbolic; output specs are re-derived by probing the module."""
+        if not dynamic:
+            return self
+        inputs = {s.name: list(s.shape) for s in self.inputs}
+        for name, axis, dim in dynamic:
+            if name not in inputs:
+                raise BadInput(f"--dynamic names input {name!r}, but the model's inputs are {list(inputs)}.")
+            if axis >= len(inputs[name]):
+                raise BadInput(f"--dynamic {name}:{axis}={dim}: input {name!r} has rank {len(inputs[name])}.")
+            inputs[name][axis] = dim
+        new_inputs = [replace(s, shape=tuple(inputs[s.name])) for s in self.inputs]
+        outputs = _output_specs(self.module, new_inputs, self.example_inputs)
+        return replace(self, inputs=new_inputs, outputs=outputs)
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    """Tensors of a forward() result in a stable order (tuples, lists, dicts and dataclass-like outputs)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in flatten_outputs(v)]
+    if isinstance(out, list | tuple):
+        return [t for v in out for t in flatten_outputs(v)]
+    if out is None:
+        return []
+    raise StepFailed(f"The model returned a {type(out).__name__}; modelport needs tensors, tuples or dicts of them.")
+
+
+def _output_names(out: Any) -> list[str]:
+    if isinstance(out, Mapping):
+        names = []
+        for key, value in out.items():
+            sub = flatten_outputs(value)
+            names += [str(key)] if len(sub) == 1 else [f"{key}_{i}" for i in range(len(sub))]
+        return names
+    n = len(flatten_outputs(out))
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def resize_along(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+    """Repeat or truncate a tensor along one axis: a valid input of another size for probing and checks."""
+    if t.shape[axis] == size:
+        return t
+    reps = -(-size // t.shape[axis])
+    tiled = torch.cat([t] * reps, dim=axis)
+    return tiled.narrow(axis, 0, size)
+
+
+def _output_specs(module: torch.nn.Module, inputs: list[TensorSpec],
+                  examples: Mapping[str, torch.Tensor]) -> list[TensorSpec]:
+    """Output names, dtypes and shapes; an output dim that follows a symbolic input dim becomes symbolic."""
+    args = [examples[s.name] for s in inputs]
+    with torch.inference_mode():
+        out = module(*args)
+    tensors = flatten_outputs(out)
+    names = _output_names(out)
+    shapes: list[list[Dim]] = [list(t.shape) for t in tensors]
+    for dim in sorted({d for s in inputs for d in s.dynamic_axes.values()}):
+        probe_args = []
+        new_size = None
+        for spec, arg in zip(inputs, args, strict=True):
+            for axis, name in spec.dynamic_axes.items():
+                if name == dim:
+                    new_size = arg.shape[axis] + 1
+                    arg = resize_along(arg, axis, new_size)
+            probe_args.append(arg)
+        try:
+            with torch.inference_mode():
+                probed = flatten_outputs(module(*probe_args))
+        except Exception as exc:
+            raise BadInput(f"The model fails when dim {dim!r} changes size: {exc}",
+                           hint="Only mark axes dynamic that the model accepts at any size.") from exc
+        for shape, t_old, t_new in zip(shapes, tensors, probed, strict=True):
+            for i, (a, b) in enumerate(zip(t_old.shape, t_new.shape, strict=True)):
+                if a != b and isinstance(shape[i], int):
+                    shape[i] = dim if b == new_size else f"{dim}_{i}"
+    return [TensorSpec(n, tuple(s), dtype_name(t.dtype)) for n, s, t in zip(names, shapes, tensors, strict=True)]
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """A content hash of the module's class, parameter and buffer names, dtypes and values."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def random_inputs(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = None,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """Inputs drawn to the specs: normal floats, small non-negative integers, booleans."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for s in specs:
+        shape = s.concrete(sizes)
+        dtype = _DTYPES[s.dtype]
+        if dtype.is_floating_point:
+            out[s.name] = torch.randn(shape, generator=g).to(dtype)
+        elif dtype == torch.bool:
+            out[s.name] = torch.randint(0, 2, shape, generator=g).bool()
+        else:
+            out[s.name] = torch.randint(0, 2, shape, generator=g, dtype=dtype)
+    return out
+
+
+def _import_factory(ref: str) -> tuple[Callable[[], Any], str]:
+    target, sep, attr = ref.rpartition(":")
+    if not sep or not target or not attr:
+        raise BadInput(f"Cannot read MODEL {ref!r}.",
+                       hint="Write path/to/file.py:factory, package.module:factory, or a .pt2 file.")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise BadInput(f"Model file {target!r} does not exist.", hint="Check the path in MODEL.")
+        mod_name = f"_modelport_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise BadInput(f"Importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise BadInput(f"Cannot import module {target!r}: {exc}",
+                           hint="Use package.module:factory for an importable module or path/to/file.py:factory.") from exc
+    if not hasattr(module, attr):
+        raise BadInput(f"{target!r} has no attribute {attr!r}.")
+    factory = getattr(module, attr)
+    if not callable(factory):
+        raise BadInput(f"{ref!r} is a {type(factory).__name__}, not a callable factory.",
+                       hint="The factory is a function returning an nn.Module or (module, example_inputs).")
+    return factory, attr
+
+
+def _positional_names(module: torch.nn.Module, n: int) -> list[str]:
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names[:n] if len(names) >= n else [f"input_{i}" for i in range(n)]
+
+
+def _normalise_examples(module: torch.nn.Module, examples: Any, ref: str) -> dict[str, torch.Tensor]:
+    if isinstance(examples, torch.Tensor):
+        examples = (examples,)
+    if isinstance(examples, Mapping):
+        order = _positional_names(module, len(examples))
+        keys = sorted(examples, key=order.index) if set(examples) <= set(order) else list(examples)
+        items = {k: examples[k] for k in keys}
+    elif isinstance(examples, list | tuple):
+        items = dict(zip(_positional_names(module, len(examples)), examples, strict=True))
+    else:
+        raise BadInput(f"The factory {ref!r} returned example inputs of type {type(examples).__name__}.",
+                       hint="Return (module, (tensor, ...)) or (module, {'name': tensor, ...}).")
+    for k, v in items.items():
+        if not isinstance(v, torch.Tensor):
+            raise BadInput(f"Example input {k!r} from {ref!r} is a {type(v).__name__}, not a torch.Tensor.")
+    return items
+
+
+def _check_specs_fit(specs: Sequence[TensorSpec], module: torch.nn.Module, ref: str) -> dict[str, torch.Tensor]:
+    examples = random_inputs(specs)
+    try:
+        with torch.inference_mode():
+            module(*examples.values())
+    except Exception as exc:
+        given = " ".join(str(s) for s in specs)
+        raise BadInput(f"The model {ref!r} does not accept inputs {given}: {type(exc).__name__}: {exc}",
+                       hint="Give one --input NAME:SHAPE[:DTYPE] per forward() argument, in order.") from exc
+    return examples
+
+
+def _load_pt2(path: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[tuple[str, int, str]]]:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise BadInput(f"Cannot load {str(path)!r} as a torch.export program: {exc}",
+                       hint="Save it with torch.export.save(torch.export.export(model, args), 'model.pt2').") from exc
+    names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    dynamic: list[tuple[str, int, str]] = []
+    examples: dict[str, torch.Tensor] = {}
+    for name in names:
+        fake = placeholders[name].meta["val"]
+        shape = []
+        for axis, d in enumerate(fake.shape):
+            if isinstance(d, torch.SymInt):
+                dynamic.append((name, axis, "batch" if axis == 0 else f"{name}_dim{axis}"))
+                hint = d.node.hint
+                shape.append(int(hint) if hint is not None else 2)
+            else:
+                shape.append(int(d))
+        examples[name] = random_inputs([TensorSpec(name, tuple(shape), dtype_name(fake.dtype))])[name]
+    stored = getattr(program, "example_inputs", None)
+    if stored and stored[0] and len(stored[0]) == len(names):
+        examples = dict(zip(names, stored[0], strict=True))
+    return program.module(), examples, dynamic
+
+
+def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
+               dynamic: Sequence[str | tuple[str, int, str]] = ()) -> SourceModel:
+    """Load MODEL into a SourceModel; `inputs` as `NAME:SHAPE[:DTYPE]`, `dynamic` as `NAME:AXIS=DIM`."""
+    specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
+    dyn = [parse_dynamic_spec(d) if isinstance(d, str) else d for d in dynamic]
+    if ref.endswith(".pt2"):
+        path = Path(ref)
+        if not path.is_file():
+            raise BadInput(f"Model file {ref!r} does not exist.")
+        module, examples, found_dynamic = _load_pt2(path)
+        name = path.stem
+        dyn = dyn or found_dynamic
+    else:
+        factory, name = _import_factory(ref)
+        try:
+            made = factory()
+        except Exception as exc:
+            raise BadInput(f"The factory {ref!r} raised {type(exc).__name__}: {exc}",
+                           hint="Run it in Python to see the traceback, or pass --debug.") from exc
+        if isinstance(made, torch.nn.Module):
+            module, examples = made, None
+        elif isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module):
+            module, examples = made[0], _normalise_examples(made[0], made[1], ref)
+        else:
+            raise BadInput(f"The factory {ref!r} returned a {type(made).__name__}.",
+                           hint="Return an nn.Module, or a pair (module, example_inputs).")
+        module.eval()
+        if examples is None:
+            if not specs:
+                raise BadInput(f"The factory {ref!r} returned a module without example inputs.",
+                               hint="Describe each input with --input NAME:SHAPE[:DTYPE], e.g. --input x:1x3x224x224.")
+            examples = _check_specs_fit(specs, module, ref)
+    if specs and set(examples) != {s.name for s in specs}:
+        raise BadInput(f"--input names {[s.name for s in specs]} do not match the model's inputs {list(examples)}.")
+    input_specs = [TensorSpec(k, tuple(v.shape), dtype_name(v.dtype)) for k, v in examples.items()]
+    try:
+        outputs = _output_specs(module, input_specs, examples)
+    except Exception as exc:
+        if isinstance(exc, BadInput):
+            raise
+        raise BadInput(f"The model {ref!r} fails on its example inputs: {type(exc).__name__}: {exc}") from exc
+    source = SourceModel(name=name, origin=ref, module=module, inputs=input_specs, outputs=outputs,
+                         example_inputs=examples, weights_hash=weights_hash(module))
+    return source.with_dynamic(dyn)

@@ -1,0 +1,39 @@
+"""Shared fixtures: a private cache per test session, and small real models written as user files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# A fresh cache per session keeps tests hermetic (no exports or weights from earlier runs).
+os.environ.setdefault("MODELPORT_CACHE", tempfile.mkdtemp(prefix="modelport-test-cache-"))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The trained example CNN as a SourceModel with a dynamic batch axis (trained once per session)."""
+    from modelport.model import load_model
+
+    return load_model("modelport.examples:digits_cnn", dynamic=["x:0=batch"])
+
+
+@pytest.fixture(scope="session")
+def digits_test_data():
+    from modelport.examples import digits_data
+
+    return digits_data("test")
+
+
+@pytest.fixture
+def write_model(tmp_path: Path):
+    """Write a model file a user would write, and return its `file.py:factory` reference."""
+
+    def write(body: str, factory: str = "make", name: str = "user_model.py") -> str:
+        path = tmp_path / name
+        path.write_text("import torch\nfrom torch import nn\n\n" + body)
+        return f"{path}:{factory}"
+
+    return write
