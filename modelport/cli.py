@@ -226,6 +226,9 @@ def _onnx_summary(path: Path) -> dict:
             "size": path.stat().st_size}
 
 
+# Subsystem commands (calib, bench, report) are registered below this line.
+
+
 def main() -> None:
     """Entry point: run the app, turning ModelportErrors into one paragraph and an exit code."""
     try:
