@@ -14,7 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelport.artifact import MANIFEST, MANIFEST_VERSION, Artifact, build_key, existing_with_key, file_sizes, staging_dir
+from modelport.artifact import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    Artifact,
+    build_key,
+    existing_with_key,
+    file_sizes,
+    staging_dir,
+)
 from modelport.backends import BACKENDS, Runner, get_backend
 from modelport.backends.base import CALIBRATED
 from modelport.bundle import ModelBundle

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import traceback
 from pathlib import Path
 from typing import Annotated
 
 import click
 import typer
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from modelport.console import (
     CalibOpt,
@@ -27,7 +28,35 @@ from modelport.console import (
 )
 from modelport.errors import BadInput, ModelportError
 
-app = typer.Typer(name="modelport", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Commands(TyperGroup):
+    """Turns a ModelportError from any command into one paragraph on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort, typer.Abort):
+            raise
+        except ModelportError as exc:
+            _fail(f"[bold red]error:[/] {escape(exc.message)}", exc.hint, exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", None, 130)
+        except Exception as exc:
+            _fail(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}",
+                  "This is a modelport bug; run again with --debug and report the traceback.", 1)
+
+
+def _fail(message: str, hint: str | None, code: int) -> None:
+    if _state["debug"]:
+        traceback.print_exc()
+    err_console.print(message, highlight=False, markup=True)
+    if hint:
+        err_console.print(hint, highlight=False, markup=False)
+    raise typer.Exit(code)
+
+
+app = typer.Typer(name="modelport", cls=_Commands, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Take a PyTorch model to ONNX Runtime, OpenVINO, TensorRT and TFLite, and measure which "
                        "deployment to ship.")
 _state = {"debug": False}
@@ -193,10 +222,7 @@ def inspect(
     """Show what an artifact or ONNX file contains: inputs, outputs, recipe, versions, op counts."""
     from modelport.artifact import Artifact
 
-    if path.suffix == ".onnx":
-        data = _onnx_summary(path)
-    else:
-        data = Artifact.open(path).manifest
+    data = _onnx_summary(path) if path.suffix == ".onnx" else Artifact.open(path).manifest
     if json_out:
         print_json(data)
         return
@@ -230,33 +256,8 @@ def _onnx_summary(path: Path) -> dict:
 
 
 def main() -> None:
-    """Entry point: run the app, turning ModelportErrors into one paragraph and an exit code."""
-    try:
-        app(standalone_mode=False)
-    except ModelportError as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        if exc.hint:
-            err_console.print(exc.hint, highlight=False)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except Exception as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
-        err_console.print("This is a modelport bug; run again with --debug and report the traceback.")
-        sys.exit(1)
+    """Entry point of the `modelport` console script."""
+    app()
 
 
 if __name__ == "__main__":

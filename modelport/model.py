@@ -276,14 +276,16 @@ def _import_factory(ref: str) -> tuple[Callable[[], Any], str]:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise BadInput(f"Cannot import module {target!r}: {exc}",
-                           hint="Use package.module:factory for an importable module or path/to/file.py:factory.") from exc
+                           hint="Use package.module:factory for an importable module, or path/to/file.py:factory."
+                           ) from exc
     if not hasattr(module, attr):
         raise BadInput(f"{target!r} has no attribute {attr!r}.")
     factory = getattr(module, attr)
+    name = Path(target).stem if target.endswith(".py") else attr
     if not callable(factory):
         raise BadInput(f"{ref!r} is a {type(factory).__name__}, not a callable factory.",
                        hint="The factory is a function returning an nn.Module or (module, example_inputs).")
-    return factory, attr
+    return factory, name
 
 
 def _positional_names(module: torch.nn.Module, n: int) -> list[str]:

@@ -82,7 +82,7 @@ class Runner(ABC):
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most runtimes free on garbage collection)
         """Release the runtime's resources; the runner is unusable afterwards."""
 
     def __enter__(self) -> Runner:

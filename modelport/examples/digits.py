@@ -94,7 +94,7 @@ def _samples(split: str) -> Iterator[dict[str, np.ndarray]]:
 
 
 def digits_calibration() -> Iterator[dict[str, np.ndarray]]:
-    """Training images as calibration samples (a calibration source: `--calib modelport.examples:digits_calibration`)."""
+    """Training images as calibration samples: `--calib modelport.examples:digits_calibration`."""
     return _samples("train")
 
 

@@ -97,11 +97,33 @@ def _dynamo_export(source: SourceModel, args: tuple, path: Path, opset: int | No
     program.save(str(path), external_data=external)
 
 
+@contextlib.contextmanager
+def _native_output_silenced() -> Iterator[None]:
+    """Drop what C++ code writes to fds 1 and 2: torch 2.13's TorchScript exporter always enables its JIT
+    log (it tests the truthiness of a function) and dumps the whole IR graph on any failure."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def _torchscript_export(source: SourceModel, args: tuple, path: Path, opset: int | None) -> None:
     axes = {s.name: s.dynamic_axes for s in source.inputs + source.outputs if s.dynamic_axes}
-    torch.onnx.export(source.module, args, str(path), dynamo=False, input_names=source.input_names,
-                      output_names=source.output_names, opset_version=opset or 17,
-                      dynamic_axes=axes or None)
+    with _native_output_silenced():
+        torch.onnx.export(source.module, args, str(path), dynamo=False, verbose=False,
+                          input_names=source.input_names, output_names=source.output_names,
+                          opset_version=opset or 17, dynamic_axes=axes or None)
 
 
 @contextlib.contextmanager
@@ -112,7 +134,8 @@ def _quiet() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+              contextlib.redirect_stderr(io.StringIO())):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -120,9 +143,17 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    """The most telling line of an exporter error (its exception summary where it has one)."""
+    text = _ANSI.sub("", str(exc)).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    summary = [ln for ln in lines if ln.startswith("<class '")]
+    if summary:
+        cls, _, msg = summary[0].partition(">: ")
+        return f"{cls.rsplit('.', 1)[-1].rstrip(chr(39))}: {msg[:400]}"
     return f"{type(exc).__name__}: {lines[0][:400]}" if lines else type(exc).__name__
 
 
@@ -209,7 +240,8 @@ def check_parity(source: SourceModel, onnx_path: Path) -> tuple[list[OutputParit
         try:
             got = dict(zip(source.output_names, session.run(source.output_names, feeds), strict=True))
         except Exception as exc:
-            raise StepFailed(f"The exported ONNX model fails in ONNX Runtime on the {case!r} inputs: {_first_line(exc)}",
+            raise StepFailed(f"The exported ONNX model fails in ONNX Runtime on the {case!r} inputs: "
+                             f"{_first_line(exc)}",
                              hint="Mark only axes that vary as --dynamic, or report the model to modelport.") from exc
         for name, r in ref.items():
             o = got[name]
