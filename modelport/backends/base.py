@@ -54,7 +54,7 @@ class Option:
     help: str
     default: Any = None
     parse: Callable[[Any], Any] = str
-    choices: tuple[str, ...] | None = None
+    choices: tuple[Any, ...] | None = None
     precisions: tuple[str, ...] = PRECISIONS
 
 
@@ -152,7 +152,8 @@ class Backend(ABC):
             except (TypeError, ValueError) as exc:
                 raise BadInput(f"Option {name}={raw!r} for {self.name}: {exc}.", hint=opt.help) from None
             if opt.choices and value not in opt.choices:
-                raise BadInput(f"Option {name}={value!r} for {self.name} is not one of {', '.join(opt.choices)}.")
+                allowed = ", ".join(map(str, opt.choices))
+                raise BadInput(f"Option {name}={value!r} for {self.name} is not one of {allowed}.")
             values[name] = value
         return Recipe(precision, values)
 
