@@ -26,7 +26,7 @@ from modelport.artifact import (
 from modelport.backends import BACKENDS, Runner, get_backend
 from modelport.backends.base import CALIBRATED
 from modelport.bundle import ModelBundle
-from modelport.calibration import CalibrationSet
+from modelport.calibration import CalibrationSet, warn_if_weak
 from modelport.errors import BadInput, ModelportError, StepFailed
 from modelport.machine import machine_summary
 
@@ -49,6 +49,8 @@ def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: 
         raise BadInput(f"{precision} needs calibration data for {backend_name}.",
                        hint="Pass --calib SRC (file.npz, a directory, images:DIR, file.py:fn), or --calib synthetic "
                             "for a latency-only build whose accuracy means nothing.")
+    if calibration is not None and precision in CALIBRATED:
+        warn_if_weak(calibration, precision)
     source = bundle.source
     key_parts = {
         "backend": backend_name, "recipe": recipe.to_json(), "model": source.content_hash,

@@ -23,8 +23,9 @@ InputOpt = Annotated[list[str] | None, typer.Option(
 DynamicOpt = Annotated[list[str] | None, typer.Option(
     "--dynamic", "-d", help="NAME:AXIS=DIM marks an input axis symbolic, e.g. x:0=batch.")]
 CalibOpt = Annotated[str | None, typer.Option(
-    "--calib", help="Calibration data: file.npz, a directory of .npy/.npz, images:DIR, file.py:fn, "
-                    "package.module:fn, or synthetic (latency only).")]
+    "--calib", help="Calibration data: file.npz, a directory of .npy/.npz files, "
+                    "images:DIR[?resize=256,crop=224,mean=imagenet,std=imagenet,layout=nchw], file.py:fn, "
+                    "package.module:fn, or synthetic[:N] (latency only).")]
 CalibSizeOpt = Annotated[int | None, typer.Option("--calib-size", help="Samples drawn from the calibration source.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling the calibration data.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
