@@ -1,0 +1,326 @@
+"""TFLite (LiteRT): .tflite files built from the torch model by litert-torch, quantized by ai-edge-quantizer.
+
+No TensorFlow anywhere: litert-torch converts the module (see exporters/litert.py), ai-edge-quantizer
+writes the FP16, INT8 and dynamic-range INT8 variants, and the LiteRT interpreter runs them with
+XNNPACK. The runner takes what the user feeds PyTorch (NCHW, float, any batch the model allows) and
+does the layout transposes, int8 quantization of inputs and dequantization of outputs itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import platform
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelport.backends.base import Backend, Option, Recipe, Runner
+from modelport.errors import BadInput, StepFailed, Unavailable
+from modelport.exporters.litert import (
+    DYNAMIC_MODES,
+    LAYOUTS,
+    LiteRTExport,
+    convert_to_tflite,
+    quiet_native,
+    to_model_layout,
+)
+from modelport.model import TensorSpec
+
+if TYPE_CHECKING:
+    from modelport.artifact import Artifact
+    from modelport.bundle import ModelBundle
+    from modelport.calibration import CalibrationSet
+
+MAIN_FILE = "model.tflite"
+
+
+def _lower(value: Any) -> str:
+    return str(value).strip().lower()
+
+
+class _SignatureFeed:
+    """The calibration set as ai-edge-quantizer reads it: dicts keyed by signature input name.
+
+    Re-iterable (the quantizer walks it once to size its progress bar, then calibrates); `passes` holds
+    the sample count of every walk, so the build can prove every sample reached the calibrator.
+    """
+
+    def __init__(self, calibration: CalibrationSet, export: LiteRTExport) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.calibration = calibration
+        self.export = export
+        self.passes: list[int] = []
+        runner = Interpreter(model_path=str(export.path)).get_signature_runner(export.signature_key)
+        details = runner.get_input_details()
+        self.dtypes = {name: np.dtype(details[sig]["dtype"]) for name, sig in export.inputs.items()}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        count = 0
+        for batch in self.calibration.batches():
+            count += len(next(iter(batch.values())))
+            yield {self.export.inputs[name]: to_model_layout(array, self.export.layouts.get(name))
+                   .astype(self.dtypes[name], copy=False) for name, array in batch.items()}
+        self.passes.append(count)
+
+
+def _fp16(content: bytes) -> bytes:
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
+
+    q = quantizer.Quantizer(bytearray(content))
+    q.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
+                             algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+    return bytes(q.quantize(enable_progress_report=False).quantized_model)
+
+
+def _int8_dynamic(content: bytes) -> bytes:
+    from ai_edge_quantizer import quantizer, recipe
+
+    q = quantizer.Quantizer(bytearray(content), recipe.dynamic_wi8_afp32())
+    return bytes(q.quantize(enable_progress_report=False).quantized_model)
+
+
+def _int8_static(content: bytes, feed: _SignatureFeed, io: str) -> bytes:
+    """Full-integer INT8 (static recipe); with io=float32 the model's I/O stays float (QUANTIZE/DEQUANTIZE inside)."""
+    from ai_edge_quantizer import algorithm_manager, quantizer, recipe
+
+    q = quantizer.Quantizer(bytearray(content), recipe.static_wi8_ai8())
+    if io == "float32":
+        for virtual_op in ("INPUT", "OUTPUT"):
+            q.update_quantization_recipe(".*", virtual_op, algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    result = q.calibrate({feed.export.signature_key: feed}, num_threads=os.cpu_count() or 1)
+    return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+
+
+def _fp16_compute(metadata: list[str]) -> str:
+    """How XNNPACK runs FP16-weight models (TFLite XNNPACK README, 'Floating-Point (IEEE FP16) Operators')."""
+    arm = platform.machine().lower() in ("arm64", "aarch64")
+    if "reduced_precision_support" in metadata and arm:
+        return ("weights stored in FP16; XNNPACK computes in FP16 where this ARM CPU has ARMv8.2 FP16 "
+                "arithmetic, else in FP32")
+    why = ("the model carries no reduced_precision_support metadata" if "reduced_precision_support" not in metadata
+           else f"this CPU ({platform.machine()}) has no native FP16 arithmetic")
+    return ("weights stored in FP16 behind DEQUANTIZE ops; XNNPACK unpacks them to FP32 once at load and computes "
+            f"in FP32 ({why}; automatic FP16 inference needs that metadata and an ARMv8.2-FP16 CPU)")
+
+
+_COMPUTE = {
+    "fp32": "FP32 (XNNPACK)",
+    "int8": "INT8 weights and activations, per-channel symmetric weights, per-tensor asymmetric activations "
+            "(XNNPACK QS8 kernels where it takes the op, TFLite integer kernels otherwise)",
+    "int8-dynamic": "INT8 weights; activations stay FP32 in the file and are quantized per op at run time "
+                    "(dynamic-range kernels)",
+}
+
+
+def describe_tflite(path: Path) -> dict[str, Any]:
+    """Ops by type, tensors by dtype, and each signature input/output's dtype and quantization."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    ops = collections.Counter(flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+                              for sg in model.subgraphs for op in sg.operators)
+    tensors = collections.Counter(flatbuffer_utils.type_to_name(t.type) for sg in model.subgraphs for t in sg.tensors)
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+
+    def io(details: Mapping[str, Any]) -> dict[str, Any]:
+        out = {}
+        for name, d in details.items():
+            scale, zero = d["quantization"]
+            out[name] = {"dtype": np.dtype(d["dtype"]).name, "shape": [int(x) for x in d["shape_signature"]],
+                         **({"scale": float(scale), "zero_point": int(zero)} if scale else {})}
+        return out
+
+    metadata = [m.name.decode(errors="replace") if isinstance(m.name, bytes) else str(m.name)
+                for m in (model.metadata or [])]
+    return {"ops": dict(sorted(ops.items())), "tensors_by_dtype": dict(sorted(tensors.items())), "metadata": metadata,
+            "signature_inputs": io(runner.get_input_details()), "signature_outputs": io(runner.get_output_details())}
+
+
+class TFLiteBackend(Backend):
+    name = "tflite"
+    options = (
+        Option("layout", "Layout of 4-D float inputs inside the .tflite: nchw as in PyTorch, or nhwc as mobile "
+                         "pipelines feed (the runner transposes what you feed in NCHW).", "nchw", _lower, LAYOUTS),
+        Option("dynamic", "auto: keep the model's dynamic axes where litert-torch can, else convert with static "
+                          "shapes (batch 1, batches run per sample); off: convert static shapes directly.",
+               "auto", _lower, DYNAMIC_MODES),
+        Option("io", "Input/output type of the INT8 model: float32 (quantize/dequantize inside the model) or int8 "
+                     "(integer I/O; the runner quantizes inputs and dequantizes outputs with each tensor's scale "
+                     "and zero point).", "float32", _lower, ("float32", "int8"), precisions=("int8",)),
+    )
+
+    def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
+              out_dir: Path) -> dict[str, Any]:
+        source = bundle.source
+        export = convert_to_tflite(source, layout=recipe.options["layout"], dynamic=recipe.options["dynamic"])
+        content = export.path.read_bytes()
+        details: dict[str, Any] = {}
+        start = time.perf_counter()
+        with quiet_native() as log:
+            try:
+                if recipe.precision == "fp16":
+                    content = _fp16(content)
+                elif recipe.precision == "int8-dynamic":
+                    content = _int8_dynamic(content)
+                elif recipe.precision == "int8":
+                    assert calibration is not None  # the builder requires it for int8
+                    feed = _SignatureFeed(calibration, export)
+                    content = _int8_static(content, feed, recipe.options["io"])
+                    details["samples_calibrated"] = feed.passes[-1] if feed.passes else 0
+            except (BadInput, StepFailed):
+                raise
+            except Exception as exc:
+                tail = "\n".join(log.text.strip().splitlines()[-5:])
+                raise StepFailed(f"ai-edge-quantizer failed to make the {recipe.precision} model: "
+                                 f"{type(exc).__name__}: {exc}" + (f"\n{tail}" if tail else ""),
+                                 hint="Try int8-dynamic or fp16, or run with --debug for the traceback.") from exc
+        quantize_seconds = time.perf_counter() - start
+        (out_dir / MAIN_FILE).write_bytes(content)
+        with quiet_native():
+            description = describe_tflite(out_dir / MAIN_FILE)
+        if export.dynamic["kept"]:
+            batching = "dynamic: inputs are resized to the fed shape"
+        elif any(0 in s.dynamic_axes for s in source.inputs):
+            batching = "static batch 1: larger batches run one sample at a time"
+        else:
+            batching = "static, as the model's inputs"
+        return {
+            "main_file": MAIN_FILE,
+            "signature": {"key": export.signature_key, "inputs": export.inputs, "outputs": export.outputs},
+            "layouts": export.layouts,
+            "input_shapes": export.shapes,
+            "dynamic": export.dynamic,
+            "batching": batching,
+            "io": recipe.options.get("io") or "float32",
+            "compute": (_fp16_compute(description["metadata"]) if recipe.precision == "fp16"
+                        else _COMPUTE[recipe.precision]),
+            "conversion": {"converter": f"litert-torch {export.converter}", "seconds": export.seconds,
+                           "reused_from_cache": export.from_cache, "parity_vs_torch": export.parity},
+            "quantize_seconds": round(quantize_seconds, 3),
+            **details,
+            **description,
+        }
+
+    def load(self, artifact: Artifact, threads: int | None = None) -> Runner:
+        return TFLiteRunner(artifact.main_file, artifact.details, artifact.inputs, artifact.outputs, threads)
+
+
+def _interpreter_class() -> type:
+    """LiteRT's interpreter, or tflite_runtime's where only that is installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise Unavailable("Neither ai-edge-litert nor tflite-runtime is importable.",
+                              hint="pip install 'modelport[tflite]'") from None
+    return Interpreter
+
+
+def _quantize(array: np.ndarray, dtype: np.dtype, scale: float, zero: int) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.round(array / scale) + zero, info.min, info.max).astype(dtype)
+
+
+class TFLiteRunner(Runner):
+    """Runs a .tflite with the LiteRT interpreter and XNNPACK on `threads` threads (default: every core).
+
+    Feeds are what PyTorch takes. Dynamic axes are resized only when the fed shape changes (a resize
+    re-plans XNNPACK). A model converted at static batch 1 from a dynamic-batch source runs larger
+    batches one sample at a time and concatenates the outputs; other shape mismatches are errors.
+    """
+
+    def __init__(self, path: Path, details: Mapping[str, Any], inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 threads: int | None = None) -> None:
+        self.inputs, self.outputs = inputs, outputs
+        self.threads = threads or os.cpu_count() or 1
+        self.layouts: dict[str, str] = dict(details.get("layouts", {}))
+        signature = details["signature"]
+        with quiet_native():  # XNNPACK announces itself on stderr when the delegate is applied
+            self._interpreter = _interpreter_class()(model_path=str(path), num_threads=self.threads)
+            self._interpreter.allocate_tensors()
+            runner = self._interpreter.get_signature_runner(signature["key"])
+        in_details, out_details = runner.get_input_details(), runner.get_output_details()
+        self._in = {name: in_details[sig] for name, sig in signature["inputs"].items()}
+        self._out = {name: out_details[sig] for name, sig in signature["outputs"].items()}
+        self._shapes = {name: tuple(int(x) for x in d["shape"]) for name, d in self._in.items()}
+        self._allocated = True
+        self._loop_batches = self._per_sample_batches(details)
+
+    def _per_sample_batches(self, details: Mapping[str, Any]) -> bool:
+        """Whether a static batch-1 model stands in for a dynamic-batch source (then batches loop)."""
+        dims = {s.shape[0] for s in self.inputs + self.outputs if s.shape}
+        static_one = all(int(d["shape_signature"][0]) == 1 for d in self._in.values())
+        return static_one and len(dims) == 1 and isinstance(next(iter(dims)), str)
+
+    def _model_array(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        d = self._in[spec.name]
+        array = np.asarray(array)
+        if self.layouts.get(spec.name) == "NHWC":
+            array = array.transpose(0, 2, 3, 1)
+        dtype = np.dtype(d["dtype"])
+        scale, zero = d["quantization"]
+        if scale and array.dtype.kind == "f" and dtype.kind in "iu":
+            return _quantize(array, dtype, scale, zero)
+        if array.dtype != dtype:
+            cast = array.astype(dtype)
+            if array.dtype.kind in "iu" and not np.array_equal(cast, array):
+                raise BadInput(f"Input {spec.name!r} has values that the model's {dtype.name} input cannot hold.")
+            array = cast
+        return np.ascontiguousarray(array)
+
+    def _check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [s.name for s in self.inputs]
+        if set(feeds) != set(names):
+            raise BadInput(f"The tflite runner takes inputs {names}; it was given {sorted(feeds)}.")
+        return {s.name: np.asarray(feeds[s.name]) for s in self.inputs}
+
+    def _invoke(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        interpreter = self._interpreter
+        for name, array in arrays.items():
+            if tuple(array.shape) != self._shapes[name]:
+                try:
+                    interpreter.resize_tensor_input(self._in[name]["index"], list(array.shape), strict=True)
+                except (ValueError, RuntimeError) as exc:
+                    raise BadInput(f"Input {name!r} of shape {array.shape} does not fit the .tflite input "
+                                   f"{self._in[name]['shape_signature'].tolist()} (model layout): {exc}",
+                                   hint="Feed the shape the artifact was built for (see its manifest's "
+                                        "input_shapes), or rebuild with dynamic=auto.") from None
+                self._shapes[name] = tuple(array.shape)
+                self._allocated = False
+        if not self._allocated:
+            interpreter.allocate_tensors()
+            self._allocated = True
+        for name, array in arrays.items():
+            interpreter.set_tensor(self._in[name]["index"], array)
+        interpreter.invoke()
+        out = {}
+        for spec in self.outputs:
+            d = self._out[spec.name]
+            value = interpreter.get_tensor(d["index"])
+            scale, zero = d["quantization"]
+            if scale and value.dtype.kind in "iu" and spec.dtype.startswith("float"):
+                value = (value.astype(np.float32) - zero) * np.float32(scale)
+            out[spec.name] = value.astype(spec.dtype, copy=False)
+        return out
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = self._check(feeds)
+        batch = {a.shape[0] for a in arrays.values() if a.ndim}
+        if self._loop_batches and batch and batch != {1}:
+            if len(batch) != 1 or 0 in batch:
+                raise BadInput(f"The inputs have batch sizes {sorted(batch)}; feed one batch size of at least 1.")
+            parts = [self._invoke({s.name: self._model_array(s, arrays[s.name][i:i + 1]) for s in self.inputs})
+                     for i in range(batch.pop())]
+            return {s.name: np.concatenate([p[s.name] for p in parts]) for s in self.outputs}
+        return self._invoke({s.name: self._model_array(s, arrays[s.name]) for s in self.inputs})
+
+    def close(self) -> None:
+        self._interpreter = None

@@ -1,0 +1,315 @@
+"""PyTorch -> float .tflite with litert-torch, checked against PyTorch, without TensorFlow.
+
+LiteRT has its own converter from the torch module (not from the ONNX file): ONNX -> TFLite converters
+need TensorFlow, and onnx2tf 2.x needs Python 3.12. The converted signature names inputs by position
+(`args_0`...) and outputs by the model's output names; the export records the mapping.
+
+Dynamic axes are tried first. litert-torch 0.10 fails on many models with a symbolic batch (flatten,
+linear, layer norm: litert-torch issues #685, #711, #870), so when it does, the model is converted with
+static shapes (batch 1) and the reason is recorded; the runner then runs larger batches one sample at
+a time. Conversions are cached under MODELPORT_CACHE by model content, options and converter version,
+so building four precisions converts once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelport.errors import BadInput, StepFailed
+from modelport.machine import cache_dir
+from modelport.model import SourceModel, TensorSpec, flatten_outputs, random_inputs, resize_along
+
+LAYOUTS = ("nchw", "nhwc")
+DYNAMIC_MODES = ("auto", "off")
+PARITY_RTOL = 1e-3  # max abs error over the output's scale, FP32 against PyTorch
+_EXPORT_JSON = "export.json"
+
+
+@dataclass
+class LiteRTExport:
+    """A float .tflite converted from a SourceModel, and how its signature maps to the model's names."""
+
+    path: Path
+    signature_key: str
+    inputs: dict[str, str]  # model input name -> signature input name
+    outputs: dict[str, str]  # model output name -> signature output name
+    layouts: dict[str, str]  # 4-D float input -> "NCHW" | "NHWC" (its layout inside the .tflite)
+    shapes: dict[str, list[int]]  # input shapes in the .tflite (model layout), -1 where dynamic
+    dynamic: dict[str, Any]  # requested dims, whether kept, why not
+    converter: str
+    seconds: float
+    parity: list[dict[str, Any]] = field(default_factory=list)
+    from_cache: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        del data["from_cache"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], from_cache: bool = False) -> LiteRTExport:
+        return cls(**{**data, "path": Path(data["path"])}, from_cache=from_cache)
+
+
+class _NamedOutputs(torch.nn.Module):
+    """Returns the model's flattened outputs as a dict, so the .tflite signature carries their names."""
+
+    def __init__(self, module: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.names = names
+
+    def forward(self, *args: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, flatten_outputs(self.module(*args)), strict=True))
+
+
+@dataclass
+class NativeLog:
+    text: str = ""
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[NativeLog]:
+    """Silence litert-torch's progress, Python warnings and the C++ logs on fd 2; keep them for errors."""
+    log = NativeLog()
+    previous = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield log
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if previous is None:
+                os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+            else:
+                os.environ["LITERT_TORCH_SHOW_PROGRESS"] = previous
+            sink.seek(0)
+            log.text = sink.read().decode(errors="replace")
+
+
+def converter_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("litert-torch")
+
+
+def layouts_for(inputs: list[TensorSpec], layout: str) -> dict[str, str]:
+    """The layout each 4-D float input has inside the .tflite; other inputs keep their PyTorch shape."""
+    return {s.name: layout.upper() for s in inputs if len(s.shape) == 4 and s.dtype.startswith("float")}
+
+
+def to_model_layout(array: np.ndarray, layout: str | None) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if layout == "NHWC" else array
+
+
+def _conversion_args(source: SourceModel, dynamic: bool) -> tuple[torch.Tensor, ...]:
+    """Example inputs: symbolic dims at size >= 2 when kept dynamic (torch.export specialises 0 and 1),
+    else the batch axis at 1 and other dims as in the examples."""
+    args = []
+    for spec in source.inputs:
+        t = source.example_inputs[spec.name]
+        for axis in spec.dynamic_axes:
+            if dynamic and t.shape[axis] < 2:
+                t = resize_along(t, axis, 2)
+            elif not dynamic and axis == 0:
+                t = resize_along(t, axis, 1)
+        args.append(t)
+    return tuple(args)
+
+
+def _nhwc_args(source: SourceModel, args: tuple[torch.Tensor, ...], layouts: dict[str, str]) -> tuple:
+    return tuple(a.permute(0, 2, 3, 1).contiguous() if layouts.get(s.name) == "NHWC" else a
+                 for s, a in zip(source.inputs, args, strict=True))
+
+
+def _convert_once(source: SourceModel, layout: str, dynamic: bool) -> bytes:
+    import litert_torch
+
+    layouts = layouts_for(source.inputs, layout)
+    module: torch.nn.Module = _NamedOutputs(source.module, source.output_names).eval()
+    args = _conversion_args(source, dynamic)
+    if layout == "nhwc" and layouts:
+        positions = [i for i, s in enumerate(source.inputs) if s.name in layouts]
+        module = litert_torch.to_channel_last_io(module, args=positions).eval()
+        args = _nhwc_args(source, args, layouts)
+    shapes = None
+    if dynamic:
+        dims: dict[str, torch.export.Dim] = {}
+        # Both wrappers take *args, so the per-input specs nest inside one tuple for that parameter.
+        shapes = (tuple({axis: dims.setdefault(name, torch.export.Dim(name, min=1))
+                         for axis, name in spec.dynamic_axes.items()} or None for spec in source.inputs),)
+    return litert_torch.convert(module, args, dynamic_shapes=shapes).model_content()
+
+
+def _user_frame(text: str) -> str:
+    """' (at file.py:12 in forward)' for the innermost frame of the user's code in a converter traceback."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', text.split("Original traceback:", 1)[-1])
+    frames = [f for f in frames if Path(f[0]).resolve() != Path(__file__).resolve()]
+    own = [f for f in frames if "site-packages" not in f[0]] or frames
+    if not own or "Original traceback:" not in text:
+        return ""
+    path, line, fn = own[-1]
+    return f" (at {Path(path).name}:{line} in {fn})"
+
+
+def conversion_error(exc: BaseException, log: NativeLog | None = None) -> StepFailed:
+    """A StepFailed that names the op the converter stopped at and where the model uses it."""
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    missing = re.search(r"Lowering not found: (\S+)", text)
+    node = re.search(r"target=torch\.ops\.([\w.]+)", text)
+    where = _user_frame(text)
+    hint = ("Replace that op with ones LiteRT supports, or build this model for onnxruntime or openvino. "
+            "Run with --debug for the converter's traceback.")
+    if missing:
+        return StepFailed(f"litert-torch cannot convert op {missing.group(1)}{where}: it has no LiteRT lowering.",
+                          hint=hint)
+    if node:
+        return StepFailed(f"litert-torch failed on op {node.group(1)}{where}: {type(exc).__name__}: {first}",
+                          hint=hint)
+    tail = "\n".join(ln for ln in (log.text if log else "").splitlines()[-5:] if ln.strip())
+    return StepFailed(f"litert-torch could not convert the model: {type(exc).__name__}: {first}"
+                      + (f"\nConverter log:\n{tail}" if tail else ""), hint=hint)
+
+
+def run_signature(path: Path, feeds: Mapping[str, np.ndarray], export: LiteRTExport) -> dict[str, np.ndarray]:
+    """Run the float .tflite once on model-named feeds (in PyTorch layout); outputs by model name."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path), num_threads=1).get_signature_runner(export.signature_key)
+    details = runner.get_input_details()
+    args = {}
+    for name, sig in export.inputs.items():
+        a = to_model_layout(np.asarray(feeds[name]), export.layouts.get(name))
+        args[sig] = a.astype(details[sig]["dtype"], copy=False)
+    out = runner(**args)
+    return {name: out[sig] for name, sig in export.outputs.items()}
+
+
+def _parity(source: SourceModel, path: Path, export: LiteRTExport, batches: tuple[int, ...]) -> list[dict]:
+    """Worst error of each output against PyTorch on the example inputs and a random draw, per batch size."""
+    worst: dict[str, dict[str, Any]] = {}
+    base = dict(zip(source.input_names, _conversion_args(source, dynamic=False), strict=True))
+    drawn = random_inputs([TensorSpec(s.name, tuple(base[s.name].shape), s.dtype) for s in source.inputs], seed=1)
+    for batch in batches:
+        for case, feeds in (("example", base), ("random", drawn)):
+            feeds = {k: resize_along(v, 0, batch) if 0 in spec.dynamic_axes else v
+                     for (k, v), spec in zip(feeds.items(), source.inputs, strict=True)}
+            expected = source.run(feeds)
+            got = run_signature(path, {k: v.numpy() for k, v in feeds.items()}, export)
+            for name, ref in expected.items():
+                out = got[name].astype(ref.dtype, copy=False).reshape(ref.shape)
+                err = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
+                rel = err / max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-6)
+                if name not in worst or rel > worst[name]["max_rel"]:
+                    worst[name] = {"name": name, "max_abs": err, "max_rel": rel, "case": f"{case}, batch {batch}"}
+    return list(worst.values())
+
+
+def _signature(path: Path, source: SourceModel) -> tuple[str, dict[str, str], dict[str, str], dict[str, list[int]]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    (key, sig), = interpreter.get_signature_list().items()
+    if len(sig["inputs"]) != len(source.inputs) or set(sig["outputs"]) != set(source.output_names):
+        raise StepFailed(f"The converted signature {sig} does not match the model's inputs {source.input_names} "
+                         f"and outputs {source.output_names}.")
+    inputs = {spec.name: f"args_{i}" for i, spec in enumerate(source.inputs)}
+    if set(inputs.values()) != set(sig["inputs"]):
+        raise StepFailed(f"The converted signature names its inputs {sig['inputs']}, not args_0..args_N.")
+    details = interpreter.get_signature_runner(key).get_input_details()
+    shapes = {name: [int(d) for d in details[sig_name]["shape_signature"]] for name, sig_name in inputs.items()}
+    return key, inputs, {n: n for n in source.output_names}, shapes
+
+
+def _attempt(source: SourceModel, layout: str, dynamic: bool, folder: Path) -> LiteRTExport:
+    start = time.perf_counter()
+    with quiet_native() as log:  # the interpreters below announce XNNPACK on stderr too
+        try:
+            content = _convert_once(source, layout, dynamic)
+        except Exception as exc:
+            raise conversion_error(exc, log) from exc
+        path = folder / "model.tflite"
+        path.write_bytes(content)
+        seconds = time.perf_counter() - start
+        key, inputs, outputs, shapes = _signature(path, source)
+        dims = sorted({d for s in source.inputs for d in s.dynamic_axes.values()})
+        export = LiteRTExport(path, key, inputs, outputs, layouts_for(source.inputs, layout), shapes,
+                              {"requested": dims, "kept": dynamic, "reason": None}, converter_version(),
+                              round(seconds, 3))
+        export.parity = _parity(source, path, export, (1, 3) if dynamic else (1,))
+    return export
+
+
+def _check_parity(export: LiteRTExport) -> str | None:
+    bad = [p for p in export.parity if p["max_rel"] > PARITY_RTOL]
+    return None if not bad else "; ".join(
+        f"output {p['name']!r} max rel error {p['max_rel']:.2e} ({p['case']})" for p in bad)
+
+
+def _convert(source: SourceModel, layout: str, dynamic: str, folder: Path) -> LiteRTExport:
+    wants_dynamic = dynamic == "auto" and any(s.dynamic_axes for s in source.inputs)
+    reason = "dynamic=off" if dynamic == "off" and any(s.dynamic_axes for s in source.inputs) else None
+    if wants_dynamic:
+        try:
+            export = _attempt(source, layout, True, folder)
+            reason = _check_parity(export)
+            if reason is None:
+                return export
+            reason = f"the dynamic-shape model disagrees with PyTorch: {reason}"
+        except StepFailed as exc:
+            reason = f"litert-torch cannot keep the dynamic axes: {exc.message.splitlines()[0]}"
+    export = _attempt(source, layout, False, folder)
+    export.dynamic["reason"] = reason
+    if (bad := _check_parity(export)) is not None:
+        raise StepFailed(f"The LiteRT conversion disagrees with PyTorch: {bad}.",
+                         hint=f"Tolerance is {PARITY_RTOL:g} of the output's scale; report the model to litert-torch, "
+                              "or build for another backend.")
+    return export
+
+
+def convert_to_tflite(source: SourceModel, *, layout: str = "nchw", dynamic: str = "auto") -> LiteRTExport:
+    """The float .tflite for `source` (cached): converted, its signature mapped, checked against PyTorch."""
+    if layout not in LAYOUTS or dynamic not in DYNAMIC_MODES:
+        raise BadInput(f"layout must be one of {LAYOUTS} and dynamic one of {DYNAMIC_MODES}.")
+    folder = cache_dir() / "litert" / f"{source.name}-{source.content_hash}-{layout}-{dynamic}-{converter_version()}"
+    info = folder / _EXPORT_JSON
+    if info.is_file() and (folder / "model.tflite").is_file():
+        return LiteRTExport.from_json({**json.loads(info.read_text()), "path": str(folder / "model.tflite")},
+                                      from_cache=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        export = _convert(source, layout, dynamic, tmp)
+        (tmp / _EXPORT_JSON).write_text(json.dumps(export.to_json(), indent=2))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    export.path = folder / "model.tflite"
+    return export
