@@ -106,5 +106,5 @@ def load_artifact(path: str | Path, threads: int | None = None) -> Runner:
     if artifact.backend not in BACKENDS:
         raise BadInput(f"{str(path)!r} was built by unknown backend {artifact.backend!r}.")
     backend = get_backend(artifact.backend)
-    backend.require()
+    backend.require(to_run=True)
     return backend.load(artifact, threads=threads)

@@ -23,7 +23,8 @@ class BackendEntry:
     precisions: tuple[str, ...]
     devices: tuple[str, ...]
     extra: str | None
-    imports: tuple[str, ...]
+    imports: tuple[str, ...]  # every one must import to build
+    runtimes: tuple[str, ...]  # any one suffices to load and run an artifact
     packages: tuple[str, ...]
     artifact: str  # what a user gets, in words
 
@@ -32,16 +33,18 @@ BACKENDS: dict[str, BackendEntry] = {
     e.name: e
     for e in (
         BackendEntry("onnxruntime", "ONNX Runtime", "modelport.backends.onnxruntime", "OnnxRuntimeBackend",
-                     "onnx", PRECISIONS, ("cpu", "cuda"), None, ("onnxruntime",), ("onnxruntime", "onnx"),
+                     "onnx", PRECISIONS, ("cpu", "cuda"), None, ("onnxruntime",), ("onnxruntime",),
+                     ("onnxruntime", "onnx"),
                      "model.onnx"),
         BackendEntry("openvino", "OpenVINO", "modelport.backends.openvino", "OpenVinoBackend",
-                     "onnx", PRECISIONS, ("cpu", "gpu", "npu"), "openvino", ("openvino", "nncf"),
+                     "onnx", PRECISIONS, ("cpu", "gpu", "npu"), "openvino", ("openvino", "nncf"), ("openvino",),
                      ("openvino", "nncf"), "model.xml + model.bin (IR)"),
         BackendEntry("tflite", "TFLite (LiteRT)", "modelport.backends.tflite", "TFLiteBackend",
                      "torch", PRECISIONS, ("cpu",), "tflite", ("litert_torch", "ai_edge_quantizer"),
-                     ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"), "model.tflite"),
+                     ("ai_edge_litert", "tflite_runtime"), ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"),
+                     "model.tflite"),
         BackendEntry("tensorrt", "TensorRT", "modelport.backends.tensorrt", "TensorRTBackend",
-                     "onnx", ("fp32", "fp16", "int8"), ("cuda",), "tensorrt", ("tensorrt",),
+                     "onnx", ("fp32", "fp16", "int8"), ("cuda",), "tensorrt", ("tensorrt",), ("tensorrt",),
                      ("tensorrt",), "model.engine"),
     )
 }

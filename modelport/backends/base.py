@@ -114,8 +114,20 @@ class Backend(ABC):
                 return False, f"{module} is not importable ({type(exc).__name__}: {exc}); {extra}"
         return True, "ok"
 
-    def require(self) -> None:
-        ok, reason = self.available()
+    def runnable(self) -> tuple[bool, str]:
+        """Whether this machine can load and run this backend's artifacts (a lighter need than building)."""
+        errors = []
+        for module in self.entry.runtimes:
+            try:
+                importlib.import_module(module)
+                return True, "ok"
+            except Exception as exc:
+                errors.append(f"{module} ({type(exc).__name__}: {exc})")
+        extra = f"pip install 'modelport[{self.entry.extra}]'" if self.entry.extra else "reinstall modelport"
+        return False, f"none of {', '.join(errors)} is importable; {extra}"
+
+    def require(self, *, to_run: bool = False) -> None:
+        ok, reason = self.runnable() if to_run else self.available()
         if not ok:
             raise Unavailable(f"The {self.name} backend is not available here: {reason}")
 

@@ -132,6 +132,9 @@ class TensorRTBackend(Backend):
             missing.append(gpu_why)
         return (False, "; ".join(missing)) if missing else (True, f"ok ({gpu_why})")
 
+    def runnable(self) -> tuple[bool, str]:
+        return self.available()
+
     def build(self, bundle: Any, recipe: Recipe, calibration: Any, out_dir: Path) -> dict[str, Any]:
         import tensorrt as trt
         import torch
