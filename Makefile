@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/modelport export modelport.examples:digits_cnn -o $(DEMO_OUT)/digits_cnn.onnx --dynamic x:0=batch
+	$(VENV)/bin/modelport bench modelport.examples:digits_cnn --backends all \
+		--precisions fp32,fp16,int8,int8-dynamic --calib modelport.examples:digits_calibration \
+		--eval modelport.examples:digits_evaluation -o $(DEMO_OUT)
 
 test: setup
 	$(VENV)/bin/ruff check modelport tests benchmarks

@@ -4,6 +4,7 @@ The Python API mirrors the CLI:
 
     source = modelport.load_model("modelport.examples:digits_cnn")
     report = modelport.export(source, "model.onnx")
+    results = modelport.bench(source, calib="data.npz", out="bench-out")
     artifact = modelport.build(source, backend="onnxruntime", precision="int8", calibration=calib, out="art")
     runner = modelport.load("art")
 """
@@ -46,6 +47,13 @@ def build(model: SourceModel | str, *, backend: str, precision: str = "fp32", ou
     return artifact
 
 
+def bench(model: SourceModel | str, **kwargs: Any) -> dict[str, Any]:
+    """Build MODEL for every backend x precision and measure each against PyTorch (see `harness.bench`)."""
+    from modelport.harness import bench as run_bench
+
+    return run_bench(model, **kwargs)
+
+
 def load(path: str | Path, threads: int | None = None):  # -> Runner
     """A Runner for any artifact directory, whatever backend built it."""
     from modelport.builder import load_artifact
@@ -54,4 +62,5 @@ def load(path: str | Path, threads: int | None = None):  # -> Runner
 
 
 __all__ = ["Artifact", "BadInput", "CalibrationSet", "ExportReport", "ModelportError", "SourceModel", "StepFailed",
-           "TensorSpec", "Unavailable", "__version__", "build", "export", "load", "load_model", "open_calibration"]
+           "TensorSpec", "Unavailable", "__version__", "bench", "build", "export", "load", "load_model",
+           "open_calibration"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -77,6 +78,20 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
+    warnings.showwarning = _show_warning
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """modelport's own warnings (weak calibration data...) as one yellow line; others as Python prints them."""
+    from modelport.calibration import CalibrationWarning
+
+    if issubclass(category, CalibrationWarning):
+        err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def _parse_options(pairs: list[str] | None) -> dict[str, str]:
@@ -192,19 +207,36 @@ def _short(value: object, limit: int = 300) -> str:
 
 
 @app.command()
-def backends(json_out: JsonOpt = False) -> None:
+def backends(
+    options: Annotated[bool, typer.Option("--options", help="Also list every build option of every backend.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """List the backends, what they build, and whether this machine can run them."""
     from modelport.backends import BACKENDS, get_backend
 
     rows = []
     for name, entry in BACKENDS.items():
-        ok, reason = get_backend(name).available()
+        impl = get_backend(name)
+        ok, reason = impl.available()
         rows.append({"name": name, "title": entry.title, "consumes": entry.consumes, "precisions": entry.precisions,
                      "devices": entry.devices, "extra": entry.extra, "artifact": entry.artifact,
-                     "available": ok, "reason": reason})
+                     "available": ok, "reason": reason,
+                     "options": [{"name": o.name, "precisions": o.precisions, "default": o.default,
+                                  "choices": o.choices, "help": o.help} for o in impl.options]})
     if json_out:
         print_json(rows)
         return
+    if options:
+        for r in rows:
+            table = Table(title=f"{r['title']} options (--option KEY=VALUE)")
+            for col in ("option", "precisions", "default", "what it does"):
+                table.add_column(col)
+            for o in r["options"]:
+                default = o["default"]
+                shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+                table.add_row(o["name"], ", ".join(o["precisions"]), shown if default not in (None, ()) else "-",
+                              o["help"])
+            console.print(table)
     table = Table(title="Backends")
     for col in ("backend", "consumes", "precisions", "artifact", "extra", "status"):
         table.add_column(col)
@@ -252,7 +284,12 @@ def _onnx_summary(path: Path) -> dict:
             "size": path.stat().st_size}
 
 
-# Subsystem commands (calib, bench, report) are registered below this line.
+# Subsystem commands live beside their subsystems: `calib` with calibration, `bench` and `report` with the harness.
+from modelport.calibration.cli import calib_app  # noqa: E402
+from modelport.harness.commands import register as _register_harness  # noqa: E402
+
+app.add_typer(calib_app, name="calib")
+_register_harness(app)
 
 
 def main() -> None:

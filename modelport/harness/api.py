@@ -1,0 +1,117 @@
+"""`bench()`: the whole cross-runtime comparison in one call, as `modelport bench` runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from modelport.backends import PRECISIONS, parse_backends
+from modelport.console import progress as progress_bar
+from modelport.console import status
+from modelport.errors import BadInput
+from modelport.harness import fidelity, isolate, matrix, reference, results
+from modelport.harness.report import Budget, build_report, write_reports
+from modelport.model import SourceModel, load_model, parse_dynamic_spec
+
+DEFAULT_DURATION = 1.0
+
+
+def default_threads() -> int:
+    """Physical cores: one thread per core is what deployments usually pin, and what is comparable."""
+    import os
+
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def _split(value: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    return tuple(value)
+
+
+def _options(options: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
+    """{"onnxruntime": {"key": v}, "*": {...}} or flat {"onnxruntime.key": v, "key": v}."""
+    out: dict[str, dict[str, str]] = {}
+    for name, value in (options or {}).items():
+        if isinstance(value, Mapping):
+            out.setdefault(name, {}).update({k: str(v) for k, v in value.items()})
+        else:
+            backend, dot, key = name.rpartition(".")
+            out.setdefault(backend if dot else "*", {})[key] = str(value)
+    return out
+
+
+def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: str | Sequence[str] = "all",
+          precisions: str | Sequence[str] = PRECISIONS, batches: Sequence[int] = (1,), threads: int | None = None,
+          iterations: int | None = None, duration: float | None = None, warmup: int = 10,
+          calib: str | None = None, evaluation: str | None = None, calib_size: int | None = None,
+          eval_size: int | None = None, seed: int = 0, inputs: Sequence[str] = (), dynamic: Sequence[str] = (),
+          options: Mapping[str, Any] | None = None, runners: Mapping[str, str] | None = None,
+          metric: str | None = None, timeout: float = 900.0, budget: Budget | None = None,
+          show_progress: bool = False, on_row: matrix.RowFn | None = None) -> dict[str, Any]:
+    """Build MODEL for every backend x precision, measure each against PyTorch FP32, write reports to `out`.
+
+    Returns the report (what report.json holds). Rows are appended to `out`/results.jsonl as they
+    finish; calling again with the same arguments measures only what is missing. `runners` adds rows
+    for your own runner factories (`{"name": "file.py:fn"}`, called as `fn(threads=N)`, returning an
+    object with `run(feeds) -> dict`). `on_row` is called with each row as it is written.
+    """
+    settings = matrix.Settings(
+        backends=tuple(parse_backends(backends if isinstance(backends, str) else ",".join(backends))),
+        precisions=_split(precisions), batches=tuple(int(b) for b in batches),
+        threads=threads if threads is not None else default_threads(), iterations=iterations,
+        duration=duration if duration is not None or iterations is not None else DEFAULT_DURATION,
+        warmup=warmup, timeout=timeout, options=_options(options), runners=dict(runners or {}), metric=metric)
+    budget = budget or Budget()
+    load = matrix.load_average()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with isolate.Isolator(out / "work", settings.threads) as isolator:
+        return _bench(model, settings, budget, out, isolator, load, calib=calib, evaluation=evaluation,
+                      calib_size=calib_size, eval_size=eval_size, seed=seed, inputs=inputs, dynamic=dynamic,
+                      show_progress=show_progress, on_row=on_row)
+
+
+def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, out: Path,
+           isolator: isolate.Isolator, load: float | None, *, calib: str | None, evaluation: str | None,
+           calib_size: int | None, eval_size: int | None, seed: int, inputs: Sequence[str], dynamic: Sequence[str],
+           show_progress: bool, on_row: matrix.RowFn | None) -> dict[str, Any]:
+    with status("Checking which backends work here", show_progress):
+        plan = matrix.make_plan(settings, calibrated=calib is not None,
+                                available=matrix.isolated_availability(isolator, settings.timeout))
+    dyn = [parse_dynamic_spec(d) for d in dynamic]
+    with status(f"Loading {model if isinstance(model, str) else model.name}", show_progress):
+        source = load_model(model, inputs, dyn) if isinstance(model, str) else model.with_dynamic(dyn)
+        source = matrix.prepare_model(source, settings.batches, user_dynamic=bool(dyn))
+    cache = out / "cache"
+    with status("Reading the calibration and evaluation data", show_progress):
+        data = reference.prepare(source, calib, evaluation, calib_size=calib_size, eval_size=eval_size, seed=seed,
+                                 cache=cache)
+    with status(f"Running PyTorch FP32 on {data.samples} evaluation samples", show_progress):
+        ref = reference.reference_outputs(source, data, chunk=settings.fidelity_batch, threads=settings.threads,
+                                          cache=cache)
+    metric = settings.metric
+    task = fidelity.load_metric(metric)
+    if fidelity.task_metric_applies(task, ref, data.labels):
+        ref_metric = fidelity.reference_metric(task, ref, data.labels)
+    elif metric is not None:
+        raise BadInput(f"--metric {metric} needs labels, and the evaluation data has none.",
+                       hint="Give --eval (or --calib) data whose samples carry a `label`.")
+    else:
+        task, ref_metric = None, None
+    calib_job = None
+    if data.calibration is not None:
+        calib_job = {"text": calib, "indices": data.calibration.indices, "seed": data.calibration.seed,
+                     "fingerprint": data.calibration.fingerprint}
+    with progress_bar(show_progress) as bar:
+        ctx = matrix.Context(source, settings, data, ref, task, ref_metric, out, matrix.new_run_id(), calib_job,
+                             progress=bar if show_progress else None, on_row=on_row, load_average=load)
+        matrix.assign_keys(plan, ctx)
+        results.append(ctx.results_path, matrix.run_record(ctx, plan))
+        matrix.MatrixRun(ctx, isolator).run(plan)
+    report = build_report(out, budget)
+    write_reports(report, out)
+    return report

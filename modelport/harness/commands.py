@@ -1,0 +1,155 @@
+"""`modelport bench` and `modelport report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelport.console import (
+    CalibOpt,
+    CalibSizeOpt,
+    DynamicOpt,
+    InputOpt,
+    JsonOpt,
+    ModelArg,
+    SeedOpt,
+    console,
+    err_console,
+    print_json,
+)
+from modelport.errors import BadInput
+
+MaxDropOpt = Annotated[float, typer.Option(
+    "--max-drop", help="Budget with labels: the most a recommended row's task metric may fall below PyTorch FP32's "
+                       "(points; for top-1 accuracy, percentage points).")]
+MinSqnrOpt = Annotated[float, typer.Option(
+    "--min-sqnr", help="Budget without labels: the least SQNR (dB) against PyTorch FP32 on the worst output.")]
+MinCosineOpt = Annotated[float, typer.Option(
+    "--min-cosine", help="Budget without labels: the least mean cosine similarity to PyTorch FP32.")]
+
+
+def _pairs(values: list[str] | None, flag: str, example: str) -> dict[str, str]:
+    out = {}
+    for text in values or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"Cannot parse {flag} {text!r}.", hint=f"Write {flag} {example}.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        sizes = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise BadInput(f"Cannot parse --batch {text!r}.",
+                       hint="Write comma-separated sizes, e.g. --batch 1,8.") from None
+    if not sizes or min(sizes) < 1:
+        raise BadInput(f"--batch {text!r}: sizes must be positive integers.")
+    return list(dict.fromkeys(sizes))
+
+
+def _default_out(model: str) -> Path:
+    name = model.rpartition(":")[2] if ":" in model and not model.endswith(".pt2") else Path(model).stem
+    return Path(f"bench-{name}")
+
+
+def bench(
+    model: ModelArg,
+    backends: Annotated[str, typer.Option("--backends", "-b", help="Comma-separated backends, or all.")] = "all",
+    precisions: Annotated[str, typer.Option("--precisions", "-p", help="Comma-separated precisions.")] =
+    "fp32,fp16,int8,int8-dynamic",
+    calib: CalibOpt = None,
+    calib_size: CalibSizeOpt = None,
+    evaluation: Annotated[str | None, typer.Option(
+        "--eval", help="Evaluation data (same forms as --calib; labels enable the task metric). Without it, "
+                       "--calib is split into disjoint calibration and evaluation parts.")] = None,
+    eval_size: Annotated[int | None, typer.Option("--eval-size", help="Evaluation samples to use (default all, "
+                                                  "or a quarter of --calib when it is split).")] = None,
+    seed: SeedOpt = 0,
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes to time, comma-separated.")] = "1",
+    threads: Annotated[int | None, typer.Option(help="Threads every runtime runs with (default: physical cores).")]
+    = None,
+    iterations: Annotated[int | None, typer.Option(help="Timed runs per measurement (instead of --duration).")] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds of timed runs per measurement (default 1).")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 10,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="Build option [BACKEND.]KEY=VALUE (repeatable); without BACKEND it goes to every "
+                         "backend and precision that takes KEY.")] = None,
+    runner: Annotated[list[str] | None, typer.Option(
+        "--runner", help="NAME=file.py:fn adds a row for your own runner: fn(threads=N) returns an object with "
+                         "run(feeds) -> dict of outputs (repeatable).")] = None,
+    metric: Annotated[str | None, typer.Option(
+        help="Task metric file.py:fn(outputs, labels) -> float, higher is better (default: top-1 accuracy "
+             "where an output is N x C).")] = None,
+    inputs: InputOpt = None,
+    dynamic: DynamicOpt = None,
+    timeout: Annotated[float, typer.Option(help="Seconds each build or measurement may take before it is "
+                                                "killed and its row failed.")] = 900.0,
+    max_drop: MaxDropOpt = 1.0,
+    min_sqnr: MinSqnrOpt = 20.0,
+    min_cosine: MinCosineOpt = 0.99,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory for results and reports "
+                                                "(default bench-NAME).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build MODEL for every backend x precision, measure fidelity and latency against PyTorch FP32, report.
+
+    Each build and measurement runs in its own process; rows are appended to DIR/results.jsonl as they
+    finish, so an interrupted run keeps what it measured and the same command resumes it. Batch axes
+    (axis 0 of every input) are made dynamic unless --dynamic is given.
+    """
+    from modelport.harness.api import bench as run_bench
+    from modelport.harness.report import Budget, render_terminal
+
+    if iterations is not None and duration is not None:
+        raise BadInput("Give --iterations or --duration, not both.")
+    out = output or _default_out(model)
+    budget = Budget(max_drop, min_sqnr, min_cosine)
+    try:
+        report = run_bench(model, out=out, backends=backends, precisions=precisions, batches=_batches(batch),
+                           threads=threads, iterations=iterations, duration=duration, warmup=warmup, calib=calib,
+                           evaluation=evaluation, calib_size=calib_size, eval_size=eval_size, seed=seed,
+                           inputs=inputs or (), dynamic=dynamic or (),
+                           options=_pairs(option, "--option", "KEY=VALUE or BACKEND.KEY=VALUE"),
+                           runners=_pairs(runner, "--runner", "NAME=file.py:fn"), metric=metric, timeout=timeout,
+                           budget=budget, show_progress=not json_out)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the rows measured so far are in {out / 'results.jsonl'}; run the same "
+                          "command again to measure the rest.")
+        raise typer.Exit(130) from None
+    if json_out:
+        print_json(report)
+        return
+    render_terminal(report, console)
+    console.print(f"Reports: {out / 'report.html'}, {out / 'report.md'}, {out / 'report.json'}", highlight=False)
+
+
+def report(
+    directory: Annotated[Path, typer.Argument(help="A bench output directory (holds results.jsonl).",
+                                              show_default=False)],
+    max_drop: MaxDropOpt = 1.0,
+    min_sqnr: MinSqnrOpt = 20.0,
+    min_cosine: MinCosineOpt = 0.99,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write report.{json,md,html} "
+                                                "(default: DIRECTORY).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Render the table, report.md, report.json and report.html from DIRECTORY/results.jsonl alone."""
+    from modelport.harness.report import Budget, build_report, render_terminal, write_reports
+
+    data = build_report(directory, Budget(max_drop, min_sqnr, min_cosine))
+    files = write_reports(data, output or directory)
+    if json_out:
+        print_json(data)
+        return
+    render_terminal(data, console)
+    console.print("Reports: " + ", ".join(str(p) for p in files.values()), highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bench` and `report` to the modelport command."""
+    app.command(name="bench")(bench)
+    app.command(name="report")(report)

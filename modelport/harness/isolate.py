@@ -1,0 +1,249 @@
+"""One measurement, one process: each build, fidelity pass and latency measurement runs in a fresh child.
+
+Isolation buys three things: no runtime's thread pool or allocator state leaks into another's
+numbers, the peak memory is that of one runner alone, and a runtime that segfaults or hangs costs one
+row, not the run. The parent pins the thread count (the runner's own setting plus the OpenMP/MKL/BLAS
+variables), reads progress lines from the child's stdout, keeps its stderr in a log file, and turns
+a signal, an exit code or a timeout into a reason a person can act on.
+
+Where the OS forks (Linux), children are forked from a warm server that has imported torch, numpy and
+modelport once but no runtime and has run nothing: each child still starts with no runtime loaded and
+no thread pool created, without paying ~2 s of imports per measurement. Elsewhere each child is a
+fresh `python -m modelport.harness.worker JOB`.
+
+Job (JSON, written by the parent): `task` ("export", "build", "fidelity" or "latency"), `runner` (how to load it: an
+artifact directory, the PyTorch source model, or a user's `file.py:fn` runner factory), `threads`,
+`inputs` (an .npz of evaluation inputs), and per task `chunk`/`outputs` or
+`batch`/`iterations`/`duration`/`warmup`, or for builds `model`/`backend`/`precision`/`options`/`out`/
+`calibration`. The child (worker.py) writes its result JSON to `result`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROGRESS_PREFIX = "@@modelport-progress "
+STARTED_PREFIX = "@@modelport-started "
+EXIT_PREFIX = "@@modelport-exit "
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+LOG_TAIL_LINES = 6
+
+
+@dataclass
+class Outcome:
+    """What came back from one child: its result, or why there is none."""
+
+    ok: bool
+    result: dict[str, Any] | None
+    error: str | None
+    returncode: int | None
+    seconds: float
+    log: Path
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment a child runs in: this one, with every common thread-count variable pinned."""
+    env = dict(os.environ)
+    env.update({var: str(threads) for var in THREAD_VARS})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-LOG_TAIL_LINES:])
+
+
+def _crash_site(log: Path) -> str:
+    """Where a crashed child was: faulthandler's innermost Python frame, as `file:line in function`."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for i, line in enumerate(lines):
+        if "most recent call first" in line:
+            for frame in lines[i + 1:]:
+                m = re.match(r'\s*File "(.+)", line (\d+) in (\S+)', frame)
+                if m:
+                    return f"at {m.group(1)}:{m.group(2)} in {m.group(3)}"
+    return ""
+
+
+def _signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def _outcome(returncode: int | None, timed_out: bool, timeout: float, result_path: Path, job_path: Path,
+             log: Path, seconds: float) -> Outcome:
+    result = None
+    if result_path.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            result = json.loads(result_path.read_text())
+    job_path.unlink(missing_ok=True)
+    result_path.unlink(missing_ok=True)
+    if timed_out:
+        return Outcome(False, None, f"timed out after {timeout:g} s and was killed", returncode, seconds, log)
+    if returncode is None:
+        tail = _log_tail(log)
+        return Outcome(False, None, "the measuring server died" + (f" ({tail})" if tail else ""), None, seconds, log)
+    if returncode < 0:
+        site = _crash_site(log)
+        error = f"the measuring process was killed by {_signal_name(returncode)}" + (f" {site}" if site else "")
+        return Outcome(False, None, error, returncode, seconds, log)
+    if result is None or not result.get("ok"):
+        error = (result or {}).get("error") or f"the measuring process exited with code {returncode}"
+        tail = _log_tail(log) if result is None else ""
+        return Outcome(False, result, error + (f" ({tail})" if tail else ""), returncode, seconds, log)
+    return Outcome(True, result, None, returncode, seconds, log)
+
+
+def _progress_line(line: str, progress: Callable[[float, float], None] | None) -> None:
+    if progress:
+        done, total = line[len(PROGRESS_PREFIX):].split()
+        progress(float(done), float(total))
+
+
+class Isolator:
+    """Runs jobs one at a time, each in its own process, with the thread count pinned for all of them."""
+
+    def __init__(self, workdir: Path, threads: int, *, fork: bool | None = None) -> None:
+        self.workdir = workdir
+        self.threads = threads
+        self.fork = sys.platform == "linux" if fork is None else fork
+        self._server: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Isolator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            with contextlib.suppress(OSError):
+                assert server.stdin is not None
+                server.stdin.close()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+    def run(self, job: Mapping[str, Any], *, name: str, timeout: float,
+            progress: Callable[[float, float], None] | None = None) -> Outcome:
+        """Run `job` in a fresh process and wait for it (at most `timeout` seconds)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        job_path, result_path = self.workdir / f"{name}.job.json", self.workdir / f"{name}.result.json"
+        log = self.workdir / f"{name}.log"
+        result_path.unlink(missing_ok=True)
+        job_path.write_text(json.dumps({**job, "threads": self.threads, "result": str(result_path)}, default=str))
+        start = time.perf_counter()
+        runner = self._forked if self.fork else self._spawned
+        returncode, timed_out = runner(job_path, log, timeout, progress)
+        outcome = _outcome(returncode, timed_out, timeout, result_path, job_path, log, time.perf_counter() - start)
+        if outcome.ok and log.is_file() and log.stat().st_size == 0:
+            log.unlink()  # keep the logs that say something
+        return outcome
+
+    def _spawned(self, job_path: Path, log: Path, timeout: float,
+                 progress: Callable[[float, float], None] | None) -> tuple[int | None, bool]:
+        with open(log, "w") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "modelport.harness.worker", str(job_path)],
+                                    stdout=subprocess.PIPE, stderr=log_file, text=True, env=thread_env(self.threads))
+            timed_out = threading.Event()
+            timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
+            timer.start()
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    if line.startswith(PROGRESS_PREFIX):
+                        _progress_line(line, progress)
+                    else:
+                        log_file.write(line)
+                return proc.wait(), timed_out.is_set()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                timer.cancel()
+
+    def _start_server(self) -> subprocess.Popen[str]:
+        if self._server is None or self._server.poll() is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            with open(self.workdir / "server.log", "a") as server_log:
+                self._server = subprocess.Popen([sys.executable, "-m", "modelport.harness.worker", "--serve"],
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=server_log,
+                                                text=True, env=thread_env(self.threads))
+        return self._server
+
+    def _forked(self, job_path: Path, log: Path, timeout: float,
+                progress: Callable[[float, float], None] | None) -> tuple[int | None, bool]:
+        server = self._start_server()
+        assert server.stdin is not None and server.stdout is not None
+        log.write_text("")
+        pid: list[int] = []
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            if not pid:
+                server.kill()
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid[0], signal.SIGKILL)
+
+        timer = threading.Timer(timeout, kill)
+        try:
+            server.stdin.write(f"{job_path}\t{log}\n")
+            server.stdin.flush()
+            timer.start()
+            with open(log, "a") as log_file:
+                while line := server.stdout.readline():
+                    if line.startswith(PROGRESS_PREFIX):
+                        _progress_line(line, progress)
+                    elif line.startswith(STARTED_PREFIX):
+                        pid.append(int(line[len(STARTED_PREFIX):]))
+                    elif line.startswith(EXIT_PREFIX):
+                        return int(line[len(EXIT_PREFIX):]), timed_out.is_set()
+                    else:
+                        log_file.write(line)
+        except BrokenPipeError:
+            pass
+        except BaseException:
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid[0], signal.SIGKILL)
+            self.close()
+            raise
+        finally:
+            timer.cancel()
+        self.close()  # the server died; the next job starts a new one
+        return None, timed_out.is_set()
+
+
+def run_isolated(job: Mapping[str, Any], *, workdir: Path, name: str, timeout: float,
+                 progress: Callable[[float, float], None] | None = None, fork: bool | None = None) -> Outcome:
+    """Run one job in its own process (for a series of jobs, keep an Isolator open instead)."""
+    with Isolator(workdir, int(job["threads"]), fork=fork) as isolator:
+        return isolator.run(job, name=name, timeout=timeout, progress=progress)

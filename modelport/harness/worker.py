@@ -1,0 +1,223 @@
+"""The measuring process: `python -m modelport.harness.worker JOB.json`, or forked by `--serve` (isolate.py).
+
+A child pins torch's threads, loads one runner (or builds one artifact), does one task, and writes its
+result JSON; progress goes to stdout as `@@modelport-progress DONE TOTAL` lines. faulthandler is on, so
+a segfault leaves the Python stack in the log the parent keeps.
+
+The server (`--serve`) imports what every child needs once, then for each `JOB<TAB>LOG` line on stdin
+forks a child, says `@@modelport-started PID`, waits for it and says `@@modelport-exit CODE` (negative:
+the signal that killed it). It never loads a runtime or runs a model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, STARTED_PREFIX
+from modelport.harness.reference import batch_of
+
+
+def _report_progress(done: float, total: float) -> None:
+    sys.stdout.write(f"{PROGRESS_PREFIX}{done} {total}\n")
+    sys.stdout.flush()
+
+
+def load_source(spec: Mapping[str, Any]) -> Any:
+    """The model being benched, reloaded from its origin; refuses a model whose content hash differs."""
+    from modelport.model import load_model
+
+    source = load_model(spec["origin"], spec["inputs"], spec["dynamic"])
+    if source.content_hash != spec["content_hash"]:
+        raise RuntimeError(f"{spec['origin']} loaded in the measuring process is not the model being benched "
+                           f"(content hash {source.content_hash}, expected {spec['content_hash']}); does its "
+                           "factory depend on random state?")
+    return source
+
+
+class _TorchRunner:
+    """The PyTorch FP32 source model behind the Runner interface: the baseline row."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self.run = load_source(spec).run
+
+
+def _export(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated ONNX export every ONNX-consuming build then reads from `onnx_dir`."""
+    from modelport.bundle import ModelBundle
+
+    bundle = ModelBundle(load_source(job["model"]), onnx_dir=Path(job["onnx_dir"]))
+    return {"path": str(bundle.onnx_path), "export": bundle.export_info}
+
+
+def _build(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Build (or reuse) one artifact with the shared calibration samples, reopened by their indices."""
+    from modelport.builder import build_artifact
+    from modelport.bundle import ModelBundle
+    from modelport.calibration import CalibrationSet, open_source
+
+    source = load_source(job["model"])
+    calibration = None
+    if job.get("calibration"):
+        spec = job["calibration"]
+        calibration = CalibrationSet(open_source(spec["text"], source.inputs), source.inputs, indices=spec["indices"],
+                                     seed=spec["seed"])
+        if calibration.fingerprint != spec["fingerprint"]:
+            raise RuntimeError(f"the calibration source {spec['text']} gave different samples when read again "
+                               f"(fingerprint {calibration.fingerprint}, expected {spec['fingerprint']}); "
+                               "a calibration source must be deterministic")
+    artifact, reused = build_artifact(ModelBundle(source, onnx_dir=Path(job["onnx_dir"])), job["backend"],
+                                      job["precision"], job["out"], options=job["options"], calibration=calibration)
+    return {"reused": reused, "build_seconds": artifact.manifest["build_seconds"], "size_bytes": artifact.size_bytes,
+            "manifest_key": artifact.manifest["key"], "details": artifact.details}
+
+
+def _load_runner(spec: Mapping[str, Any], threads: int) -> Any:
+    kind = spec["kind"]
+    if kind == "artifact":
+        from modelport.builder import load_artifact
+
+        return load_artifact(spec["path"], threads=threads)
+    if kind == "torch":
+        return _TorchRunner(spec)
+    if kind == "python":
+        from modelport.model import _import_factory
+
+        factory, _ = _import_factory(spec["ref"])
+        runner = factory(threads=threads)
+        if not callable(getattr(runner, "run", None)):
+            raise TypeError(f"{spec['ref']} returned a {type(runner).__name__} without a run(feeds) method")
+        return runner
+    raise ValueError(f"unknown runner kind {kind!r}")
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _peak_rss() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _fidelity(runner: Any, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    n = len(next(iter(inputs.values())))
+    chunk = int(job["chunk"])
+    collected: dict[str, list[np.ndarray]] = {}
+    every = max(1, n // chunk // 50)  # at most ~50 progress lines
+    for step, start in enumerate(range(0, n, chunk)):
+        outputs = runner.run(batch_of(inputs, start, chunk))
+        keep = min(chunk, n - start)
+        for key, value in outputs.items():
+            collected.setdefault(key, []).append(np.asarray(value)[:keep])
+        if step % every == 0 or start + chunk >= n:
+            _report_progress(min(start + chunk, n), n)
+    names = list(collected)
+    np.savez(job["outputs"], *[np.concatenate(collected[k]) for k in names])
+    return {"output_names": names, "samples": n}
+
+
+def _latency(runner: Any, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    from modelport.harness.latency import summarize, timed_runs
+
+    batch = int(job["batch"])
+    feeds = batch_of(inputs, 0, batch)
+    times = timed_runs(runner.run, feeds, iterations=job.get("iterations"), duration=job.get("duration"),
+                       warmup=int(job["warmup"]), progress=_report_progress)
+    return {**summarize(times, batch), "warmup": int(job["warmup"])}
+
+
+def _child(job_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    result_path = Path(job["result"])
+    threads = int(job["threads"])
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        if job["task"] == "probe":
+            from modelport.backends import get_backend
+
+            ok, reason = get_backend(job["backend"]).available()
+            result = {"ok": True, "available": ok, "reason": reason}
+        elif job["task"] == "export":
+            result = {"ok": True, **_export(job)}
+        elif job["task"] == "build":
+            result = {"ok": True, **_build(job)}
+        else:
+            with np.load(job["inputs"]) as data:
+                inputs = {k: data[k] for k in data.files}
+            rss_before = _rss()
+            start = time.perf_counter()
+            runner = _load_runner(job["runner"], threads)
+            load_seconds = time.perf_counter() - start
+            task = _fidelity if job["task"] == "fidelity" else _latency
+            measured = task(runner, job, inputs)
+            peak = _peak_rss()
+            result = {"ok": True, **measured, "threads": threads, "load_seconds": load_seconds,
+                      "peak_rss_bytes": peak, "runner_rss_bytes": max(0, peak - rss_before)}
+        code = 0
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        from modelport.errors import ModelportError
+
+        message = str(exc) if isinstance(exc, ModelportError) else f"{type(exc).__name__}: {exc}"
+        message = " ".join(message.split("\n"))
+        result = {"ok": False, "error": message, "error_type": type(exc).__name__}
+        code = 1
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=str))
+    tmp.replace(result_path)
+    return code
+
+
+def _serve() -> int:
+    import os
+
+    import torch  # noqa: F401 - imported once here, so forked children start warm
+
+    for line in sys.stdin:
+        job_path, _, log_path = line.rstrip("\n").partition("\t")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                os.dup2(fd, 2)
+                os.close(fd)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+                faulthandler.enable()
+                code = _child(job_path)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        sys.stdout.write(f"{STARTED_PREFIX}{pid}\n")
+        sys.stdout.flush()
+        _, status = os.waitpid(pid, 0)
+        sys.stdout.write(f"{EXIT_PREFIX}{os.waitstatus_to_exitcode(status)}\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    import faulthandler
+
+    faulthandler.enable()
+    sys.exit(_serve() if sys.argv[1:] == ["--serve"] else _child(sys.argv[1]))
