@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
-# A fresh cache per session keeps tests hermetic (no exports or weights from earlier runs).
-os.environ.setdefault("MODELPORT_CACHE", tempfile.mkdtemp(prefix="modelport-test-cache-"))
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh cache per session keeps tests hermetic (no exports or weights from earlier runs); pytest
+    removes old session directories itself."""
+    previous = os.environ.get("MODELPORT_CACHE")
+    os.environ["MODELPORT_CACHE"] = str(tmp_path_factory.mktemp("modelport-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MODELPORT_CACHE", None)
+    else:
+        os.environ["MODELPORT_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,116 @@
+"""Peers measured in the same run as modelport's rows: what users write by hand, and PyTorch's compiler.
+
+The harness loads these as `--runner NAME=benchmarks/peers.py:FACTORY` rows, so they are timed and
+compared with exactly the same code, data and thread pinning as every modelport artifact. The files
+they run are built once by `build_peers` before the run and named in the PEERS environment variable,
+which the harness's worker processes inherit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PEERS = "MODELPORT_BENCH_PEERS"
+
+
+def _config() -> dict[str, Any]:
+    return json.loads(os.environ[PEERS])
+
+
+def build_ort_static_defaults(onnx_path: Path, calibration: Any, out: Path) -> Path:
+    """`onnxruntime.quantization.quantize_static` at its defaults, fed the same calibration samples."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.samples = calibration.samples()
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.samples, None)
+
+    quantize_static(str(onnx_path), str(out), Reader())
+    return out
+
+
+def build_nncf_defaults(onnx_path: Path, calibration: Any, out: Path) -> Path:
+    """`nncf.quantize` at its defaults on the OpenVINO IR converted from the same ONNX file."""
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    quantized = nncf.quantize(model, nncf.Dataset(list(calibration.samples())),
+                              subset_size=len(calibration))
+    ov.save_model(quantized, str(out))
+    return out
+
+
+class _Session:
+    def __init__(self, session: Any, names: list[str]) -> None:
+        self.session = session
+        self.names = names
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self.session.run(self.names, dict(feeds)), strict=True))
+
+
+def ort_static_defaults(threads: int) -> _Session:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(_config()["ort_static_defaults"], opts, providers=["CPUExecutionProvider"])
+    return _Session(session, [o.name for o in session.get_outputs()])
+
+
+class _OpenVino:
+    def __init__(self, compiled: Any) -> None:
+        self.request = compiled.create_infer_request()
+        self.names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.request.infer(dict(feeds))
+        return {n: np.asarray(v) for n, v in zip(self.names, result.values(), strict=True)}
+
+
+def nncf_defaults(threads: int) -> _OpenVino:
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(_config()["nncf_defaults"], "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                             "PERFORMANCE_HINT": "LATENCY"})
+    return _OpenVino(compiled)
+
+
+class _Compiled:
+    def __init__(self, module: Any, names: list[str], inputs: list[str]) -> None:
+        self.module = module
+        self.names = names
+        self.inputs = inputs
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from modelport.model import flatten_outputs
+
+        with torch.inference_mode():
+            out = self.module(*(torch.from_numpy(np.asarray(feeds[n])) for n in self.inputs))
+        return {n: t.numpy() for n, t in zip(self.names, flatten_outputs(out), strict=True)}
+
+
+def torch_compile(threads: int) -> _Compiled:
+    """`torch.compile` (inductor, CPU) of the same module; compilation happens in the harness's warm-up."""
+    import torch
+
+    from modelport.model import load_model
+
+    torch.set_num_threads(threads)
+    source = load_model(_config()["model"])
+    compiled = torch.compile(source.module, dynamic=False)
+    return _Compiled(compiled, source.output_names, source.input_names)

@@ -1,0 +1,215 @@
+"""The benchmark suite: standard architectures on every available runtime and precision, beside peers, and
+set against the machine's measured matrix-multiply peak.
+
+    python -m benchmarks.run_suite            # every model, batch 1 and 8 (make bench)
+    python -m benchmarks.run_suite --quick    # the digits CNN and MobileNetV2 at batch 1 (make bench-quick)
+
+Each model runs through `modelport.bench` (the same harness users run), with the peers added as runner
+rows in the same run. Figures land in benchmarks/results/<machine>-<date>.{json,md}, and the README's
+summary table is rewritten from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peak import count_macs, matmul_peak
+from benchmarks.peers import PEERS, build_nncf_defaults, build_ort_static_defaults
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+THREADS = 2
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One row of the suite's table: a model, its data, and which peers apply."""
+
+    name: str
+    model: str
+    calib: str
+    evaluation: str | None = None
+    dynamic: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ("ort_static_defaults", "nncf_defaults", "torch_compile")
+    quick: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+
+
+MODELS = (
+    Suite("digits_cnn", "modelport.examples:digits_cnn", "modelport.examples:digits_calibration",
+          "modelport.examples:digits_evaluation", quick=True),
+    Suite("mobilenet_v2", "benchmarks.models:mobilenet_v2", "benchmarks.data:images", quick=True),
+    Suite("resnet50", "benchmarks.models:resnet50", "benchmarks.data:images"),
+    Suite("bert_base", "benchmarks.models:bert_base", "benchmarks.data:tokens",
+          dynamic=("input_ids:0=batch", "attention_mask:0=batch")),
+    Suite("vit_b16", "benchmarks.models:vit_b16", "benchmarks.data:images"),
+)
+
+
+def _machine_slug(cpu: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")[:40]
+
+
+def build_peers(suite: Suite, out: Path, batches: list[int]) -> dict[str, str]:
+    """Export once (the harness reuses the file) and build the by-hand baselines from the same data."""
+    from modelport.bundle import ModelBundle
+    from modelport.calibration import open_calibration
+    from modelport.harness.matrix import prepare_model
+    from modelport.model import load_model, parse_dynamic_spec
+
+    source = load_model(suite.model, (), [parse_dynamic_spec(d) for d in suite.dynamic])
+    source = prepare_model(source, batches, user_dynamic=bool(suite.dynamic))
+    onnx_path = ModelBundle(source, onnx_dir=out / "onnx").onnx_path
+    calibration = open_calibration(suite.calib, source.inputs)
+    peers_dir = out / "peers"
+    peers_dir.mkdir(parents=True, exist_ok=True)
+    config = {"model": suite.model, "onnx": str(onnx_path)}
+    if "ort_static_defaults" in suite.peers:
+        config["ort_static_defaults"] = str(build_ort_static_defaults(onnx_path, calibration,
+                                                                      peers_dir / "ort_static.onnx"))
+    if "nncf_defaults" in suite.peers:
+        config["nncf_defaults"] = str(build_nncf_defaults(onnx_path, calibration, peers_dir / "nncf_defaults.xml"))
+    return config
+
+
+def run_model(suite: Suite, out: Path, batches: list[int], duration: float) -> dict[str, Any]:
+    import modelport
+
+    start = time.perf_counter()
+    config = build_peers(suite, out, batches)
+    os.environ[PEERS] = json.dumps(config)
+    runners = {name: f"{HERE / 'peers.py'}:{name}" for name in suite.peers}
+    report = modelport.bench(suite.model, out=out, backends="all", batches=batches, threads=THREADS,
+                             duration=duration, calib=suite.calib, evaluation=suite.evaluation,
+                             dynamic=suite.dynamic, options=suite.options, runners=runners, show_progress=True)
+    macs = {b: count_macs(Path(config["onnx"]), {"batch": b}) for b in batches}
+    return {"suite": suite.name, "model": suite.model, "seconds": round(time.perf_counter() - start, 1),
+            "macs": macs, "report": report}
+
+
+def _fidelity(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row.get(k) for k in ("metric_name", "metric", "metric_delta", "cosine", "sqnr_db")}
+
+
+def summarize(runs: list[dict[str, Any]], peaks: dict[str, float]) -> list[dict[str, Any]]:
+    """One line per model and batch: the best artifact and best INT8 artifact (p50), their speed-up over
+    PyTorch eager, their fidelity, the INT8 share of the machine's peak, and every peer beside them."""
+    from modelport.backends import BACKENDS
+
+    lines = []
+    for run in runs:
+        rows = [r for r in run["report"]["rows"] if r.get("status") == "ok" and r.get("p50_ms")]
+        for batch in sorted({r["batch"] for r in rows}):
+            at = [r for r in rows if r["batch"] == batch]
+            eager = next((r for r in at if r["backend"] == "pytorch"), None)
+            ours = [r for r in at if r["backend"] in BACKENDS]
+            int8 = [r for r in ours if str(r["precision"]).startswith("int8")]
+            line: dict[str, Any] = {"model": run["suite"], "batch": batch, "eager_ms": eager and eager["p50_ms"],
+                                    "eager": eager and _fidelity(eager)}
+            for label, pool in (("best", ours), ("best_int8", int8)):
+                row = min(pool, key=lambda r: r["p50_ms"], default=None)
+                if row is None:
+                    continue
+                peak = peaks["int8"] if str(row["precision"]).startswith("int8") else peaks["fp32"]
+                line[label] = {"row": f"{row['backend']} {row['precision']}", "p50_ms": row["p50_ms"],
+                               "fidelity": _fidelity(row),
+                               "speedup_vs_eager": eager["p50_ms"] / row["p50_ms"] if eager else None,
+                               "peak_fraction": run["macs"][batch] / (row["p50_ms"] / 1e3) / peak}
+            line["peers"] = {r["backend"]: {"p50_ms": r["p50_ms"], "fidelity": _fidelity(r)}
+                             for r in at if r["backend"] not in BACKENDS and r["backend"] != "pytorch"}
+            line["rows"] = {f"{r['backend']} {r['precision']}": {"p50_ms": r["p50_ms"], "fidelity": _fidelity(r)}
+                            for r in at}
+            lines.append(line)
+    return lines
+
+
+def _fid(f: dict[str, Any]) -> str:
+    parts = []
+    if f.get("metric") is not None:
+        parts.append(f"{f.get('metric_name') or 'metric'} {f['metric']:.4g}")
+    if f.get("cosine") is not None:
+        parts.append(f"cos {f['cosine']:.4f}")
+    if f.get("sqnr_db") is not None:
+        parts.append(f"{f['sqnr_db']:.1f} dB")
+    return ", ".join(parts) or "-"
+
+
+def markdown(machine: dict[str, Any], peaks: dict[str, float], lines: list[dict[str, Any]], stamp: str) -> str:
+    out = [f"Measured {stamp} on {machine['cpu']} ({machine['cores']} cores, {', '.join(machine['flags'])}), "
+           f"{THREADS} threads. Matrix-multiply peak in ONNX Runtime: FP32 {peaks['fp32'] / 1e9:.1f} GMAC/s, "
+           f"INT8 {peaks['int8'] / 1e9:.1f} GMAC/s.", "",
+           "| model | batch | PyTorch eager p50 | best artifact | p50 | speed-up | fidelity | best INT8 | p50 | "
+           "speed-up | fidelity | INT8 share of peak |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for line in lines:
+        best, b8 = line.get("best", {}), line.get("best_int8", {})
+        cells = [line["model"], str(line["batch"]), f"{line['eager_ms']:.2f} ms" if line["eager_ms"] else "-"]
+        for entry in (best, b8):
+            cells += [entry.get("row", "-"), f"{entry['p50_ms']:.2f} ms" if entry else "-",
+                      f"{entry['speedup_vs_eager']:.2f}x" if entry.get("speedup_vs_eager") else "-",
+                      _fid(entry.get("fidelity", {}))]
+        cells.append(f"{b8['peak_fraction']:.0%}" if b8 else "-")
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Peers in the same run (p50, fidelity against PyTorch FP32):", "",
+            "| model | batch | peer | p50 | fidelity |", "|---|---|---|---|---|"]
+    for line in lines:
+        for name, peer in line["peers"].items():
+            out.append(f"| {line['model']} | {line['batch']} | {name} | {peer['p50_ms']:.2f} ms | "
+                       f"{_fid(peer['fidelity'])} |")
+    return "\n".join(out) + "\n"
+
+
+def update_readme(table: str) -> None:
+    text = README.read_text()
+    start, end = "<!-- bench-summary:start -->", "<!-- bench-summary:end -->"
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        README.write_text(f"{head}{start}\n{table}{end}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the quick subset, batch 1 (under 10 minutes)")
+    parser.add_argument("--models", help="comma-separated suite names (default: all, or the quick ones)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of timed runs per row")
+    parser.add_argument("--out", type=Path, default=Path("bench-suite"), help="working directory")
+    args = parser.parse_args()
+    from modelport.machine import machine_summary
+
+    chosen = [m for m in MODELS if (m.quick or not args.quick)]
+    if args.models:
+        wanted = set(args.models.split(","))
+        chosen = [m for m in MODELS if m.name in wanted]
+    batches = [1] if args.quick else [1, 8]
+    duration = args.duration or (1.0 if args.quick else 2.0)
+    machine = machine_summary()
+    peaks = {"fp32": matmul_peak("fp32", THREADS), "int8": matmul_peak("int8", THREADS)}
+    runs = [run_model(suite, args.out / suite.name, batches, duration) for suite in chosen]
+    lines = summarize(runs, peaks)
+    stamp = dt.date.today().isoformat()
+    name = f"{_machine_slug(machine['cpu'])}-{stamp}{'-quick' if args.quick else ''}"
+    RESULTS.mkdir(exist_ok=True)
+    table = markdown(machine, peaks, lines, stamp)
+    (RESULTS / f"{name}.md").write_text(f"# modelport benchmark suite ({'quick' if args.quick else 'full'})\n\n"
+                                        + table)
+    (RESULTS / f"{name}.json").write_text(json.dumps(
+        {"machine": machine, "threads": THREADS, "peaks_mac_per_s": peaks, "summary": lines,
+         "runs": [{k: v for k, v in r.items() if k != "report"} | {"rows": r["report"]["rows"]} for r in runs]},
+        indent=2, default=str))
+    if not args.quick:
+        update_readme(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
