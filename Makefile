@@ -30,6 +30,12 @@ test: setup
 	$(VENV)/bin/ruff check modelport tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+bench: setup
+	$(PY) -m benchmarks.run_suite
+
+bench-quick: setup
+	$(PY) -m benchmarks.run_suite --quick
+
 lint: setup
 	$(VENV)/bin/ruff check modelport tests benchmarks
 
