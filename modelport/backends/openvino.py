@@ -1,0 +1,566 @@
+"""OpenVINO: the validated ONNX file as IR (FP32, FP16 weights) and INT8 through NNCF with the shared calibration.
+
+fp32 and fp16 are `openvino.convert_model` saved as IR, keeping the source's static or dynamic dims;
+int8 is `nncf.quantize` over the CalibrationSet (or, with `source=qdq`, the QDQ model every ONNX-consuming
+runtime shares), with NNCF's transformer scheme chosen when the graph has attention; int8-dynamic is
+NNCF's weight-only INT8. Each build compiles its IR once on this machine and records what the plugin will
+really run (inference precision, how many layers run INT8 kernels), since OpenVINO decides that at load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelport.backends.base import Backend, Option, Recipe, Runner, parse_bool, parse_list
+from modelport.errors import BadInput, StepFailed, Unavailable
+from modelport.model import TensorSpec
+
+if TYPE_CHECKING:
+    from modelport.artifact import Artifact
+    from modelport.bundle import ModelBundle
+    from modelport.calibration import CalibrationSet
+
+MAIN_FILE = "model.xml"
+_COMPUTE = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul")
+_RUNTIME_COMPUTE = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")
+_INT_TYPES = ("i8", "u8", "i4", "u4")
+# ONNX op types a user may name in `exclude`, and the OpenVINO op types they become.
+_ONNX_TYPES = {"Conv": ("Convolution", "GroupConvolution"), "Gemm": ("MatMul",),
+               "ConvTranspose": ("ConvolutionBackpropData", "GroupConvolutionBackpropData"),
+               "Mul": ("Multiply",), "Sub": ("Subtract",), "Div": ("Divide",), "Resize": ("Interpolate",),
+               "LayerNormalization": ("MVN",), "AveragePool": ("AvgPool",)}
+_SHAPE_OPS = ("Convert", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool")
+_DEQUANT_OPS = ("Subtract", "Multiply")
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    options = (
+        Option("device", "The OpenVINO device the runner compiles for (cpu, gpu or npu, as OpenVINO reports them); "
+               "int8 also tunes NNCF's quantization scheme to it.", "cpu", str.lower, ("cpu", "gpu", "npu")),
+        Option("source", "nncf: quantize the IR with NNCF over the calibration set; qdq: convert the QDQ ONNX "
+               "model of modelport's shared calibration pass (the one TensorRT reads).", "nncf", str.lower,
+               ("nncf", "qdq"), ("int8",)),
+        Option("preset", "NNCF preset: performance (symmetric activations) or mixed (asymmetric activations); "
+               "auto takes NNCF's choice for the model type (mixed for transformers).", "auto", str.lower,
+               ("auto", "performance", "mixed"), ("int8",)),
+        Option("model_type", "transformer applies NNCF's transformer scheme (SmoothQuant, attention kept "
+               "accurate); auto chooses it when the graph has MatMul -> Softmax -> MatMul attention.", "auto",
+               str.lower, ("auto", "transformer", "generic"), ("int8",)),
+        Option("ranges", "How NNCF sets activation ranges: histogram (the clipping that minimises quantization "
+               "error over a histogram of the calibration activations) or mean_minmax (NNCF's default: the mean "
+               "of per-sample min and max); auto takes histogram, and NNCF's default for transformers.", "auto",
+               str.lower, ("auto", "histogram", "mean_minmax"), ("int8",)),
+        Option("exclude", "Layers to keep in float, comma-separated: ONNX or OpenVINO node names, torch module "
+               "paths (classifier.3), or op types (Conv, MatMul, Softmax); with source=qdq, ONNX node names or "
+               "op types.", (), parse_list,
+               precisions=("int8", "int8-dynamic")),
+        Option("method", "With source=qdq: the calibration method of the shared QDQ pass (minmax, entropy, "
+               "percentile; default minmax).", None, str.lower, ("minmax", "entropy", "percentile"), ("int8",)),
+        Option("symmetric_activations", "With source=qdq: symmetric activation ranges in the shared QDQ pass "
+               "(default false).",
+               None, parse_bool, precisions=("int8",)),
+    )
+
+    def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
+              out_dir: Path) -> dict[str, Any]:
+        import openvino as ov
+
+        opts, precision = recipe.options, recipe.precision
+        _check_source_options(opts)
+        details: dict[str, Any] = {"main_file": MAIN_FILE, "device": opts["device"].upper()}
+        with _quiet():
+            if precision == "int8" and opts["source"] == "qdq":
+                assert calibration is not None  # build_artifact demands it for int8
+                model, info = _from_qdq(bundle.onnx_path, recipe, calibration)
+            else:
+                model = _convert(bundle.onnx_path)
+                if precision == "int8":
+                    assert calibration is not None  # build_artifact demands it for int8
+                    model, info = _quantize(model, recipe, calibration)
+                elif precision == "int8-dynamic":
+                    model, info = _compress_weights(model, opts["exclude"])
+                else:
+                    info = {"weights": precision}
+            details.update(info)
+            details["shapes"] = {p.get_any_name(): str(p.get_partial_shape()) for p in model.inputs}
+            ov.save_model(model, str(out_dir / MAIN_FILE), compress_to_fp16=precision == "fp16")
+        details["runtime"] = _runtime_check(out_dir / MAIN_FILE, opts["device"], precision)
+        return details
+
+    def load(self, artifact: Artifact, threads: int | None = None) -> OpenVinoRunner:
+        device = artifact.manifest["recipe"]["options"].get("device", "cpu")
+        return OpenVinoRunner(artifact.main_file, artifact.inputs, artifact.outputs, device=device, threads=threads)
+
+
+def _check_source_options(opts: Mapping[str, Any]) -> None:
+    """NNCF's options and the QDQ pass's options each apply to one int8 source; given to the other, they are errors."""
+    if "source" not in opts:
+        return
+    if opts["source"] == "qdq":
+        nncf_only = [k for k in ("preset", "model_type", "ranges") if opts[k] != "auto"]
+        if nncf_only:
+            raise BadInput(f"Option(s) {', '.join(nncf_only)} tune NNCF's quantization, which source=qdq does not run.",
+                           hint="Drop them, or use source=nncf (the default).")
+    elif opts["method"] is not None or opts["symmetric_activations"] is not None:
+        raise BadInput("Options method and symmetric_activations apply only to the shared QDQ pass.",
+                       hint="Add --option source=qdq, or drop them (NNCF's calibration has its own).")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """NNCF logs every step at INFO; a build reports its own details, so keep warnings and errors only."""
+    logger = logging.getLogger("nncf")
+    level, handler_levels = logger.level, [h.level for h in logger.handlers]
+    logger.setLevel(logging.WARNING)
+    for h in logger.handlers:
+        h.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+        for h, lv in zip(logger.handlers, handler_levels, strict=False):
+            h.setLevel(lv)
+
+
+def _convert(onnx_path: Path) -> Any:
+    import openvino as ov
+
+    try:
+        return ov.convert_model(str(onnx_path))
+    except Exception as exc:
+        raise StepFailed(f"OpenVINO cannot convert {onnx_path}: {_first_line(exc)}",
+                         hint="An op OpenVINO's ONNX frontend lacks is named above; try another --opset, or "
+                              "replace the op in the model.") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:400] if lines else type(exc).__name__
+
+
+# ----- graph reading: attention, quantized layers, names for `exclude` -----
+
+def _producer(node: Any, index: int = 0) -> Any:
+    return node.input(index).get_source_output().get_node()
+
+
+def _consumers(node: Any) -> list[Any]:
+    return [t.get_node() for out in node.outputs() for t in out.get_target_inputs()]
+
+
+def _is_constant_path(node: Any, depth: int = 8) -> bool:
+    """Whether a node's value is fixed at load: Constants seen through converts, reshapes and dequantization."""
+    if node.get_type_name() == "Constant":
+        return True
+    if depth == 0 or node.get_type_name() not in _SHAPE_OPS + _DEQUANT_OPS:
+        return False
+    return all(_is_constant_path(_producer(node, i), depth - 1) for i in range(node.get_input_size()))
+
+
+def attention_blocks(model: Any) -> list[str]:
+    """Softmax nodes between two activation MatMuls (scores and context): the signature of attention."""
+    found = []
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "ScaledDotProductAttention" or (
+                kind == "Softmax" and _reaches_matmul(op, upward=True) and _reaches_matmul(op, upward=False)):
+            found.append(op.get_friendly_name())
+    return found
+
+
+def _reaches_matmul(start: Any, upward: bool, depth: int = 4) -> bool:
+    frontier = [start]
+    for _ in range(depth):
+        nxt = []
+        for node in frontier:
+            for n in ([_producer(node, i) for i in range(node.get_input_size())] if upward else _consumers(node)):
+                if n.get_type_name() == "MatMul" and not any(
+                        _is_constant_path(_producer(n, i)) for i in range(2)):
+                    return True
+                if not _is_constant_path(n):
+                    nxt.append(n)
+        frontier = nxt
+    return False
+
+
+def _int8_origin(node: Any, depth: int = 8) -> bool:
+    """Whether a compute op's input is quantized: a FakeQuantize upstream through layout-only ops, or an
+    integer weight constant under its dequantization (Convert, Subtract, Multiply)."""
+    arithmetic = False
+    for _ in range(depth):
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return not arithmetic
+        if kind == "Constant":
+            return node.get_output_element_type(0).get_type_name() in _INT_TYPES
+        if kind in _DEQUANT_OPS:
+            arithmetic = True
+            # the dequantized tensor, not the scale or zero point beside it
+            ins = [_producer(node, i) for i in range(node.get_input_size())]
+            node = next((n for n in ins if n.get_type_name() != "Constant"), ins[0])
+            continue
+        if kind not in _SHAPE_OPS:
+            return False
+        node = _producer(node)
+    return False
+
+
+@dataclass(frozen=True)
+class LayerCensus:
+    """The IR's compute ops (convolutions, MatMuls) by what quantization reached them."""
+
+    int8: list[str]  # int8 weights and quantized activations: an INT8 kernel
+    weights_only: list[str]  # int8 weights, float activations (weight compression)
+    floating: list[str]
+
+    @classmethod
+    def of(cls, model: Any) -> LayerCensus:
+        census = cls([], [], [])
+        for op in model.get_ordered_ops():
+            if op.get_type_name() not in _COMPUTE:
+                continue
+            ins = [_producer(op, i) for i in range(op.get_input_size())]
+            weights = [n for n in ins if _is_constant_path(n)]
+            acts = [n for n in ins if not _is_constant_path(n)]
+            int8_weights = bool(weights) and all(_int8_origin(n) for n in weights)
+            int8_acts = all(_int8_origin(n) for n in acts)
+            if int8_acts and (int8_weights or not weights):
+                census.int8.append(op.get_friendly_name())
+            elif int8_weights:
+                census.weights_only.append(op.get_friendly_name())
+            else:
+                census.floating.append(op.get_friendly_name())
+        return census
+
+    def to_json(self, model: Any) -> dict[str, Any]:
+        fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
+        return {"layers": len(self.int8) + len(self.weights_only) + len(self.floating),
+                "quantized_layers": len(self.int8), "int8_weight_only_layers": len(self.weights_only),
+                "float_layers": self.floating[:50], "fake_quantize_nodes": fq}
+
+
+def _resolve_exclude(model: Any, items: Sequence[str]) -> tuple[Any, dict[str, list[str]]]:
+    """An nncf.IgnoredScope for `exclude` items, and what each item matched (for the manifest).
+
+    An item is an op type (OpenVINO's or ONNX's), a node name (the ONNX node a layer came from, or the IR
+    name), or a torch module path whose `.weight` feeds the layer. Unmatched items are errors.
+    """
+    import nncf
+
+    ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result")]
+    kinds = {op.get_type_name() for op in ops}
+    names = [op.get_friendly_name() for op in ops]
+    modules: dict[str, list[str]] = {}  # torch module path -> the layers its weight feeds
+    for const in model.get_ordered_ops():
+        if const.get_type_name() == "Constant" and const.get_friendly_name().endswith(".weight"):
+            layers = [n.get_friendly_name() for n in _layers_fed_by(const)]
+            if layers:
+                modules[const.get_friendly_name().removesuffix(".weight")] = layers
+    ignored_names: set[str] = set()
+    ignored_types: set[str] = set()
+    matched: dict[str, list[str]] = {}
+    for item in items:
+        types = [item] if item in kinds else [t for t in _ONNX_TYPES.get(item, ()) if t in kinds]
+        if types:
+            ignored_types.update(types)
+            matched[item] = [f"type {t}" for t in types]
+            continue
+        hits = [n for n in names if n == item or n.startswith(item + "/")] or modules.get(item, [])
+        if not hits:
+            known = sorted(set(names) | kinds | set(modules) | {n.split("/")[0] for n in names})
+            close = difflib.get_close_matches(item, known, n=5)
+            layers = [f"{layer.split('/')[0]} ({module})" for module, found in modules.items() for layer in found]
+            raise BadInput(f"exclude={item!r} matches no node, torch module or op type of the model.",
+                           hint=(f"Close names: {', '.join(close)}. " if close else "") +
+                           f"Layers with weights here, as ONNX node (torch module): {', '.join(layers[:12])}"
+                           f"{', ...' if len(layers) > 12 else ''}; or give op types such as Conv or MatMul.")
+        ignored_names.update(hits)
+        matched[item] = hits
+    scope = nncf.IgnoredScope(names=sorted(ignored_names), types=sorted(ignored_types))
+    return scope, matched
+
+
+def _layers_fed_by(constant: Any, depth: int = 6) -> list[Any]:
+    frontier, layers = [constant], []
+    for _ in range(depth):
+        nxt = []
+        for node in frontier:
+            for n in _consumers(node):
+                (layers if n.get_type_name() in _COMPUTE else nxt).append(n)
+        frontier = [n for n in nxt if n.get_type_name() in _SHAPE_OPS + _DEQUANT_OPS + ("FakeQuantize",)]
+    return layers
+
+
+# ----- the precisions -----
+
+class _CalibrationFeeds:
+    """The CalibrationSet's batches as a re-iterable source for nncf.Dataset (NNCF reads it more than once)."""
+
+    def __init__(self, calibration: CalibrationSet) -> None:
+        self.calibration = calibration
+        static = {s.shape[0] for s in calibration.specs if s.shape and isinstance(s.shape[0], int)}
+        self.batch = static.pop() if len(static) == 1 else 1
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.calibration.batches(self.batch)
+
+    def __len__(self) -> int:
+        return len(self.calibration) // self.batch
+
+
+def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet) -> tuple[Any, dict[str, Any]]:
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    opts = recipe.options
+    attention = attention_blocks(model)
+    if opts["model_type"] == "auto":
+        transformer = bool(attention)
+        why = (f"auto: {len(attention)} attention block(s) (MatMul -> Softmax -> MatMul), e.g. {attention[0]}"
+               if attention else "auto: no attention (MatMul -> Softmax -> MatMul) in the graph")
+    else:
+        transformer = opts["model_type"] == "transformer"
+        why = "set by the model_type option"
+    preset = opts["preset"] if opts["preset"] != "auto" else ("mixed" if transformer else "performance")
+    ranges = opts["ranges"] if opts["ranges"] != "auto" else ("mean_minmax" if transformer else "histogram")
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM) if ranges == "histogram" else None
+    scope, excluded = _resolve_exclude(model, opts["exclude"])
+    feeds = _CalibrationFeeds(calibration)
+    try:
+        quantized = nncf.quantize(
+            model, nncf.Dataset(feeds), preset=nncf.QuantizationPreset(preset),
+            target_device=nncf.TargetDevice(opts["device"].upper()), subset_size=len(feeds),
+            fast_bias_correction=True, model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+            ignored_scope=scope, advanced_parameters=advanced)
+    except Exception as exc:
+        raise StepFailed(f"NNCF could not quantize the model: {_first_line(exc)}",
+                         hint="Keep the failing layers in float with --option exclude=NAME,..., or try "
+                              "--option source=qdq.") from exc
+    return quantized, {
+        "quantizer": f"nncf.quantize {nncf.__version__}",
+        "model_type": "transformer" if transformer else "generic", "model_type_reason": why,
+        "preset": preset, "activation_ranges": ranges, "fast_bias_correction": True, "calibration_batches": len(feeds),
+        "excluded": excluded, **LayerCensus.of(quantized).to_json(quantized),
+    }
+
+
+def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet) -> tuple[Any, dict[str, Any]]:
+    """Convert the shared QDQ model (its Q/DQ pairs become FakeQuantize): one calibration for every runtime."""
+    from modelport.calibration.qdq import write_qdq_model
+
+    opts = recipe.options
+    kwargs = {k: opts[k] for k in ("method", "symmetric_activations") if opts.get(k) is not None}
+    with tempfile.TemporaryDirectory(prefix="modelport-qdq-") as tmp:
+        result = write_qdq_model(onnx_path, calibration, Path(tmp) / "model.qdq.onnx", per_channel=True,
+                                 exclude=opts["exclude"], **kwargs)
+        model = _convert(result.path)
+    qdq = {k: v for k, v in result.to_json().items() if k != "path"}
+    return model, {"quantizer": "shared QDQ model (modelport.calibration.qdq), converted by OpenVINO", "qdq": qdq,
+                   **LayerCensus.of(model).to_json(model)}
+
+
+def _compress_weights(model: Any, exclude: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+    import nncf
+
+    scope, excluded = _resolve_exclude(model, exclude)
+    try:
+        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=scope)
+    except Exception as exc:
+        raise StepFailed(f"NNCF could not compress the weights: {_first_line(exc)}") from exc
+    return compressed, {"quantizer": f"nncf.compress_weights {nncf.__version__} (int8_asym, per channel)",
+                        "weights": "int8 (activations stay float)", "excluded": excluded,
+                        **LayerCensus.of(compressed).to_json(compressed)}
+
+
+# ----- running -----
+
+@dataclass(frozen=True)
+class RuntimeOp:
+    """One op of the compiled (device-side) model: what the plugin really executes and in which precision."""
+
+    name: str
+    type: str
+    precision: str
+    original: tuple[str, ...]
+
+    def comes_from(self, name: str) -> bool:
+        """Whether this runtime op executes the IR or ONNX node `name` (fused layers carry several)."""
+        return any(o == name or o.startswith(name + "/") for o in (self.name, *self.original))
+
+
+def runtime_ops(compiled: Any) -> list[RuntimeOp]:
+    """The compiled model's ops with the plugin's runtime info (layer type, precision, fused IR nodes)."""
+    ops = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        get = {k: info[k].astype(str) for k in ("layerType", "runtimePrecision", "originalLayersNames") if k in info}
+        original = tuple(n for n in get.get("originalLayersNames", "").split(",") if n)
+        ops.append(RuntimeOp(op.get_friendly_name(), get.get("layerType", ""), get.get("runtimePrecision", ""),
+                             original))
+    return ops
+
+
+def _device_name(core: Any, device: str) -> str:
+    found = [d for d in core.available_devices if d.split(".")[0] == device.upper()]
+    if not found:
+        raise Unavailable(f"OpenVINO reports no {device.upper()} device here (it sees: "
+                          f"{', '.join(core.available_devices) or 'none'}).",
+                          hint=f"Build with --option device=cpu, or run on a machine with an Intel {device.upper()} "
+                               "and its driver installed.")
+    return device.upper()
+
+
+def _compile(core: Any, path: Path | str, device: str, hint: str, threads: int | None) -> Any:
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+    if threads and device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return core.compile_model(str(path), device, config)
+    except Exception as exc:
+        raise StepFailed(f"OpenVINO could not compile {path} for {device}: {_first_line(exc)}") from exc
+
+
+def _property(compiled: Any, key: str) -> str:
+    """A compiled model's property as text ('f32', not "<Type: 'float32'>")."""
+    try:
+        value = compiled.get_property(key)
+    except Exception:
+        return "n/a"
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+def _runtime_check(xml: Path, device: str, precision: str) -> dict[str, Any]:
+    """Compile the IR once here: proves it loads, and records the precision the plugin will really run."""
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        name = _device_name(core, device)
+    except Unavailable as exc:
+        return {"checked": False, "reason": exc.message}
+    compiled = _compile(core, xml, name, "LATENCY", None)
+    ops = runtime_ops(compiled)
+    compute = [op for op in ops if op.type in _RUNTIME_COMPUTE]
+    int8 = [op for op in compute if op.precision in _INT_TYPES]
+    inference = _property(compiled, "INFERENCE_PRECISION_HINT")
+    out = {"checked": True, "device": core.get_property(name, "FULL_DEVICE_NAME"), "inference_precision": inference,
+           "int8_kernels": len(int8), "compute_kernels": len(compute)}
+    if precision == "fp16" and inference != "f16":
+        out["note"] = (f"weights are FP16 in the IR; this {name} has no native FP16 compute, so OpenVINO "
+                       f"decompresses them at load and computes in {inference.upper()}")
+    if precision == "int8-dynamic":
+        out["dynamic_quantization_group_size"] = _property(compiled, "DYNAMIC_QUANTIZATION_GROUP_SIZE")
+        out["note"] = (f"{len(int8)} of {len(compute)} layers keep int8 weights in the compiled model; the "
+                       f"others' weights are decompressed to {inference.upper()} at load (a smaller file; those "
+                       "layers compute as in FP32)")
+    return out
+
+
+class OpenVinoRunner(Runner):
+    """A compiled IR: single-stream latency by default; `run_many` uses throughput streams."""
+
+    def __init__(self, xml: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *, device: str = "cpu",
+                 threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.inputs, self.outputs = inputs, outputs
+        self.threads = threads
+        self._xml = xml
+        self._core = ov.Core()
+        self.device = _device_name(self._core, device)
+        self.compiled = _compile(self._core, xml, self.device, "LATENCY", threads)
+        self._request = self.compiled.create_infer_request()
+        self._ports = self._output_ports(self.compiled)
+        self._throughput: Any = None
+
+    def _output_ports(self, compiled: Any) -> dict[str, int]:
+        index = {name: i for i, port in enumerate(compiled.outputs) for name in port.get_names()}
+        missing = [s.name for s in self.outputs if s.name not in index]
+        if missing:
+            raise StepFailed(f"The IR {self._xml} has no output(s) {missing}; it has {sorted(index)}.",
+                             hint="Rebuild the artifact with --force.")
+        return {s.name: index[s.name] for s in self.outputs}
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """What the plugin chose: the inference precision, streams and threads it runs with."""
+        props = ("INFERENCE_PRECISION_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT")
+        return {"device": self.device, **{p.lower(): _property(self.compiled, p) for p in props}}
+
+    def runtime_ops(self) -> list[RuntimeOp]:
+        return runtime_ops(self.compiled)
+
+    def _feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [s.name for s in self.inputs]
+        missing, extra = [n for n in names if n not in feeds], sorted(set(feeds) - set(names))
+        if missing or extra:
+            raise BadInput(f"OpenVINO runner inputs: missing {missing or 'none'}, unexpected {extra or 'none'}.",
+                           hint=f"The model's inputs are {names}.")
+        out = {}
+        for spec in self.inputs:
+            a = np.asarray(feeds[spec.name])
+            if a.dtype != np.dtype(spec.dtype):
+                if not np.can_cast(a.dtype, spec.dtype, casting="same_kind"):
+                    raise BadInput(f"Input {spec.name!r} is {a.dtype}; the model takes {spec.dtype}.")
+                a = a.astype(spec.dtype)
+            out[spec.name] = np.ascontiguousarray(a)
+        return out
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # infer() copies the outputs out of the request (share_outputs=False), so they stay valid after the next run
+        result = self._request.infer(self._feeds(feeds), share_inputs=True)
+        return {name: result[i] for name, i in self._ports.items()}
+
+    def run_many(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Run many independent inputs concurrently, results in order: the throughput mode.
+
+        The first call compiles the IR again with the THROUGHPUT hint (several streams on the same thread
+        count) and makes the plugin's optimal number of infer requests; jobs go round them in order, each
+        request collected just before it is reused. No Python callbacks run on OpenVINO's threads (an
+        AsyncInferQueue's do, and can deadlock against the GIL when the queue is freed).
+        """
+        if self._throughput is None:
+            compiled = _compile(self._core, self._xml, self.device, "THROUGHPUT", self.threads)
+            count = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._throughput = (compiled, [compiled.create_infer_request() for _ in range(count)],
+                                self._output_ports(compiled))
+        _, requests, ports = self._throughput
+        results: list[dict[str, np.ndarray]] = [{} for _ in feeds]
+        pending: dict[int, int] = {}  # request slot -> the job it runs
+
+        def collect(slot: int) -> None:
+            requests[slot].wait()
+            results[pending.pop(slot)] = {n: requests[slot].get_output_tensor(i).data.copy() for n, i in ports.items()}
+
+        for job, f in enumerate(feeds):
+            slot = job % len(requests)
+            if slot in pending:
+                collect(slot)
+            requests[slot].start_async(self._feeds(f))
+            pending[slot] = job
+        for slot in list(pending):
+            collect(slot)
+        return results
+
+    @property
+    def throughput_requests(self) -> int | None:
+        """The number of parallel requests `run_many` uses (None before its first call)."""
+        return len(self._throughput[1]) if self._throughput is not None else None
+
+    def close(self) -> None:
+        self._request = self.compiled = self._throughput = None
