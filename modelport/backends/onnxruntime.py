@@ -1,0 +1,611 @@
+"""The ONNX Runtime backend: FP32 with fusions, FP16, static INT8 (QDQ) and dynamic INT8, chosen for this CPU.
+
+What users meet with ORT's tools by hand, and what this backend does instead:
+- FP32: the graph optimizations are applied offline and saved, plus the transformer fusions of
+  `onnxruntime.transformers` when the graph has attention/LayerNorm/GELU patterns (detected, not asked).
+- FP16: converted with float32 inputs and outputs; ops that lose accuracy in float16 or have no float16
+  kernel in the execution provider stay float32, found by asking the runtime, and listed.
+- INT8 static: the shared QDQ pass (`calibration/qdq.py`) with activation/weight signedness and
+  reduce_range chosen from the CPU's instruction set, an op set that has fast int8 kernels for this
+  kind of graph, range-wrecking tensors kept in float, and a latency check against FP32.
+- INT8 dynamic: MatMul/Gemm weights in int8 with activations quantized at run time, Conv only where it
+  measured faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import platform
+import re
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelport.backends.base import Backend, Option, Recipe, Runner, parse_bool, parse_list
+from modelport.calibration.qdq import METHODS, resolve_exclude, write_qdq_model
+from modelport.errors import BadInput, StepFailed
+from modelport.machine import cpu_flags
+from modelport.model import TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+    from modelport.artifact import Artifact
+    from modelport.bundle import ModelBundle
+    from modelport.calibration import CalibrationSet
+
+MAIN_FILE = "model.onnx"
+LEVELS = ("basic", "extended", "all")
+# Exponentials and long reductions overflow or lose their precision in float16.
+FP16_ACCURACY_BLOCK = ("Exp", "Log", "Pow", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare",
+                       "ReduceL2", "ReduceLogSumExp", "CumSum", "Range")
+TRANSFORMER_MARKERS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+                                 "RMSNormalization", "Attention", "MultiHeadAttention"})
+# Ops whose QDQ groups ORT's CPU provider fuses into int8 kernels (QLinearConv, QLinearAdd, QLinearMul,
+# QGemm, int8 pooling, ...) or passes through in 8 bits: a CNN's activations stay int8 between layers.
+CNN_INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "LeakyRelu", "Sigmoid",
+                "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Resize", "Reshape", "Flatten", "Transpose",
+                "Squeeze", "Unsqueeze", "Pad", "Split", "Slice")
+TRANSFORMER_INT8_OPS = ("MatMul", "Gemm", "Conv")
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+             "tensor(bool)": np.bool_}
+
+
+def _tristate(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return "true" if parse_bool(value) else "false"
+
+
+def _alpha(value: Any) -> float:
+    alpha = float(value)
+    if not 0 <= alpha <= 1:
+        raise ValueError("expected a number between 0 and 1 (0 disables)")
+    return alpha
+
+
+# ---------------------------------------------------------------- choices made from the CPU
+
+
+@dataclass(frozen=True)
+class CpuChoice:
+    """Activation/weight signedness and weight range for ORT's int8 kernels on this CPU, with the reason."""
+
+    activation_type: str
+    weight_type: str
+    reduce_range: bool
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return ("u8" if self.activation_type == "uint8" else "s8") + ("s8" if self.weight_type == "int8" else "u8")
+
+
+def cpu_choice(flags: frozenset[str] | None = None, machine: str | None = None) -> CpuChoice:
+    """U8S8 or S8S8 and reduce_range for the CPU's instruction set (ORT's own guidance, per feature)."""
+    flags = cpu_flags() if flags is None else flags
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64", "i386", "i686", "x86"):
+        vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+        if vnni:
+            return CpuChoice("uint8", "int8", False,
+                             f"{', '.join(vnni)}: u8s8 dot products accumulate in 32 bits without saturation, so "
+                             "weights keep all 8 bits; s8s8 QDQ has fewer fast x86 kernels")
+        simd = "AVX2" if "avx2" in flags else "SSE"
+        return CpuChoice("uint8", "int8", True,
+                         f"{simd} without VNNI: ORT's u8s8 kernels multiply with VPMADDUBSW, whose 16-bit pair sums "
+                         "can saturate; 7-bit weights (reduce_range) keep them exact. s8s8 QDQ has fewer fast x86 "
+                         "kernels (MatMuls stay float around extra Q/DQ), so activations are uint8")
+    return CpuChoice("int8", "int8", False,
+                     f"{machine}: ORT's ARM int8 kernels take signed activations (s8s8) natively, without "
+                     "saturation, so weights keep all 8 bits")
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def _providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    return [*gpu, "CPUExecutionProvider"]
+
+
+def _session(path: Path, threads: int | None = None, level: str = "all", providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _level(level)
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+
+
+def _level(name: str):
+    import onnxruntime as ort
+
+    return {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[name]
+
+
+class OnnxRuntimeRunner(Runner):
+    """An InferenceSession on the best available providers (TensorRT, CUDA, then CPU)."""
+
+    def __init__(self, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], threads: int | None) -> None:
+        try:
+            self.session = _session(path, threads, "all", _providers())
+        except Exception as exc:
+            raise StepFailed(f"ONNX Runtime cannot load {path}: {exc}",
+                             hint="Rebuild the artifact with the onnxruntime version installed here.") from exc
+        self.inputs = inputs
+        self.outputs = outputs
+        self.threads = threads
+        self.providers = self.session.get_providers()
+        self._dtypes = {i.name: _NP_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self._output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self._dtypes if n not in feeds]
+        if missing:
+            raise BadInput(f"Missing input(s) {missing}; the model takes {list(self._dtypes)}.")
+        arrays = {n: np.ascontiguousarray(np.asarray(feeds[n]), dtype=t) for n, t in self._dtypes.items()}
+        results = self.session.run(self._output_names, arrays)
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        self.session = None
+
+
+# ---------------------------------------------------------------- the backend
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    options = (
+        Option("optimization", "Graph optimization level applied offline and saved: basic, extended or all ('all' "
+               "adds layout changes tied to this CPU).", "extended", str, LEVELS, ("fp32",)),
+        Option("fusions", "Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm): auto applies them "
+               "where the graph has them, off skips them.", "auto", str, ("auto", "off"), ("fp32",)),
+        Option("keep_fp32", "Op types kept in float32 besides those chosen automatically (comma-separated).", (),
+               parse_list, None, ("fp16",)),
+        Option("method", "Calibration method: minmax, entropy or percentile.", "minmax", str, METHODS, ("int8",)),
+        Option("percentile", "The percentile kept by the percentile method.", 99.999, float, None, ("int8",)),
+        Option("per_channel", "Quantize weights per output channel.", True, parse_bool, None, ("int8",)),
+        Option("per_channel", "Quantize weights per output channel (measured slower with run-time activation "
+               "quantization, hence off).", False, parse_bool, None, ("int8-dynamic",)),
+        Option("symmetric", "Symmetric activations (zero point 0).", False, parse_bool, None, ("int8",)),
+        Option("quant_type", "Activation/weight signedness: auto (from the CPU), u8s8 or s8s8.", "auto", str,
+               ("auto", "u8s8", "s8s8"), ("int8",)),
+        Option("reduce_range", "7-bit weights: auto (from the CPU), true or false.", "auto", _tristate,
+               ("auto", "true", "false"), ("int8", "int8-dynamic")),
+        Option("op_types", "Op types to quantize (default: those with fast int8 CPU kernels for this kind of "
+               "graph).", (), parse_list, None, ("int8",)),
+        Option("exclude", "Node names or op types to keep in float (comma-separated).", (), parse_list, None,
+               ("int8", "int8-dynamic")),
+        Option("auto_exclude", "Keep range-wrecking tensors in float: mask adds, softmax inputs, normalization, "
+               "ranges far wider than their neighbours'.", True, parse_bool, None, ("int8",)),
+        Option("smooth", "SmoothQuant alpha for outlier channels in front of MatMul/Gemm; 0 disables.", 0.75,
+               _alpha, None, ("int8",)),
+        Option("fidelity", "Cosine to FP32 on calibration samples under which more stays float; 0 disables.",
+               0.99, _alpha, None, ("int8",)),
+        Option("conv", "Dynamic INT8 of Conv too: auto (only where it measures faster), true or false.", "auto",
+               _tristate, ("auto", "true", "false"), ("int8-dynamic",)),
+        Option("preprocess", "Shape inference and basic optimization before quantizing.", True, parse_bool, None,
+               ("int8", "int8-dynamic")),
+        Option("measure", "Time the artifact against ORT FP32 at build time and warn when it is slower.", True,
+               parse_bool, None, ("fp16", "int8", "int8-dynamic")),
+    )
+
+    def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
+              out_dir: Path) -> dict[str, Any]:
+        src = bundle.onnx_path
+        out = Path(out_dir) / MAIN_FILE
+        o = recipe.options
+        with tempfile.TemporaryDirectory(prefix="modelport-ort-") as tmp_name, _quiet():
+            tmp = Path(tmp_name)
+            if recipe.precision == "fp32":
+                details = _build_fp32(src, out, o, tmp)
+            elif recipe.precision == "fp16":
+                details = _build_fp16(src, out, o, tmp)
+            elif recipe.precision == "int8":
+                if calibration is None:
+                    raise BadInput("Static int8 needs calibration data.",
+                                   hint="Pass --calib SRC (file.npz, a directory, images:DIR, file.py:fn), or "
+                                        "--calib synthetic for a latency-only build whose accuracy means nothing.")
+                details = _build_int8(src, out, o, calibration)
+            else:
+                details = _build_int8_dynamic(src, out, o, tmp, bundle.source.example_feeds())
+            if recipe.precision != "fp32" and o.get("measure"):
+                details["latency"] = _latency_vs_fp32(src, out, bundle.source.example_feeds(), recipe.precision)
+                if details["latency"]["warning"]:
+                    details["warning"] = details["latency"]["warning"]
+        details["ops"] = _op_counts(out)
+        details["main_file"] = MAIN_FILE
+        return details
+
+    def load(self, artifact: Artifact, threads: int | None = None) -> Runner:
+        return OnnxRuntimeRunner(artifact.main_file, artifact.inputs, artifact.outputs, threads)
+
+
+# ---------------------------------------------------------------- fp32
+
+
+def _build_fp32(src: Path, out: Path, o: Mapping[str, Any], tmp: Path) -> dict[str, Any]:
+    model_path, fusions = src, {}
+    if o["fusions"] == "auto":
+        fused, fusions = _transformer_fusions(src, tmp)
+        model_path = fused or src
+    _optimize_offline(model_path, out, o["optimization"])
+    return {"optimization": o["optimization"], "optimized_for": "CPUExecutionProvider",
+            "portable": o["optimization"] != "all", "fusions": fusions,
+            "nodes": {"exported": _node_count(src), "artifact": _node_count(out)}}
+
+
+def _transformer_fusions(src: Path, tmp: Path) -> tuple[Path | None, dict[str, int]]:
+    """ORT's transformer fusions where the graph has them; (None, {}) where it has none."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        optimized = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    except Exception as exc:  # a graph the fusion scripts do not understand: plain ORT optimization still runs
+        logging.getLogger(__name__).debug("transformer fusions skipped: %s", exc)
+        return None, {}
+    fused = {k: v for k, v in (optimized.get_fused_operator_statistics() or {}).items() if v}
+    if not fused:
+        return None, {}
+    path = tmp / "fused.onnx"
+    optimized.save_model_to_file(str(path))
+    return path, fused
+
+
+def _optimize_offline(src: Path, dst: Path, level: str) -> None:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _level(level)
+    so.optimized_model_filepath = str(dst)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------- fp16
+
+
+def _build_fp16(src: Path, out: Path, o: Mapping[str, Any], tmp: Path) -> dict[str, Any]:
+    """Float16 everywhere the provider has a float16 kernel and accuracy allows; float32 I/O."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    present = {n.op_type for n in model.graph.node}
+    kept: dict[str, str] = {op: "accuracy: exponentials and long reductions overflow or lose precision in float16"
+                            for op in FP16_ACCURACY_BLOCK if op in present}
+    kept.update({op: "kept in float32 by the user" for op in o["keep_fp32"]})
+    kept.update({op: "no float16 conversion in ORT's converter" for op in DEFAULT_OP_BLOCK_LIST if op in present})
+    providers = _providers()
+    provider = providers[0]
+    for _ in range(len(present) + 1):
+        converted = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True,
+                                             op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(kept)))
+        candidate = tmp / "fp16.onnx"
+        onnx.save(converted, str(candidate))
+        missing = _missing_kernel(candidate, provider)
+        if missing is None:
+            break
+        if missing in kept or missing not in present:
+            raise StepFailed(f"ONNX Runtime has no float16 kernel for {missing} on {provider}, and keeping it in "
+                             "float32 did not help.", hint="Build fp32 instead, or keep_fp32 the ops around it.")
+        kept[missing] = f"no float16 kernel in {provider}"
+    else:
+        raise StepFailed("Could not find a float16 graph that ONNX Runtime can run.")
+    try:
+        _session(candidate, level="all", providers=[provider])
+    except Exception as exc:
+        raise StepFailed(f"The float16 model loads but fails once ONNX Runtime fuses it: {exc}",
+                         hint="Keep the ops named in the message in float32 with --option keep_fp32=OP,...") from exc
+    os.replace(candidate, out)
+    ops16 = _fp16_ops(out)
+    return {"kept_fp32": {op: kept[op] for op in sorted(kept) if op in present},
+            "fp16_ops": ops16, "checked_on": provider, "io": "float32 inputs and outputs",
+            "note": None if ops16 else f"No op computes in float16 on {provider}: the artifact runs in float32."}
+
+
+def _missing_kernel(path: Path, provider: str) -> str | None:
+    """The op type ORT reports it has no kernel for, or None when the session loads."""
+    try:
+        _session(path, level="basic", providers=[provider])
+    except Exception as exc:
+        found = re.search(r"implementation for (\w+)\(", str(exc))
+        if found is None:
+            raise StepFailed(f"ONNX Runtime cannot load the float16 model: {exc}") from exc
+        return found.group(1)
+    return None
+
+
+def _fp16_ops(path: Path) -> dict[str, int]:
+    """Op types computing in float16: a node with a float16 input or output other than Cast."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    halves = {v.name for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
+              if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    halves |= {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    counts = Counter(n.op_type for n in model.graph.node
+                     if n.op_type != "Cast" and any(t in halves for t in [*n.input, *n.output]))
+    return dict(counts.most_common())
+
+
+# ---------------------------------------------------------------- int8 static
+
+
+@dataclass(frozen=True)
+class OpSet:
+    kind: str
+    op_types: tuple[str, ...]
+    float_outputs: tuple[str, ...]
+    weights_only: bool
+    reason: str
+
+
+def _op_set(model: onnx.ModelProto, chosen: tuple[str, ...]) -> OpSet:
+    """Which ops to quantize for this kind of graph, so that int8 is fast on ORT's CPU kernels."""
+    if chosen:
+        return OpSet("user", chosen, (), False, "op types given by the user")
+    if _looks_like_transformer(model):
+        return OpSet("transformer", TRANSFORMER_INT8_OPS, ("MatMul", "Gemm"), True,
+                     "MatMul/Gemm with weights run in int8 with float outputs (MatMulIntegerToFloat); the adds, "
+                     "normalization, GELU and softmax between them have no int8 CPU kernels, so re-quantizing "
+                     "their inputs would only add conversions and error")
+    return OpSet("cnn", CNN_INT8_OPS, (), False,
+                 "convolutions chained in int8 (QLinearConv, QLinearAdd for residuals, int8 pooling and reshapes): "
+                 "activations stay 8-bit between layers")
+
+
+def _looks_like_transformer(model: onnx.ModelProto) -> bool:
+    """Layer norms, fused attention, or a MatMul of two computed tensors (attention scores): not a CNN."""
+    if {n.op_type for n in model.graph.node} & TRANSFORMER_MARKERS:
+        return True
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return any(n.op_type == "MatMul" and not constants & set(n.input) for n in model.graph.node)
+
+
+def _build_int8(src: Path, out: Path, o: Mapping[str, Any], calibration: CalibrationSet) -> dict[str, Any]:
+    import onnx
+
+    choice = _cpu_choice_with(o)
+    op_set = _op_set(onnx.load(str(src), load_external_data=False), o["op_types"])
+    result = write_qdq_model(
+        src, calibration, out, method=o["method"], per_channel=o["per_channel"], symmetric_activations=o["symmetric"],
+        exclude=o["exclude"], activation_type=choice.activation_type, weight_type=choice.weight_type,
+        reduce_range=choice.reduce_range, op_types=op_set.op_types, float_outputs=op_set.float_outputs,
+        weights_only=op_set.weights_only, percentile=o["percentile"], smooth=o["smooth"] or None,
+        auto_exclude=o["auto_exclude"], fidelity_target=o["fidelity"] or None, preprocess=o["preprocess"])
+    details = {
+        "format": "QDQ",
+        "cpu_choice": {"quant_type": choice.label, "reduce_range": choice.reduce_range, "reason": choice.reason},
+        "op_set": {"kind": op_set.kind, "quantized_types": list(op_set.op_types),
+                   "float_outputs": list(op_set.float_outputs), "weights_only": op_set.weights_only,
+                   "reason": op_set.reason},
+        "calibration": {"method": result.method, "samples_seen": result.samples_seen,
+                        "samples_available": result.samples_available, "seconds": result.calibration_seconds,
+                        "ranges_from_cache": result.from_cache, "cache_key": result.cache_key},
+        "preprocess": result.preprocess,
+        "int8_ops": result.quantized,
+        "float_ops": result.float_ops,
+        "kept_float_summary": result.kept_summary,
+        "kept_float": result.kept_float,
+        "smoothed": result.smoothed,
+        "fidelity_on_calibration": result.fidelity,
+        "qdq_seconds": result.seconds,
+    }
+    if result.fidelity and not result.fidelity["met"]:
+        details["fidelity_warning"] = (f"Cosine to FP32 on calibration samples is {result.fidelity['cosine']}, under "
+                                       f"the target {result.fidelity['target']} even with more kept in float.")
+    if result.notes:
+        details["notes"] = result.notes
+    return details
+
+
+def _cpu_choice_with(o: Mapping[str, Any]) -> CpuChoice:
+    choice = cpu_choice()
+    act, weight, reduce_range, reason = choice.activation_type, choice.weight_type, choice.reduce_range, choice.reason
+    if o.get("quant_type", "auto") != "auto":
+        act = "uint8" if o["quant_type"] == "u8s8" else "int8"
+        reason = f"{o['quant_type']} chosen by the user (this CPU would take {choice.label}: {choice.reason})"
+    if o.get("reduce_range", "auto") != "auto":
+        reduce_range = o["reduce_range"] == "true"
+        reason += f"; reduce_range={reduce_range} chosen by the user"
+    return CpuChoice(act, weight, reduce_range, reason)
+
+
+# ---------------------------------------------------------------- int8 dynamic
+
+
+def _build_int8_dynamic(src: Path, out: Path, o: Mapping[str, Any], tmp: Path,
+                        feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    import onnx
+
+    choice = _cpu_choice_with(o)
+    prepared = tmp / "prepared.onnx"
+    if o["preprocess"]:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        try:
+            quant_pre_process(str(src), str(prepared))
+        except Exception:
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    else:
+        onnx.save(onnx.load(str(src)), str(prepared))
+    model = onnx.load(str(prepared))
+    notes: list[str] = []
+    kept = resolve_exclude(o["exclude"], model, src, notes)
+    excluded_types = {t for t in o["exclude"] if t in {n.op_type for n in model.graph.node}}
+    rewritten = 0 if "Gemm" in excluded_types else _gemm_to_matmul(model, skip=set(kept))
+    onnx.save(model, str(prepared))
+    present = {n.op_type for n in model.graph.node}
+    base = [t for t in ("MatMul", "Attention", "LSTM") if t in present and t not in excluded_types]
+    has_conv = "Conv" in present and "Conv" not in excluded_types
+    conv_choice: dict[str, Any] = {"present": has_conv}
+    variants = {"without_conv": base}
+    if has_conv and o["conv"] != "false":
+        variants["with_conv"] = [*base, "Conv"]
+    paths = {}
+    for label, op_types in variants.items():
+        paths[label] = tmp / f"dynamic-{label}.onnx"
+        _quantize_dynamic(prepared, paths[label], op_types, sorted(kept), o["per_channel"], choice)
+    chosen = "with_conv" if has_conv and o["conv"] == "true" else "without_conv"
+    if has_conv and o["conv"] == "auto":
+        threads = min(2, os.cpu_count() or 1)
+        times = _compare({k: _session(p, threads) for k, p in paths.items()}, feeds)
+        conv_choice["ms"] = {k: round(v, 4) for k, v in times.items()}
+        conv_choice["threads"] = threads
+        chosen = min(times, key=times.__getitem__)
+        conv_choice["reason"] = "measured faster " + ("with" if chosen == "with_conv" else "without") + " ConvInteger"
+    elif has_conv:
+        conv_choice["reason"] = f"conv={o['conv']} chosen by the user"
+    conv_choice["quantized"] = chosen == "with_conv"
+    os.replace(paths[chosen], out)
+    details = {"cpu_choice": {"quant_type": "u8s8 (activations quantized at run time)",
+                              "reduce_range": choice.reduce_range, "reason": choice.reason},
+               "quantized_types": variants[chosen], "gemm_rewritten_as_matmul": rewritten, "conv": conv_choice,
+               "kept_float": [{"node": n, "reason": r} for n, r in kept.items()]}
+    if notes:
+        details["notes"] = notes
+    return details
+
+
+def _quantize_dynamic(src: Path, dst: Path, op_types: list[str], exclude: list[str], per_channel: bool,
+                      choice: CpuChoice) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=op_types, per_channel=per_channel,
+                         reduce_range=choice.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                         extra_options={"MatMulConstBOnly": True})
+    except Exception as exc:
+        raise StepFailed(f"ONNX Runtime's dynamic quantizer failed: {type(exc).__name__}: {exc}",
+                         hint="Keep the failing nodes in float with the exclude option.") from exc
+
+
+def _gemm_to_matmul(model: onnx.ModelProto, skip: set[str]) -> int:
+    """Rewrite Gemm with constant weights as MatMul + Add: ORT quantizes MatMul dynamically, never Gemm."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    uses = Counter(i for n in model.graph.node for i in n.input)
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or not plain or node.input[1] not in inits or node.name in skip:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T
+            name = node.input[1] if uses[node.input[1]] == 1 else f"{node.input[1]}_T_{node.name}"
+            new = numpy_helper.from_array(np.ascontiguousarray(weight), name)
+            if name in inits:
+                inits[name].CopyFrom(new)
+            else:
+                model.graph.initializer.append(new)
+        else:
+            name = node.input[1]
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [mm_out], name=f"{node.name}_MatMul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_Add"))
+        rewritten += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return rewritten
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _compare(sessions: Mapping[str, Any], feeds: Mapping[str, np.ndarray], budget_s: float = 3.0) -> dict[str, float]:
+    """Milliseconds per run: the best round median over interleaved rounds (robust to a shared CPU)."""
+    feeds = {k: np.asarray(v) for k, v in feeds.items()}
+    ins = {k: [i.name for i in s.get_inputs()] for k, s in sessions.items()}
+
+    def once(key: str) -> float:
+        start = time.perf_counter()
+        sessions[key].run(None, {n: feeds[n] for n in ins[key]})
+        return time.perf_counter() - start
+
+    for key in sessions:
+        for _ in range(3):
+            once(key)
+    per_run = max(sum(once(k) for k in sessions), 1e-5)
+    rounds = 5
+    runs = int(min(50, max(3, budget_s / per_run / rounds)))
+    best = dict.fromkeys(sessions, float("inf"))
+    for _ in range(rounds):
+        for key in sessions:
+            best[key] = min(best[key], float(np.median([once(key) for _ in range(runs)])) * 1e3)
+    return best
+
+
+def _latency_vs_fp32(src: Path, artifact: Path, feeds: Mapping[str, np.ndarray], precision: str) -> dict[str, Any]:
+    threads = min(2, os.cpu_count() or 1)
+    times = _compare({"fp32": _session(src, threads), precision: _session(artifact, threads)}, feeds)
+    speedup = times["fp32"] / times[precision]
+    shape = {k: list(np.shape(v)) for k, v in feeds.items()}
+    warning = None
+    if speedup < 1.0:
+        warning = (f"The {precision} artifact measured slower than ORT FP32 on this machine: {times[precision]:.3f} ms "
+                   f"vs {times['fp32']:.3f} ms per run ({threads} threads, inputs {shape}).")
+    return {"fp32_ms": round(times["fp32"], 4), "artifact_ms": round(times[precision], 4),
+            "speedup": round(speedup, 3), "threads": threads, "inputs": shape, "warning": warning,
+            "how": "best of 5 interleaved rounds of median run time, at build time"}
+
+
+def _node_count(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ORT's Python tools print progress and warnings; the build's own summary says what matters."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("onnxruntime", "onnxruntime.transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
