@@ -15,7 +15,6 @@ What users meet with ORT's tools by hand, and what this backend does instead:
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import os
@@ -36,6 +35,7 @@ from modelport.calibration.qdq import METHODS, resolve_exclude, write_qdq_model
 from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
 from modelport.model import TensorSpec
+from modelport.onnx_fp16 import convert_to_fp16
 
 if TYPE_CHECKING:
     import onnx
@@ -46,9 +46,6 @@ if TYPE_CHECKING:
 
 MAIN_FILE = "model.onnx"
 LEVELS = ("basic", "extended", "all")
-# Exponentials and long reductions overflow or lose their precision in float16.
-FP16_ACCURACY_BLOCK = ("Exp", "Log", "Pow", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare",
-                       "ReduceL2", "ReduceLogSumExp", "CumSum", "Range")
 TRANSFORMER_MARKERS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                                  "RMSNormalization", "Attention", "MultiHeadAttention"})
 # Ops whose QDQ groups ORT's CPU provider fuses into int8 kernels (QLinearConv, QLinearAdd, QLinearMul,
@@ -160,12 +157,16 @@ class OnnxRuntimeRunner(Runner):
         self._output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self._dtypes if n not in feeds]
-        if missing:
-            raise BadInput(f"Missing input(s) {missing}; the model takes {list(self._dtypes)}.")
-        arrays = {n: np.ascontiguousarray(np.asarray(feeds[n]), dtype=t) for n, t in self._dtypes.items()}
-        results = self.session.run(self._output_names, arrays)
-        return dict(zip(self._output_names, results, strict=True))
+        arrays = {}
+        for name, dtype in self._dtypes.items():  # the timed path: convert only what needs it
+            a = feeds.get(name)
+            if a is None:
+                missing = [n for n in self._dtypes if n not in feeds]
+                raise BadInput(f"Missing input(s) {missing}; the model takes {list(self._dtypes)}.")
+            if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a, dtype=dtype)
+            arrays[name] = a
+        return dict(zip(self._output_names, self.session.run(self._output_names, arrays), strict=True))
 
     def close(self) -> None:
         self.session = None
@@ -288,29 +289,18 @@ def _optimize_offline(src: Path, dst: Path, level: str) -> None:
 
 def _build_fp16(src: Path, out: Path, o: Mapping[str, Any], tmp: Path) -> dict[str, Any]:
     """Float16 everywhere the provider has a float16 kernel and accuracy allows; float32 I/O."""
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    model = onnx.load(str(src))
-    present = {n.op_type for n in model.graph.node}
-    kept: dict[str, str] = {op: "accuracy: exponentials and long reductions overflow or lose precision in float16"
-                            for op in FP16_ACCURACY_BLOCK if op in present}
-    kept.update({op: "kept in float32 by the user" for op in o["keep_fp32"]})
-    kept.update({op: "no float16 conversion in ORT's converter" for op in DEFAULT_OP_BLOCK_LIST if op in present})
-    providers = _providers()
-    provider = providers[0]
-    for _ in range(len(present) + 1):
-        converted = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True,
-                                             op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(kept)))
-        candidate = tmp / "fp16.onnx"
-        onnx.save(converted, str(candidate))
+    provider = _providers()[0]
+    no_kernel: dict[str, str] = {}
+    candidate = tmp / "fp16.onnx"
+    for _ in range(_node_count(src) + 1):
+        result = convert_to_fp16(src, candidate, exclude=o["keep_fp32"], blocked=no_kernel)
         missing = _missing_kernel(candidate, provider)
         if missing is None:
             break
-        if missing in kept or missing not in present:
+        if missing in result.kept_float or missing in no_kernel:
             raise StepFailed(f"ONNX Runtime has no float16 kernel for {missing} on {provider}, and keeping it in "
                              "float32 did not help.", hint="Build fp32 instead, or keep_fp32 the ops around it.")
-        kept[missing] = f"no float16 kernel in {provider}"
+        no_kernel[missing] = f"no float16 kernel in {provider}"
     else:
         raise StepFailed("Could not find a float16 graph that ONNX Runtime can run.")
     try:
@@ -320,7 +310,7 @@ def _build_fp16(src: Path, out: Path, o: Mapping[str, Any], tmp: Path) -> dict[s
                          hint="Keep the ops named in the message in float32 with --option keep_fp32=OP,...") from exc
     os.replace(candidate, out)
     ops16 = _fp16_ops(out)
-    return {"kept_fp32": {op: kept[op] for op in sorted(kept) if op in present},
+    return {"kept_fp32": result.kept_float,
             "fp16_ops": ops16, "checked_on": provider, "io": "float32 inputs and outputs",
             "note": None if ops16 else f"No op computes in float16 on {provider}: the artifact runs in float32."}
 

@@ -97,7 +97,8 @@ def prepare_network_onnx(onnx_path: Path, recipe: Recipe, calibration: Any, work
 
         out = workdir / "model_fp16.onnx"
         result = convert_to_fp16(onnx_path, out, exclude=opts.get("exclude") or ())
-        return out, {"graph": "float16 with float32 I/O", "kept_fp32": result.kept_float}
+        return out, {"graph": "float16 with float32 I/O", "kept_fp32": result.kept_float,
+                     "kept_fp32_nodes": result.kept_nodes}
     from modelport.calibration.qdq import write_qdq_model
 
     out = workdir / "model_qdq.onnx"
