@@ -96,3 +96,13 @@ class Outer(nn.Module):
 def make():
     return Outer(), (torch.randn(2, 4),)
 '''
+
+DETERMINANT = """
+class Det(nn.Module):
+    def forward(self, x):
+        return torch.linalg.det(x)
+
+
+def make():
+    return Det(), (torch.randn(1, 4, 4),)
+"""

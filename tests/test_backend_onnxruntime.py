@@ -168,23 +168,13 @@ def test_fused_fp32_encoder_has_fewer_nodes_and_the_same_outputs(models, built):
 
 
 def test_static_int8_encoder_keeps_cosine_where_by_hand_quantize_static_collapses(models, built, tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    from benchmarks.peers import build_ort_static_defaults
 
     source, bundle, calibration, feeds = models["encoder"]
     artifact, _ = built("encoder", "int8")
     ref = source.run(feeds)["output"]
     ours = _cosine(ref, load_artifact(artifact.path).run(feeds)["output"])
-    samples = list(calibration.samples())
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(samples)
-
-        def get_next(self):
-            return next(self.items, None)
-
-    by_hand = tmp_path / "by_hand.onnx"
-    quantize_static(str(bundle.onnx_path), str(by_hand), Reader())
+    by_hand = build_ort_static_defaults(bundle.onnx_path, calibration, tmp_path / "by_hand.onnx")
     import onnxruntime as ort
 
     theirs = _cosine(ref, ort.InferenceSession(str(by_hand), providers=["CPUExecutionProvider"]).run(None, feeds)[0])

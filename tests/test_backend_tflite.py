@@ -19,6 +19,7 @@ from modelport.calibration import CalibrationSet
 from modelport.errors import BadInput, StepFailed
 from modelport.examples import digits_data
 from modelport.model import load_model
+from tests.models import DETERMINANT
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
 
@@ -36,15 +37,6 @@ def make():
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     return model.eval(), {"pixels": x[:1]}
-"""
-
-DETERMINANT = """
-class Det(nn.Module):
-    def forward(self, x):
-        return torch.linalg.det(x)
-
-def make():
-    return Det(), (torch.randn(1, 4, 4),)
 """
 
 

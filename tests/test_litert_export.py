@@ -13,21 +13,13 @@ pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (p
 from modelport.errors import StepFailed
 from modelport.exporters.litert import PARITY_RTOL, convert_to_tflite, run_signature
 from modelport.model import load_model
+from tests.models import DETERMINANT
 
 FULLY_CONV = """
 def make():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
     return model, {"x": torch.randn(1, 3, 6, 6)}
-"""
-
-DETERMINANT = """
-class Det(nn.Module):
-    def forward(self, x):
-        return torch.linalg.det(x)
-
-def make():
-    return Det(), (torch.randn(1, 4, 4),)
 """
 
 

@@ -206,19 +206,10 @@ def test_mask_add_and_softmax_stay_float_and_attention_holds(attention, tmp_path
 
 def test_by_hand_quantize_static_collapses_on_the_same_attention(attention, tmp_path):
     """The failure this module exists for: ORT's defaults put the float-min mask and logits in one range."""
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    from benchmarks.peers import build_ort_static_defaults
 
     onnx_path, calibration = attention
-    samples = list(calibration.samples())
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(samples)
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(onnx_path), str(tmp_path / "by_hand.onnx"), Reader())
+    build_ort_static_defaults(onnx_path, calibration, tmp_path / "by_hand.onnx")
     feeds = _token_data(48, 7)
     ref = _run(onnx_path, feeds)
     ours = write_qdq_model(onnx_path, calibration, tmp_path / "ours.onnx").path

@@ -14,8 +14,6 @@ What users meet with ORT's tools by hand, and what this backend does instead:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import platform
@@ -23,7 +21,7 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport.backends.base import Backend, Option, Recipe, Runner, parse_bool, parse_list
-from modelport.calibration.qdq import METHODS, resolve_exclude, write_qdq_model
+from modelport.calibration.qdq import METHODS, quiet_ort_tools, resolve_exclude, write_qdq_model
 from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
 from modelport.model import TensorSpec
@@ -217,7 +215,7 @@ class OnnxRuntimeBackend(Backend):
         src = bundle.onnx_path
         out = Path(out_dir) / MAIN_FILE
         o = recipe.options
-        with tempfile.TemporaryDirectory(prefix="modelport-ort-") as tmp_name, _quiet():
+        with tempfile.TemporaryDirectory(prefix="modelport-ort-") as tmp_name, quiet_ort_tools():
             tmp = Path(tmp_name)
             if recipe.precision == "fp32":
                 details = _build_fp32(src, out, o, tmp)
@@ -580,22 +578,3 @@ def _op_counts(path: Path) -> dict[str, int]:
 
     model = onnx.load(str(path), load_external_data=False)
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """ORT's Python tools print progress and warnings; the build's own summary says what matters."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    loggers = [logging.getLogger(n) for n in ("onnxruntime", "onnxruntime.transformers")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-        for lg, lv in zip(loggers, levels, strict=True):
-            lg.setLevel(lv)

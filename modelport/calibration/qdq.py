@@ -163,7 +163,7 @@ def write_qdq_model(onnx_path: str | Path, calibration: CalibrationSet, out_path
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise BadInput(f"The ONNX model {str(onnx_path)!r} does not exist.")
-    with tempfile.TemporaryDirectory(prefix="modelport-qdq-") as tmp_name, _quiet_ort():
+    with tempfile.TemporaryDirectory(prefix="modelport-qdq-") as tmp_name, quiet_ort_tools():
         tmp = Path(tmp_name)
         entry, from_cache = _calibrated(onnx_path, calibration, opts, tmp)
         record = entry.record
@@ -899,13 +899,16 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_ort() -> Iterator[None]:
-    """ORT's quantization tools print progress and log warnings to the root logger; keep them to ourselves."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+def quiet_ort_tools() -> Iterator[None]:
+    """ORT's Python tools print progress and log warnings (root logger and their own); keep them to ourselves:
+    the build's summary says what matters."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime"), logging.getLogger("onnxruntime.transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        root.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
