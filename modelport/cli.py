@@ -190,10 +190,14 @@ def build(
     if manifest.get("calibration"):
         c = manifest["calibration"]
         table.add_row("calibration", f"{c['samples']} samples from {c['source']} ({c['fingerprint']})")
-    for key, value in manifest["details"].items():
-        if key != "main_file":
-            table.add_row(key.replace("_", " "), _short(value))
+    details = manifest["details"]
+    for key, value in details.items():
+        if key not in ("main_file", "warning") and value not in (None, "", [], {}, ()):
+            table.add_row(key.replace("_", " "), _short(value, 160))
     console.print(table)
+    if details.get("warning"):
+        err_console.print(f"[yellow]warning:[/] {escape(str(details['warning']))}", highlight=False)
+    console.print(f"Everything the build recorded: modelport inspect {artifact.path}", style="dim")
 
 
 def _short(value: object, limit: int = 300) -> str:

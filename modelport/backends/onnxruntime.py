@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from modelport.calibration import CalibrationSet
 
 MAIN_FILE = "model.onnx"
+# A build-time timing is a few interleaved rounds: within 5% of FP32 is "as fast", not "slower".
+SLOWER_THAN_FP32 = 0.95
 LEVELS = ("basic", "extended", "all")
 TRANSFORMER_MARKERS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                                  "RMSNormalization", "Attention", "MultiHeadAttention"})
@@ -559,7 +561,7 @@ def _latency_vs_fp32(src: Path, artifact: Path, feeds: Mapping[str, np.ndarray],
     speedup = times["fp32"] / times[precision]
     shape = {k: list(np.shape(v)) for k, v in feeds.items()}
     warning = None
-    if speedup < 1.0:
+    if speedup < SLOWER_THAN_FP32:
         warning = (f"The {precision} artifact measured slower than ORT FP32 on this machine: {times[precision]:.3f} ms "
                    f"vs {times['fp32']:.3f} ms per run ({threads} threads, inputs {shape}).")
     return {"fp32_ms": round(times["fp32"], 4), "artifact_ms": round(times[precision], 4),
