@@ -15,8 +15,8 @@ class _Logits(nn.Module):
         self.model = model
         self.field = field
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return getattr(self.model(*args), self.field)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model(x), self.field)
 
 
 def _seeded() -> None:
