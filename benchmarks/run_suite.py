@@ -197,7 +197,8 @@ def main() -> None:
     runs = [run_model(suite, args.out / suite.name, batches, duration) for suite in chosen]
     lines = summarize(runs, peaks)
     stamp = dt.date.today().isoformat()
-    name = f"{_machine_slug(machine['cpu'])}-{stamp}{'-quick' if args.quick else ''}"
+    subset = "-quick" if args.quick else ("-" + "-".join(m.name for m in chosen) if args.models else "")
+    name = f"{_machine_slug(machine['cpu'])}-{stamp}{subset}"
     RESULTS.mkdir(exist_ok=True)
     table = markdown(machine, peaks, lines, stamp)
     (RESULTS / f"{name}.md").write_text(f"# modelport benchmark suite ({'quick' if args.quick else 'full'})\n\n"
@@ -206,7 +207,7 @@ def main() -> None:
         {"machine": machine, "threads": THREADS, "peaks_mac_per_s": peaks, "summary": lines,
          "runs": [{k: v for k, v in r.items() if k != "report"} | {"rows": r["report"]["rows"]} for r in runs]},
         indent=2, default=str))
-    if not args.quick:
+    if not args.quick and not args.models:
         update_readme(table)
     print(table)
 
