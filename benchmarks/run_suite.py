@@ -201,8 +201,8 @@ def main() -> None:
     name = f"{_machine_slug(machine['cpu'])}-{stamp}{subset}"
     RESULTS.mkdir(exist_ok=True)
     table = markdown(machine, peaks, lines, stamp)
-    (RESULTS / f"{name}.md").write_text(f"# modelport benchmark suite ({'quick' if args.quick else 'full'})\n\n"
-                                        + table)
+    scope = "quick" if args.quick else ("models: " + ", ".join(m.name for m in chosen) if args.models else "full")
+    (RESULTS / f"{name}.md").write_text(f"# modelport benchmark suite ({scope})\n\n" + table)
     (RESULTS / f"{name}.json").write_text(json.dumps(
         {"machine": machine, "threads": THREADS, "peaks_mac_per_s": peaks, "summary": lines,
          "runs": [{k: v for k, v in r.items() if k != "report"} | {"rows": r["report"]["rows"]} for r in runs]},
