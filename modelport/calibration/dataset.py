@@ -7,6 +7,7 @@ wraps `batches()` in its own API's reader.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any, Protocol
@@ -37,18 +38,18 @@ class Source(Protocol):
     def read(self, index: int) -> dict[str, np.ndarray]: ...
 
 
-class SourceBase:
-    """Defaults for the optional parts of a Source."""
+class SourceBase(ABC):
+    """Defaults for the optional parts of a Source; subclasses give its length and samples."""
 
     kind = "source"
     synthetic = False
     description = "source"
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
-    def read(self, index: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, index: int) -> dict[str, np.ndarray]: ...
 
     def label(self, index: int) -> np.ndarray | None:
         return _label_in(self.read(index))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +37,7 @@ def _read_header(fp: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.d
     return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
-class DiskArray:
+class DiskArray(ABC):
     """An array on disk: its dtype and shape, and `read(start, stop)` for rows along the first axis."""
 
     def __init__(self, where: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> None:
@@ -60,9 +61,9 @@ class DiskArray:
     def _row_items(self) -> int:
         return int(np.prod(self.shape[1:], dtype=np.int64))
 
+    @abstractmethod
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows `start:stop` (the whole array for a scalar) as a fresh in-memory array."""
-        raise NotImplementedError
 
 
 class StoredArray(DiskArray):
