@@ -79,6 +79,7 @@ def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: 
             "backend": backend_name,
             "recipe": recipe.to_json(),
             "source": {"name": source.name, "origin": source.origin, "weights_hash": source.weights_hash,
+                       "code_hash": source.code_hash,
                        "content_hash": source.content_hash, "inputs": [s.to_json() for s in source.inputs],
                        "outputs": [s.to_json() for s in source.outputs]},
             "onnx": _onnx_info(bundle) if BACKENDS[backend_name].consumes == "onnx" else None,

@@ -7,6 +7,7 @@ MODEL is `path/to/file.py:factory`, `package.module:factory` or a `.pt2` file sa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -117,6 +118,7 @@ class SourceModel:
     outputs: list[TensorSpec]
     example_inputs: dict[str, torch.Tensor]
     weights_hash: str
+    code_hash: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -129,8 +131,8 @@ class SourceModel:
 
     @property
     def content_hash(self) -> str:
-        """Weights plus the I/O contract: what every artifact built from this model depends on."""
-        h = hashlib.sha256(self.weights_hash.encode())
+        """Weights, code and the I/O contract: what every artifact built from this model depends on."""
+        h = hashlib.sha256(f"{self.weights_hash}:{self.code_hash}".encode())
         for spec in self.inputs + self.outputs:
             h.update(str(spec).encode())
         return h.hexdigest()[:16]
@@ -234,6 +236,35 @@ def weights_hash(module: torch.nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def code_hash(module: torch.nn.Module) -> str:
+    """A hash of what the exported graph depends on besides the weights: the source files of every module
+    class in the tree (so an edited forward() or helper in them counts), generated code of traced modules,
+    and each module's plain settings (flags, sizes, modes), so a cached export is never served stale."""
+    h = hashlib.sha256()
+    files: set[str] = set()
+    for name, sub in module.named_modules():
+        cls = type(sub)
+        h.update(f"{name}={cls.__module__}.{cls.__qualname__};".encode())
+        settings = {k: v for k, v in vars(sub).items() if not k.startswith("_") and _is_plain(v)}
+        h.update(repr(sorted(settings.items())).encode())
+        if isinstance(getattr(sub, "code", None), str):
+            h.update(sub.code.encode())
+        with contextlib.suppress(TypeError):  # built-in or dynamically made classes have no file
+            files.add(inspect.getsourcefile(cls) or "")
+    for path in sorted(f for f in files if f and Path(f).is_file()):
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, tuple | list):
+        return all(_is_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
 
 
 def random_inputs(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = None,
@@ -396,5 +427,5 @@ def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
             raise
         raise BadInput(f"The model {ref!r} fails on its example inputs: {type(exc).__name__}: {exc}") from exc
     source = SourceModel(name=name, origin=ref, module=module, inputs=input_specs, outputs=outputs,
-                         example_inputs=examples, weights_hash=weights_hash(module))
+                         example_inputs=examples, weights_hash=weights_hash(module), code_hash=code_hash(module))
     return source.with_dynamic(dyn)

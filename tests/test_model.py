@@ -58,6 +58,38 @@ def test_weights_hash_follows_the_weights(write_model):
     assert weights_hash(b.module) != a.weights_hash
 
 
+FLAGGED = """
+class Flagged(nn.Module):
+    def __init__(self, doubled):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 4)
+        self.doubled = doubled
+
+    def forward(self, x):
+        return self.fc(x) * (2.0 if self.doubled else 1.0)
+
+
+def plain():
+    return Flagged(False).eval(), (torch.randn(1, 4),)
+
+
+def doubled():
+    return Flagged(True).eval(), (torch.randn(1, 4),)
+"""
+
+
+def test_cached_exports_follow_the_code_not_only_the_weights(write_model):
+    from modelport.bundle import ModelBundle
+
+    plain, doubled = load_model(write_model(FLAGGED, "plain")), load_model(write_model(FLAGGED, "doubled"))
+    assert plain.weights_hash == doubled.weights_hash  # same weights, different graph
+    assert plain.content_hash != doubled.content_hash
+    assert ModelBundle(plain).onnx_path != ModelBundle(doubled).onnx_path
+    edited = load_model(write_model(FLAGGED.replace("2.0 if", "3.0 if"), "plain", name="edited.py"))
+    assert edited.weights_hash == plain.weights_hash and edited.code_hash != plain.code_hash
+
+
 def test_pt2_file_loads_with_its_dynamic_axes(tmp_path, write_model):
     source = load_model(write_model(CNN))
     batch = torch.export.Dim("batch", min=1, max=64)
