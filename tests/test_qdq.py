@@ -49,6 +49,26 @@ def make():
     return MaskedAttention().eval(), (ids, mask)
 '''
 
+SPREAD = '''
+class Squashed(nn.Module):
+    """Eight like layers whose every activation is heavy-tailed: each adds about the same quantization noise."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(nn.Linear(32, 32) for _ in range(8))
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = torch.tanh(layer(x))
+            x = x * torch.exp(3.0 * x)
+        return self.layers[-1](x)
+
+
+def make():
+    return Squashed().eval(), (torch.randn(4, 32),)
+'''
+
 
 def _token_data(n: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -225,3 +245,16 @@ def test_smoothing_moves_outlier_channels_into_weights_without_changing_the_func
     prepared = cache_dir() / "qdq" / result.cache_key / "prepared.onnx"
     feeds = _token_data(16, 3)
     np.testing.assert_allclose(_run(prepared, feeds), _run(onnx_path, feeds), rtol=1e-4, atol=1e-4)
+
+
+def test_float_fallback_that_does_not_pay_for_its_speed_is_dropped(write_model, tmp_path):
+    source = load_model(write_model(SPREAD), dynamic=["x:0=batch"])
+    data = np.random.default_rng(0).standard_normal((200, 32)).astype(np.float32)
+    result = write_qdq_model(ModelBundle(source).onnx_path, CalibrationSet.from_arrays({"x": data}, source.inputs),
+                             tmp_path / "q.onnx", auto_exclude=False, fidelity_target=0.9999)
+    rounds = result.fidelity["rounds"]
+    assert len(rounds) > 1 and rounds[-1]["cosine"] > rounds[0]["cosine"]  # float ops did help, a little
+    assert not any(r["kept"] for r in rounds[1:])  # each round closed under 2x its share of the compute
+    assert result.fidelity["cosine"] == rounds[0]["cosine"] and not result.fidelity["met"]
+    assert result.kept_float == [] and result.quantized["Gemm"] == 8
+    assert "spread across the network" in result.fidelity["why_unmet"]

@@ -407,7 +407,8 @@ def _build_int8(src: Path, out: Path, o: Mapping[str, Any], calibration: Calibra
     }
     if result.fidelity and not result.fidelity["met"]:
         details["fidelity_warning"] = (f"Cosine to FP32 on calibration samples is {result.fidelity['cosine']}, under "
-                                       f"the target {result.fidelity['target']} even with more kept in float.")
+                                       f"the target {result.fidelity['target']}: "
+                                       f"{result.fidelity['why_unmet']}.")
     if result.notes:
         details["notes"] = result.notes
     return details

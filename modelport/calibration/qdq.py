@@ -56,6 +56,7 @@ ANALYSIS_SAMPLES = 64
 CHUNK_SAMPLES = 32         # samples whose reduced min/max the MinMax calibrator holds at once
 HISTOGRAM_CHUNK_SAMPLES = 4  # histogram calibrators hold every float tensor of a sample: ~0.4 GB for BERT-base
 BACKOFF_ROUNDS = 3
+BACKOFF_PAYBACK = 2.0      # a round must close this many times the share of compute ops it moves to float
 CACHE_VERSION = 1
 
 Why = tuple[str, str]  # (rule, reason) for a node kept in float
@@ -821,7 +822,14 @@ def _cosines(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndar
 def _guard_fidelity(float_path: Path, q_path: Path, calibration: CalibrationSet, opts: _Options, graph: _Graph,
                     sqnr: Mapping[str, float], candidates: set[str], kept: dict[str, Why],
                     quantize: Callable[[Mapping[str, Why]], Path]) -> tuple[Path, dict[str, Any]]:
-    """Measure cosine to float on calibration samples; while under target, keep the noisiest compute ops in float."""
+    """Measure cosine to float on calibration samples; while under target, keep the noisiest compute ops in float.
+
+    A round is kept only when it pays: the share of the remaining gap it closes must be at least
+    BACKOFF_PAYBACK times the share of compute ops it moved to float. Where the loss is local (a few
+    outlier-ridden layers) one round closes most of the gap; where it is spread over every layer, as in a
+    deep CNN whose every conv adds a little noise, float ops buy fidelity only in proportion to the speed
+    they cost, and the artifact would end up as slow as FP32 without reaching the target. Then every op
+    stays int8 and the result says why."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -835,10 +843,11 @@ def _guard_fidelity(float_path: Path, q_path: Path, calibration: CalibrationSet,
 
     ref = run(float_path)
     target = float(opts.fidelity_target or 0.0)
-    rounds = [{"kept_float": len(kept), "cosine": round(_cosines(ref, run(q_path)), 5)}]
+    rounds: list[dict[str, Any]] = [{"kept_float": len(kept), "cosine": round(_cosines(ref, run(q_path)), 5)}]
     best = (rounds[0]["cosine"], q_path, dict(kept))
     order = sorted((n for n in candidates if graph.nodes[n].op_type in COMPUTE_OPS and n not in kept),
                    key=lambda n: min((sqnr.get(t, math.inf) for t in graph.nodes[n].input), default=math.inf))
+    compute = max(1, len(order))
     while best[0] < target and order and len(rounds) <= BACKOFF_ROUNDS:
         take = max(1, math.ceil(len(order) / 4))
         for name in order[:take]:
@@ -848,14 +857,32 @@ def _guard_fidelity(float_path: Path, q_path: Path, calibration: CalibrationSet,
         order = order[take:]
         path = quantize(kept)
         cos = round(_cosines(ref, run(path)), 5)
-        rounds.append({"kept_float": len(kept), "cosine": cos})
-        if cos > best[0]:
+        closed = min(1.0, (cos - best[0]) / (target - best[0]))
+        cost = (len(kept) - len(best[2])) / compute
+        paid = closed >= BACKOFF_PAYBACK * cost
+        rounds.append({"kept_float": len(kept), "cosine": cos, "gap_closed": round(closed, 3),
+                       "compute_share": round(cost, 3), "kept": paid})
+        if paid:
             best = (cos, path, dict(kept))
     kept.clear()
     kept.update(best[2])
     samples = sum(len(next(iter(b.values()))) for b in batches)
-    return best[1], {"cosine": best[0], "target": target, "samples": samples, "rounds": rounds,
-                     "met": best[0] >= target}
+    result = {"cosine": best[0], "target": target, "samples": samples, "rounds": rounds, "met": best[0] >= target}
+    if best[0] < target:
+        result["why_unmet"] = _why_unmet(rounds, best[1] == q_path)
+    return best[1], result
+
+
+def _why_unmet(rounds: list[dict[str, Any]], all_int8: bool) -> str:
+    if len(rounds) == 1:
+        return "no compute op was left to keep in float"
+    if all_int8:
+        return ("the loss is spread across the network: keeping its noisiest ops in float closed too little of the "
+                f"gap for the speed it costs (a round must close {BACKOFF_PAYBACK:g}x its share of compute ops), so no "
+                "more stays float than the range rules chose; for more fidelity try method=percentile or entropy, "
+                "or fp16/fp32")
+    return (f"the rounds that paid were kept ({sum(bool(r.get('kept')) for r in rounds)} of {len(rounds) - 1}) "
+            "and the gap that is left is spread too thin to close without giving up the speed-up")
 
 
 def _precision_counts(path: Path) -> tuple[dict[str, int], dict[str, int]]:
