@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 THREADS = 2
+WARMUP = 3  # runs before timing: enough for ORT's and OpenVINO's first-run allocations; 10 of BERT at batch 8 cost 15 s
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Suite:
     peers: tuple[str, ...] = ("ort_static_defaults", "nncf_defaults", "torch_compile")
     quick: bool = False
     options: dict[str, str] = field(default_factory=dict)
+    calib_size: int | None = None  # None: the harness's default (300, less the evaluation quarter)
 
 
 MODELS = (
@@ -50,8 +52,8 @@ MODELS = (
     Suite("mobilenet_v2", "benchmarks.models:mobilenet_v2", "benchmarks.data:images", quick=True),
     Suite("resnet50", "benchmarks.models:resnet50", "benchmarks.data:images"),
     Suite("bert_base", "benchmarks.models:bert_base", "benchmarks.data:tokens",
-          dynamic=("input_ids:0=batch", "attention_mask:0=batch")),
-    Suite("vit_b16", "benchmarks.models:vit_b16", "benchmarks.data:images"),
+          dynamic=("input_ids:0=batch", "attention_mask:0=batch"), calib_size=128),
+    Suite("vit_b16", "benchmarks.models:vit_b16", "benchmarks.data:images", calib_size=128),
 )
 
 
@@ -62,14 +64,16 @@ def _machine_slug(cpu: str) -> str:
 def build_peers(suite: Suite, out: Path, batches: list[int]) -> dict[str, str]:
     """Export once (the harness reuses the file) and build the by-hand baselines from the same data."""
     from modelport.bundle import ModelBundle
-    from modelport.calibration import open_calibration
     from modelport.harness.matrix import prepare_model
+    from modelport.harness.reference import open_data
     from modelport.model import load_model, parse_dynamic_spec
 
     source = load_model(suite.model, (), [parse_dynamic_spec(d) for d in suite.dynamic])
     source = prepare_model(source, batches, user_dynamic=bool(suite.dynamic))
     onnx_path = ModelBundle(source, onnx_dir=out / "onnx").onnx_path
-    calibration = open_calibration(suite.calib, source.inputs)
+    # the harness's own calibration part: the same samples modelport calibrates on, none of the evaluation ones
+    calibration, _ = open_data(source, suite.calib, suite.evaluation, calib_size=suite.calib_size, eval_size=None,
+                               seed=0)
     peers_dir = out / "peers"
     peers_dir.mkdir(parents=True, exist_ok=True)
     config = {"model": suite.model, "onnx": str(onnx_path)}
@@ -89,7 +93,8 @@ def run_model(suite: Suite, out: Path, batches: list[int], duration: float) -> d
     os.environ[PEERS] = json.dumps(config)
     runners = {name: f"{HERE / 'peers.py'}:{name}" for name in suite.peers}
     report = modelport.bench(suite.model, out=out, backends="all", batches=batches, threads=THREADS,
-                             duration=duration, calib=suite.calib, evaluation=suite.evaluation,
+                             duration=duration, warmup=WARMUP, calib=suite.calib, calib_size=suite.calib_size,
+                             evaluation=suite.evaluation,
                              dynamic=suite.dynamic, options=suite.options, runners=runners, show_progress=True)
     macs = {b: count_macs(Path(config["onnx"]), {"batch": b}) for b in batches}
     return {"suite": suite.name, "model": suite.model, "seconds": round(time.perf_counter() - start, 1),
@@ -191,7 +196,7 @@ def main() -> None:
         wanted = set(args.models.split(","))
         chosen = [m for m in MODELS if m.name in wanted]
     batches = [1] if args.quick else [1, 8]
-    duration = args.duration or (1.0 if args.quick else 2.0)
+    duration = args.duration or 1.0
     machine = machine_summary()
     peaks = {"fp32": matmul_peak("fp32", THREADS), "int8": matmul_peak("int8", THREADS)}
     runs = [run_model(suite, args.out / suite.name, batches, duration) for suite in chosen]
