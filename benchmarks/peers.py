@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 PEERS = "MODELPORT_BENCH_PEERS"
+OPTIMUM_PYTHON = "MODELPORT_OPTIMUM_PYTHON"  # the interpreter of the venv that holds optimum-onnx (make optimum-venv)
+DEFAULT_OPTIMUM_VENV = Path(__file__).resolve().parent.parent / ".venv-optimum"
 
 
 def _config() -> dict[str, Any]:
@@ -50,6 +52,26 @@ def build_nncf_defaults(onnx_path: Path, calibration: Any, out: Path) -> Path:
     return out
 
 
+def build_optimum_avx2(onnx_path: Path, calibration: Any, out: Path) -> Path:
+    """Optimum's `ORTQuantizer` with its avx2 static preset, run in its own venv (optimum-onnx pins
+    transformers<4.58): the samples go over as an .npz, the quantized file comes back and is timed here."""
+    import subprocess
+
+    python = Path(os.environ.get(OPTIMUM_PYTHON, DEFAULT_OPTIMUM_VENV / "bin" / "python"))
+    if not python.is_file():
+        raise FileNotFoundError(f"no Optimum venv at {python} (make optimum-venv, or set {OPTIMUM_PYTHON})")
+    names = [s.name for s in calibration.specs]
+    samples = list(calibration.samples())
+    npz = out.with_suffix(".calib.npz")
+    np.savez(npz, **{n: np.concatenate([s[n] for s in samples]) for n in names})
+    script = Path(__file__).resolve().parent / "optimum_peer.py"
+    done = subprocess.run([str(python), str(script), str(onnx_path), str(npz), str(out)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the Optimum peer failed: {done.stderr.strip().splitlines()[-1:]}")
+    return out
+
+
 class _Session:
     def __init__(self, session: Any, names: list[str]) -> None:
         self.session = session
@@ -59,14 +81,22 @@ class _Session:
         return dict(zip(self.names, self.session.run(self.names, dict(feeds)), strict=True))
 
 
-def ort_static_defaults(threads: int) -> _Session:
+def _ort_session(path: str, threads: int) -> _Session:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(_config()["ort_static_defaults"], opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     return _Session(session, [o.name for o in session.get_outputs()])
+
+
+def ort_static_defaults(threads: int) -> _Session:
+    return _ort_session(_config()["ort_static_defaults"], threads)
+
+
+def optimum_avx2(threads: int) -> _Session:
+    return _ort_session(_config()["optimum_avx2"], threads)
 
 
 class _OpenVino:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peak import count_macs, matmul_peak
-from benchmarks.peers import PEERS, build_nncf_defaults, build_ort_static_defaults
+from benchmarks.peers import PEERS, build_nncf_defaults, build_optimum_avx2, build_ort_static_defaults
 from benchmarks.sensitivity import INPUT_SQNR_DB, output_sqnr_under_input_noise
 
 HERE = Path(__file__).resolve().parent
@@ -53,12 +53,13 @@ MODELS = (
     Suite("mobilenet_v2", "benchmarks.models:mobilenet_v2", "benchmarks.data:images", quick=True),
     Suite("resnet50", "benchmarks.models:resnet50", "benchmarks.data:images"),
     Suite("bert_base", "benchmarks.models:bert_base", "benchmarks.data:tokens",
-          dynamic=("input_ids:0=batch", "attention_mask:0=batch"), calib_size=128),
+          dynamic=("input_ids:0=batch", "attention_mask:0=batch"), calib_size=128,
+          peers=("ort_static_defaults", "nncf_defaults", "optimum_avx2", "torch_compile")),
     Suite("vit_b16", "benchmarks.models:vit_b16", "benchmarks.data:images", calib_size=128),
 )
 
 
-def _machine_slug(cpu: str) -> str:
+def machine_slug(cpu: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")[:40]
 
 
@@ -75,14 +76,22 @@ def build_peers(suite: Suite, out: Path, batches: list[int]) -> dict[str, str]:
     # the harness's own calibration part: the same samples modelport calibrates on, none of the evaluation ones
     calibration, _ = open_data(source, suite.calib, suite.evaluation, calib_size=suite.calib_size, eval_size=None,
                                seed=0)
-    peers_dir = out / "peers"
+    peers_dir = out / "peers" / onnx_path.parent.name  # keyed by the export's content hash: reused only as is
     peers_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model": suite.model, "onnx": str(onnx_path)}
-    if "ort_static_defaults" in suite.peers:
-        config["ort_static_defaults"] = str(build_ort_static_defaults(onnx_path, calibration,
-                                                                      peers_dir / "ort_static.onnx"))
-    if "nncf_defaults" in suite.peers:
-        config["nncf_defaults"] = str(build_nncf_defaults(onnx_path, calibration, peers_dir / "nncf_defaults.xml"))
+    config: dict[str, Any] = {"model": suite.model, "onnx": str(onnx_path), "skipped": {}}
+    builders = {"ort_static_defaults": (build_ort_static_defaults, "ort_static.onnx"),
+                "nncf_defaults": (build_nncf_defaults, "nncf_defaults.xml"),
+                "optimum_avx2": (build_optimum_avx2, "optimum_avx2.onnx")}
+    for name in suite.peers:
+        if name not in builders:
+            continue
+        build, file = builders[name]
+        path = peers_dir / file
+        try:
+            config[name] = str(path if path.exists() else build(onnx_path, calibration, path))
+        except (FileNotFoundError, RuntimeError) as exc:
+            config["skipped"][name] = str(exc)
+            print(f"peer {name} skipped: {exc}")
     return config
 
 
@@ -92,14 +101,16 @@ def run_model(suite: Suite, out: Path, batches: list[int], duration: float) -> d
     start = time.perf_counter()
     config = build_peers(suite, out, batches)
     os.environ[PEERS] = json.dumps(config)
-    runners = {name: f"{HERE / 'peers.py'}:{name}" for name in suite.peers}
+    runners = {name: f"{HERE / 'peers.py'}:{name}" for name in suite.peers
+               if name not in config["skipped"]}
     report = modelport.bench(suite.model, out=out, backends="all", batches=batches, threads=THREADS,
                              duration=duration, warmup=WARMUP, calib=suite.calib, calib_size=suite.calib_size,
                              evaluation=suite.evaluation,
                              dynamic=suite.dynamic, options=suite.options, runners=runners, show_progress=True)
     macs = {b: count_macs(Path(config["onnx"]), {"batch": b}) for b in batches}
     return {"suite": suite.name, "model": suite.model, "seconds": round(time.perf_counter() - start, 1),
-            "macs": macs, "noise_ceiling_db": output_sqnr_under_input_noise(suite.model, suite.calib),
+            "macs": macs, "peers_skipped": config["skipped"],
+            "noise_ceiling_db": output_sqnr_under_input_noise(suite.model, suite.calib),
             "report": report}
 
 
@@ -131,6 +142,7 @@ def summarize(runs: list[dict[str, Any]], peaks: dict[str, float]) -> list[dict[
                                "fidelity": _fidelity(row),
                                "speedup_vs_eager": eager["p50_ms"] / row["p50_ms"] if eager else None,
                                "peak_fraction": run["macs"][batch] / (row["p50_ms"] / 1e3) / peak}
+            line["peers_skipped"] = run.get("peers_skipped", {})
             line["peers"] = {r["backend"]: {"p50_ms": r["p50_ms"], "fidelity": _fidelity(r)}
                              for r in at if r["backend"] not in BACKENDS and r["backend"] != "pytorch"}
             line["rows"] = {f"{r['backend']} {r['precision']}": {"p50_ms": r["p50_ms"], "fidelity": _fidelity(r)}
@@ -179,6 +191,8 @@ def markdown(machine: dict[str, Any], peaks: dict[str, float], lines: list[dict[
         for name, peer in line["peers"].items():
             out.append(f"| {line['model']} | {line['batch']} | {name} | {peer['p50_ms']:.2f} ms | "
                        f"{_fid(peer['fidelity'])} |")
+    skipped = {(line["model"], name): why for line in lines for name, why in line.get("peers_skipped", {}).items()}
+    out += [""] + [f"Peer {name} not run for {model}: {why}" for (model, name), why in skipped.items()]
     return "\n".join(out) + "\n"
 
 
@@ -212,7 +226,7 @@ def main() -> None:
     lines = summarize(runs, peaks)
     stamp = dt.date.today().isoformat()
     subset = "-quick" if args.quick else ("-" + "-".join(m.name for m in chosen) if args.models else "")
-    name = f"{_machine_slug(machine['cpu'])}-{stamp}{subset}"
+    name = f"{machine_slug(machine['cpu'])}-{stamp}{subset}"
     RESULTS.mkdir(exist_ok=True)
     table = markdown(machine, peaks, lines, stamp)
     scope = "quick" if args.quick else ("models: " + ", ".join(m.name for m in chosen) if args.models else "full")

@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -33,10 +32,10 @@ from modelport.errors import BadInput, ModelportError
 class _Commands(TyperGroup):
     """Turns a ModelportError from any command into one paragraph on stderr and its exit code."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):  # usage errors are typer's to print (exit 2)
             raise
         except ModelportError as exc:
             _fail(f"[bold red]error:[/] {escape(exc.message)}", exc.hint, exc.exit_code)

@@ -61,6 +61,12 @@ def test_bad_input_is_one_paragraph_and_exit_code_2(tmp_path, write_model, model
     assert "Traceback" not in result.output
 
 
+def test_an_unknown_flag_is_a_usage_error_not_an_internal_one():
+    result = invoke("inspect", "--no-such-flag", "model.onnx")
+    assert result.exit_code == 2
+    assert "No such option" in result.output and "internal error" not in result.output
+
+
 def test_an_op_the_exporters_cannot_handle_is_a_failed_step_naming_it(tmp_path, write_model):
     result = invoke("export", write_model(UNSUPPORTED_OP), "-o", str(tmp_path / "m.onnx"))
     assert result.exit_code == 1
