@@ -8,9 +8,12 @@ PY := $(VENV)/bin/python
 comma := ,
 STAMP := $(VENV)/.modelport-$(subst $(comma),-,$(EXTRAS))-$(subst =,,$(TORCH_SPEC))
 DEMO_OUT ?= demo-out
+# Optimum's quantizer, a peer in the suite, pins transformers<4.58: it gets a venv of its own
+OPTIMUM_VENV ?= .venv-optimum
+OPTIMUM_SPEC ?= "optimum-onnx[onnxruntime]==0.1.0" datasets "transformers<4.58"
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quick lint clean
+.PHONY: setup demo test bench bench-quick optimum-venv lint clean
 
 setup: $(STAMP)
 
@@ -30,8 +33,17 @@ test: setup
 	$(VENV)/bin/ruff check modelport tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: setup
-	$(PY) -m benchmarks.run_suite
+bench: setup optimum-venv
+	MODELPORT_OPTIMUM_PYTHON=$(OPTIMUM_VENV)/bin/python $(PY) -m benchmarks.run_suite
+	$(PY) -m benchmarks.interleaved
+
+optimum-venv: $(OPTIMUM_VENV)/.installed
+
+$(OPTIMUM_VENV)/.installed:
+	test -x $(OPTIMUM_VENV)/bin/python || $(PYTHON) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(OPTIMUM_VENV)/bin/python -m pip install -q $(OPTIMUM_SPEC)
+	touch $@
 
 bench-quick: setup
 	$(PY) -m benchmarks.run_suite --quick
@@ -40,4 +52,4 @@ lint: setup
 	$(VENV)/bin/ruff check modelport tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OPTIMUM_VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
