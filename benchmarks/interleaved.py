@@ -1,9 +1,10 @@
-"""ONNX Runtime INT8 against FP32 and the by-hand quantizers, timed in interleaved rounds.
+"""INT8 artifacts against FP32 and the by-hand quantizers, per runtime, timed in interleaved rounds.
 
 The suite measures its rows one after another, minutes apart, and on a shared machine the load drifts in
 between: a ratio of two rows can move by 30%. Here every session runs in the same process, round after
-round in turn, and each speed-up is the median of per-round ratios, so drift cancels out. It reads the
-artifacts and peer files a suite run left (`make bench` runs it right after the suite):
+round in turn, and each speed-up is the median of per-round ratios to the same runtime's FP32 row, so
+drift cancels out. Artifacts run through `modelport.load` and peers through their suite runners, as in the
+suite. It reads the artifacts and peer files a suite run left (`make bench` runs it right after the suite):
 
     python -m benchmarks.interleaved [--suite-dir bench-suite] [--models resnet50,bert_base]
 """
@@ -14,6 +15,7 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,22 +25,19 @@ import numpy as np
 
 from benchmarks.run_suite import MODELS, RESULTS, THREADS, machine_slug
 
-ROWS = {"ORT fp32": "artifacts/onnxruntime-fp32/model.onnx",
-        "modelport ORT int8": "artifacts/onnxruntime-int8/model.onnx",
-        "modelport ORT int8-dynamic": "artifacts/onnxruntime-int8-dynamic/model.onnx",
-        "quantize_static defaults": "peers/ort_static.onnx",
-        "Optimum avx2 static": "peers/optimum_avx2.onnx"}
+# label -> (the FP32 row it is compared with, a modelport artifact directory or a peer runner in peers.py)
+ROWS = {"ORT fp32": ("ORT fp32", "artifacts/onnxruntime-fp32"),
+        "modelport ORT int8": ("ORT fp32", "artifacts/onnxruntime-int8"),
+        "modelport ORT int8-dynamic": ("ORT fp32", "artifacts/onnxruntime-int8-dynamic"),
+        "quantize_static defaults": ("ORT fp32", "ort_static_defaults"),
+        "Optimum avx2 static": ("ORT fp32", "optimum_avx2"),
+        "OpenVINO fp32": ("OpenVINO fp32", "artifacts/openvino-fp32"),
+        "modelport OpenVINO int8": ("OpenVINO fp32", "artifacts/openvino-int8"),
+        "nncf.quantize defaults": ("OpenVINO fp32", "nncf_defaults")}
+PEER_FILES = {"ort_static_defaults": "ort_static.onnx", "optimum_avx2": "optimum_avx2.onnx",
+              "nncf_defaults": "nncf_defaults.xml"}
 ROUNDS = 7
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+DEFAULT_MODELS = "resnet50,bert_base,vit_b16"
 
 
 def _feeds(calib: str, batch: int) -> dict[str, np.ndarray]:
@@ -47,39 +46,52 @@ def _feeds(calib: str, batch: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
 
 
-def _files(suite_dir: Path) -> dict[str, Path]:
-    """The row files of one model's suite directory (peer files sit under peers/<export>/)."""
-    found = {}
-    for label, rel in ROWS.items():
-        hits = sorted(suite_dir.glob(rel)) or sorted(suite_dir.glob(rel.replace("peers/", "peers/*/")))
+def _runners(suite_dir: Path) -> dict[str, Any]:
+    """The rows one model's suite directory holds, loaded (peer files sit in peers/ or peers/<export>/)."""
+    import modelport
+    from benchmarks import peers
+
+    config = {}
+    for peer, file in PEER_FILES.items():
+        hits = sorted(suite_dir.glob(f"peers/{file}")) + sorted(suite_dir.glob(f"peers/*/{file}"))
         if hits:
-            found[label] = hits[-1]
+            config[peer] = str(hits[-1])
+    os.environ[peers.PEERS] = json.dumps(config)
+    found = {}
+    for label, (_, where) in ROWS.items():
+        if where.startswith("artifacts/"):
+            if (suite_dir / where / "manifest.json").is_file():
+                found[label] = modelport.load(suite_dir / where, threads=THREADS)
+        elif where in config:
+            found[label] = getattr(peers, where)(THREADS)
     return found
 
 
-def measure(files: dict[str, Path], feeds: dict[str, np.ndarray], budget_s: float = 0.6) -> dict[str, Any]:
-    sessions = {label: _session(path) for label, path in files.items()}
-    for s in sessions.values():
-        s.run(None, feeds)
-    per_round: dict[str, list[float]] = {label: [] for label in sessions}
+def measure(runners: dict[str, Any], feeds: dict[str, np.ndarray], budget_s: float = 0.6) -> dict[str, Any]:
+    for runner in runners.values():
+        runner.run(feeds)
+    per_round: dict[str, list[float]] = {label: [] for label in runners}
     for _ in range(ROUNDS):
-        for label, s in sessions.items():
+        for label, runner in runners.items():
             times, start = [], time.perf_counter()
             while len(times) < 3 or time.perf_counter() - start < budget_s:
                 t = time.perf_counter()
-                s.run(None, feeds)
+                runner.run(feeds)
                 times.append(time.perf_counter() - t)
             per_round[label].append(statistics.median(times) * 1e3)
-    base = per_round.get("ORT fp32")
-    return {label: {"median_ms": round(statistics.median(ms), 2),
-                    "speedup_vs_ort_fp32": round(statistics.median(b / m for b, m in zip(base, ms, strict=True)), 3)
-                    if base else None} for label, ms in per_round.items()}
+    out = {}
+    for label, ms in per_round.items():
+        base = per_round.get(ROWS[label][0])
+        out[label] = {"median_ms": round(statistics.median(ms), 2), "vs": ROWS[label][0],
+                      "speedup": round(statistics.median(b / m for b, m in zip(base, ms, strict=True)), 3)
+                      if base else None}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite-dir", type=Path, default=Path("bench-suite"))
-    parser.add_argument("--models", default="resnet50,bert_base")
+    parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--batches", default="1,8")
     args = parser.parse_args()
     from modelport.machine import machine_summary
@@ -87,26 +99,28 @@ def main() -> None:
     suites = {m.name: m for m in MODELS}
     results = []
     for name in args.models.split(","):
-        files = _files(args.suite_dir / name)
-        if "ORT fp32" not in files:
+        runners = _runners(args.suite_dir / name)
+        if not runners:
             print(f"{name}: no suite artifacts under {args.suite_dir / name}; run the suite first")
             continue
         for batch in (int(b) for b in args.batches.split(",")):
-            rows = measure(files, _feeds(suites[name].calib, batch))
+            rows = measure(runners, _feeds(suites[name].calib, batch))
             results.append({"model": name, "batch": batch, "rows": rows})
             print(name, batch, json.dumps(rows))
     machine = machine_summary()
     stamp = dt.date.today().isoformat()
-    lines = [f"# ONNX Runtime INT8, interleaved ({ROUNDS} rounds, {THREADS} threads)", "",
+    lines = [f"# INT8 against FP32 per runtime, interleaved ({ROUNDS} rounds, {THREADS} threads)", "",
              f"Measured {stamp} on {machine['cpu']} ({machine['cores']} cores, {', '.join(machine['flags'])}). "
              "Each figure is the median over rounds of a session's median run time; each speed-up is the median "
-             "of per-round ratios to ORT fp32 measured in the same round.", "",
-             "| model | batch | row | p50 | speed-up vs ORT fp32 |", "|---|---|---|---|---|"]
+             "of per-round ratios to the same runtime's FP32 row, measured in the same round.", "",
+             "| model | batch | row | p50 | speed-up | against |", "|---|---|---|---|---|---|"]
     for r in results:
         for label, row in r["rows"].items():
-            lines.append(f"| {r['model']} | {r['batch']} | {label} | {row['median_ms']:.2f} ms | "
-                         f"{row['speedup_vs_ort_fp32']:.2f}x |")
-    name = f"{machine_slug(machine['cpu'])}-{stamp}-ort-interleaved"
+            speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+            lines.append(f"| {r['model']} | {r['batch']} | {label} | {row['median_ms']:.2f} ms | {speedup} | "
+                         f"{row['vs']} |")
+    subset = "" if args.models == DEFAULT_MODELS else "-" + args.models.replace(",", "-")
+    name = f"{machine_slug(machine['cpu'])}-{stamp}-interleaved{subset}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine, "threads": THREADS, "rounds": ROUNDS,
