@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +38,13 @@ ROUNDS = 7
 DEFAULT_MODELS = "resnet50,bert_base,vit_b16"
 
 
-def _feeds(calib: str, batch: int) -> dict[str, np.ndarray]:
-    module, _, name = calib.partition(":")
-    samples = [s for _, s in zip(range(batch), getattr(importlib.import_module(module), name)(), strict=False)]
-    return {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+def _feeds(suite_dir: Path, calib: str, batch: int) -> dict[str, np.ndarray]:
+    """One batch of the suite's own calibration source, read to the exported model's input specs."""
+    from modelport.artifact import Artifact
+    from modelport.calibration import open_calibration
+
+    specs = Artifact.open(suite_dir / ROWS["ORT fp32"][1]).inputs
+    return next(open_calibration(calib, specs).batches(batch))
 
 
 def _runners(suite_dir: Path) -> dict[str, Any]:
@@ -68,17 +69,11 @@ def _runners(suite_dir: Path) -> dict[str, Any]:
 
 
 def measure(runners: dict[str, Any], feeds: dict[str, np.ndarray], budget_s: float = 0.6) -> dict[str, Any]:
-    for runner in runners.values():
-        runner.run(feeds)
-    per_round: dict[str, list[float]] = {label: [] for label in runners}
-    for _ in range(ROUNDS):
-        for label, runner in runners.items():
-            times, start = [], time.perf_counter()
-            while len(times) < 3 or time.perf_counter() - start < budget_s:
-                t = time.perf_counter()
-                runner.run(feeds)
-                times.append(time.perf_counter() - t)
-            per_round[label].append(statistics.median(times) * 1e3)
+    """`budget_s` of timed runs per runner and round; each speed-up is a median of per-round ratios."""
+    from modelport.harness.latency import interleaved_rounds
+
+    per_round = interleaved_rounds({label: runner.run for label, runner in runners.items()}, feeds, ROUNDS,
+                                   budget_s * ROUNDS * len(runners))
     out = {}
     for label, ms in per_round.items():
         base = per_round.get(ROWS[label][0])
@@ -104,7 +99,7 @@ def main() -> None:
             print(f"{name}: no suite artifacts under {args.suite_dir / name}; run the suite first")
             continue
         for batch in (int(b) for b in args.batches.split(",")):
-            rows = measure(runners, _feeds(suites[name].calib, batch))
+            rows = measure(runners, _feeds(args.suite_dir / name, suites[name].calib, batch))
             results.append({"model": name, "batch": batch, "rows": rows})
             print(name, batch, json.dumps(rows))
     machine = machine_summary()

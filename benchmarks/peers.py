@@ -57,13 +57,13 @@ def build_optimum_avx2(onnx_path: Path, calibration: Any, out: Path) -> Path:
     transformers<4.58): the samples go over as an .npz, the quantized file comes back and is timed here."""
     import subprocess
 
+    from modelport.harness.reference import stack
+
     python = Path(os.environ.get(OPTIMUM_PYTHON, DEFAULT_OPTIMUM_VENV / "bin" / "python"))
     if not python.is_file():
         raise FileNotFoundError(f"no Optimum venv at {python} (make optimum-venv, or set {OPTIMUM_PYTHON})")
-    names = [s.name for s in calibration.specs]
-    samples = list(calibration.samples())
     npz = out.with_suffix(".calib.npz")
-    np.savez(npz, **{n: np.concatenate([s[n] for s in samples]) for n in names})
+    np.savez(npz, **stack(calibration))
     script = Path(__file__).resolve().parent / "optimum_peer.py"
     done = subprocess.run([str(python), str(script), str(onnx_path), str(npz), str(out)], capture_output=True,
                           text=True)

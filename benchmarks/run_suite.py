@@ -19,11 +19,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.peak import count_macs, matmul_peak
 from benchmarks.peers import PEERS, build_nncf_defaults, build_optimum_avx2, build_ort_static_defaults
 from benchmarks.sensitivity import INPUT_SQNR_DB, output_sqnr_under_input_noise
+
+if TYPE_CHECKING:
+    from modelport.model import SourceModel
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -63,15 +66,20 @@ def machine_slug(cpu: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")[:40]
 
 
-def build_peers(suite: Suite, out: Path, batches: list[int]) -> dict[str, str]:
-    """Export once (the harness reuses the file) and build the by-hand baselines from the same data."""
-    from modelport.bundle import ModelBundle
+def load_suite_model(suite: Suite, batches: list[int]) -> SourceModel:
+    """The suite's model as the harness prepares it (the batch axis made dynamic for the batches timed)."""
     from modelport.harness.matrix import prepare_model
-    from modelport.harness.reference import open_data
     from modelport.model import load_model, parse_dynamic_spec
 
     source = load_model(suite.model, (), [parse_dynamic_spec(d) for d in suite.dynamic])
-    source = prepare_model(source, batches, user_dynamic=bool(suite.dynamic))
+    return prepare_model(source, batches, user_dynamic=bool(suite.dynamic))
+
+
+def build_peers(suite: Suite, source: SourceModel, out: Path) -> dict[str, Any]:
+    """Export once (the harness reuses the file) and build the by-hand baselines from the same data."""
+    from modelport.bundle import ModelBundle
+    from modelport.harness.reference import open_data
+
     onnx_path = ModelBundle(source, onnx_dir=out / "onnx").onnx_path
     # the harness's own calibration part: the same samples modelport calibrates on, none of the evaluation ones
     calibration, _ = open_data(source, suite.calib, suite.evaluation, calib_size=suite.calib_size, eval_size=None,
@@ -99,7 +107,8 @@ def run_model(suite: Suite, out: Path, batches: list[int], duration: float) -> d
     import modelport
 
     start = time.perf_counter()
-    config = build_peers(suite, out, batches)
+    source = load_suite_model(suite, batches)
+    config = build_peers(suite, source, out)
     os.environ[PEERS] = json.dumps(config)
     runners = {name: f"{HERE / 'peers.py'}:{name}" for name in suite.peers
                if name not in config["skipped"]}
@@ -111,7 +120,7 @@ def run_model(suite: Suite, out: Path, batches: list[int], duration: float) -> d
     return {"suite": suite.name, "model": suite.model, "onnx": config["onnx"],
             "seconds": round(time.perf_counter() - start, 1),
             "macs": macs, "peers_skipped": config["skipped"],
-            "noise_ceiling_db": output_sqnr_under_input_noise(suite.model, suite.calib),
+            "noise_ceiling_db": output_sqnr_under_input_noise(source, suite.calib),
             "report": report}
 
 

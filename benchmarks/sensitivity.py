@@ -9,31 +9,24 @@ which fidelity figures are the quantizer's doing and which are the model's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    from modelport.model import SourceModel
 
 INPUT_SQNR_DB = 40.0
 
 
-def output_sqnr_under_input_noise(model: str, calib: str, samples: int = 8, db: float = INPUT_SQNR_DB
+def output_sqnr_under_input_noise(source: SourceModel, calib: str, samples: int = 8, db: float = INPUT_SQNR_DB
                                   ) -> float | None:
     """Output SQNR (dB) of the PyTorch FP32 model when its float inputs carry noise `db` below their signal;
     None for models without float inputs (token ids cannot carry small noise)."""
     import torch
 
     from modelport.calibration import open_calibration
-    from modelport.model import load_model
 
-    source = load_model(model)
-    data = open_calibration(calib, source.inputs)
-    batch: dict[str, Any] = {}
-    for i, sample in enumerate(data.samples()):
-        if i == samples:
-            break
-        for name, value in sample.items():
-            batch.setdefault(name, []).append(value)
-    feeds = {k: torch.from_numpy(np.concatenate(v)) for k, v in batch.items()}
+    batch = next(open_calibration(calib, source.inputs).batches(samples))
+    feeds = {k: torch.from_numpy(v) for k, v in batch.items()}
     if not any(t.is_floating_point() for t in feeds.values()):
         return None
     generator = torch.Generator().manual_seed(0)

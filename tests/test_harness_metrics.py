@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from modelport.harness import fidelity
-from modelport.harness.latency import MIN_ITERATIONS, summarize, timed_runs
+from modelport.harness.latency import MIN_ITERATIONS, interleaved_rounds, summarize, timed_runs
 
 
 def test_identical_outputs_have_zero_error_unit_cosine_and_undefined_sqnr():
@@ -142,3 +142,14 @@ def test_duration_mode_runs_for_at_least_the_duration():
 def test_exactly_one_of_iterations_and_duration():
     with pytest.raises(ValueError):
         timed_runs(lambda f: None, {}, iterations=3, duration=1.0)
+
+
+def test_interleaved_rounds_give_every_runner_the_same_runs_in_turns():
+    order: list[str] = []
+    runs = {name: (lambda feeds, name=name: order.append(name)) for name in ("a", "b")}
+    per_round = interleaved_rounds(runs, {}, rounds=4, budget_s=0.0)
+    assert {k: len(v) for k, v in per_round.items()} == {"a": 4, "b": 4}
+    assert all(ms >= 0 for v in per_round.values() for ms in v)
+    timed = order[8:]  # after 3 warm-up runs and one sizing run each
+    assert order.count("a") == order.count("b")
+    assert timed == (["a"] * 3 + ["b"] * 3) * 4  # the minimum of 3 runs per turn, taking turns round by round

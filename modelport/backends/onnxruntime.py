@@ -19,7 +19,6 @@ import os
 import platform
 import re
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -535,25 +534,17 @@ def _gemm_to_matmul(model: onnx.ModelProto, skip: set[str]) -> int:
 
 def _compare(sessions: Mapping[str, Any], feeds: Mapping[str, np.ndarray], budget_s: float = 3.0) -> dict[str, float]:
     """Milliseconds per run: the best round median over interleaved rounds (robust to a shared CPU)."""
+    from modelport.harness.latency import interleaved_rounds
+
     feeds = {k: np.asarray(v) for k, v in feeds.items()}
-    ins = {k: [i.name for i in s.get_inputs()] for k, s in sessions.items()}
+    runs = {key: _bound(session, {i.name: feeds[i.name] for i in session.get_inputs()})
+            for key, session in sessions.items()}
+    return {key: min(ms) for key, ms in interleaved_rounds(runs, feeds, 5, budget_s).items()}
 
-    def once(key: str) -> float:
-        start = time.perf_counter()
-        sessions[key].run(None, {n: feeds[n] for n in ins[key]})
-        return time.perf_counter() - start
 
-    for key in sessions:
-        for _ in range(3):
-            once(key)
-    per_run = max(sum(once(k) for k in sessions), 1e-5)
-    rounds = 5
-    runs = int(min(50, max(3, budget_s / per_run / rounds)))
-    best = dict.fromkeys(sessions, float("inf"))
-    for _ in range(rounds):
-        for key in sessions:
-            best[key] = min(best[key], float(np.median([once(key) for _ in range(runs)])) * 1e3)
-    return best
+def _bound(session: Any, feeds: Mapping[str, np.ndarray]):
+    """A run function with this session's own feeds bound, so the timed call builds nothing."""
+    return lambda _: session.run(None, feeds)
 
 
 def _latency_vs_fp32(src: Path, artifact: Path, feeds: Mapping[str, np.ndarray], precision: str) -> dict[str, Any]:

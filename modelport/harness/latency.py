@@ -34,6 +34,27 @@ def timed_loop(run: RunFn, feeds: Mapping[str, np.ndarray], times: list[int], st
         times[i] = clock() - t0
 
 
+def interleaved_rounds(runs: Mapping[str, RunFn], feeds: Mapping[str, np.ndarray], rounds: int,
+                       budget_s: float) -> dict[str, list[float]]:
+    """Per round, each runner's median ms per run, the runners taking turns round after round.
+
+    Load drifting on a shared machine then hits every runner alike within a round: compare them round by
+    round (a best round, or a median of per-round ratios), never one runner's whole run against another's.
+    About `budget_s` seconds in all, after 3 warm-up runs each.
+    """
+    for run in runs.values():
+        warm_up(run, feeds, 3)
+    per_pass = max(sum(warm_up(run, feeds, 1)[0] for run in runs.values()) / 1e9, 1e-5)
+    count = int(min(50, max(3, budget_s / per_pass / rounds)))
+    times = [0] * count
+    out: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            timed_loop(run, feeds, times, 0, count)
+            out[key].append(float(np.median(times)) / 1e6)
+    return out
+
+
 def warm_up(run: RunFn, feeds: Mapping[str, np.ndarray], iterations: int) -> list[int]:
     """Untimed-for-the-report runs that let the runtime allocate and tune; returns their durations."""
     times = [0] * max(iterations, 1)
