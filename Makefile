@@ -35,7 +35,6 @@ test: setup
 
 bench: setup optimum-venv
 	MODELPORT_OPTIMUM_PYTHON=$(OPTIMUM_VENV)/bin/python $(PY) -m benchmarks.run_suite
-	$(PY) -m benchmarks.interleaved
 
 optimum-venv: $(OPTIMUM_VENV)/.installed
 

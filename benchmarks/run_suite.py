@@ -33,6 +33,9 @@ RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 THREADS = 2
 WARMUP = 3  # runs before timing: enough for ORT's and OpenVINO's first-run allocations; 10 of BERT at batch 8 cost 15 s
+ROUNDS = 5  # the rows of each batch size take turns (modelport.harness.interleave): drift hits them alike
+# peers compared with the FP32 row of the runtime they run on
+PEER_RUNTIME = {"ort_static_defaults": "onnxruntime", "optimum_avx2": "onnxruntime", "nncf_defaults": "openvino"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Suite:
     quick: bool = False
     options: dict[str, str] = field(default_factory=dict)
     calib_size: int | None = None  # None: the harness's default (300, less the evaluation quarter)
+    eval_size: int | None = None  # None: the harness's default (a quarter of the 300 samples)
 
 
 MODELS = (
@@ -56,10 +60,12 @@ MODELS = (
     Suite("mobilenet_v2", "benchmarks.models:mobilenet_v2", "benchmarks.data:images", quick=True),
     Suite("resnet50", "benchmarks.models:resnet50", "benchmarks.data:images"),
     Suite("bert_base", "benchmarks.models:bert_base", "benchmarks.data:tokens",
-          dynamic=("input_ids:0=batch", "attention_mask:0=batch"), calib_size=128,
+          dynamic=("input_ids:0=batch", "attention_mask:0=batch"), calib_size=64, eval_size=32,
           peers=("ort_static_defaults", "nncf_defaults", "optimum_avx2", "torch_compile")),
-    Suite("vit_b16", "benchmarks.models:vit_b16", "benchmarks.data:images", calib_size=128),
+    Suite("vit_b16", "benchmarks.models:vit_b16", "benchmarks.data:images", calib_size=64, eval_size=32),
 )
+# The transformers calibrate on 64 samples and are judged on 32: each of their ~16 artifacts is built,
+# calibrated and evaluated at 0.1-0.3 s a sample, and these halve the suite's longest stages.
 
 
 def machine_slug(cpu: str) -> str:
@@ -82,8 +88,8 @@ def build_peers(suite: Suite, source: SourceModel, out: Path) -> dict[str, Any]:
 
     onnx_path = ModelBundle(source, onnx_dir=out / "onnx").onnx_path
     # the harness's own calibration part: the same samples modelport calibrates on, none of the evaluation ones
-    calibration, _ = open_data(source, suite.calib, suite.evaluation, calib_size=suite.calib_size, eval_size=None,
-                               seed=0)
+    calibration, _ = open_data(source, suite.calib, suite.evaluation, calib_size=suite.calib_size,
+                               eval_size=suite.eval_size, seed=0)
     peers_dir = out / "peers" / onnx_path.parent.name  # keyed by the export's content hash: reused only as is
     peers_dir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {"model": suite.model, "onnx": str(onnx_path), "skipped": {}}
@@ -113,8 +119,8 @@ def run_model(suite: Suite, out: Path, batches: list[int], duration: float) -> d
     runners = {name: f"{HERE / 'peers.py'}:{name}" for name in suite.peers
                if name not in config["skipped"]}
     report = modelport.bench(suite.model, out=out, backends="all", batches=batches, threads=THREADS,
-                             duration=duration, warmup=WARMUP, calib=suite.calib, calib_size=suite.calib_size,
-                             evaluation=suite.evaluation,
+                             duration=duration, warmup=WARMUP, rounds=ROUNDS, calib=suite.calib,
+                             calib_size=suite.calib_size, eval_size=suite.eval_size, evaluation=suite.evaluation,
                              dynamic=suite.dynamic, options=suite.options, runners=runners, show_progress=True)
     macs = {b: count_macs(Path(config["onnx"]), {"batch": b}) for b in batches}
     return {"suite": suite.name, "model": suite.model, "onnx": config["onnx"],
@@ -122,6 +128,23 @@ def run_model(suite: Suite, out: Path, batches: list[int], duration: float) -> d
             "macs": macs, "peers_skipped": config["skipped"],
             "noise_ceiling_db": output_sqnr_under_input_noise(source, suite.calib),
             "report": report}
+
+
+def _versus_fp32(rows: list[dict[str, Any]], speedup: Any) -> list[dict[str, Any]]:
+    """Each INT8 row and each quantizing peer against the FP32 row of its own runtime: what quantizing bought
+    on that runtime, the median of per-round ratios (the rows took turns)."""
+    fp32 = {r["backend"]: r for r in rows if r["precision"] == "fp32"}
+    out = []
+    for r in rows:
+        runtime = PEER_RUNTIME.get(r["backend"], r["backend"])
+        if runtime in fp32 and (str(r["precision"]).startswith("int8") or r["backend"] in PEER_RUNTIME):
+            out.append({"row": _label(r), "versus": f"{runtime} fp32", "p50_ms": r["p50_ms"],
+                        "speedup": speedup(fp32[runtime], r), "fidelity": _fidelity(r)})
+    return out
+
+
+def _label(row: dict[str, Any]) -> str:
+    return row["backend"] if row["precision"] == "custom" else f"{row['backend']} {row['precision']}"
 
 
 def _fidelity(row: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +155,7 @@ def summarize(runs: list[dict[str, Any]], peaks: dict[str, float]) -> list[dict[
     """One line per model and batch: the best artifact and best INT8 artifact (p50), their speed-up over
     PyTorch eager, their fidelity, the INT8 share of the machine's peak, and every peer beside them."""
     from modelport.backends import BACKENDS
+    from modelport.harness.latency import speedup
 
     lines = []
     for run in runs:
@@ -148,15 +172,16 @@ def summarize(runs: list[dict[str, Any]], peaks: dict[str, float]) -> list[dict[
                 if row is None:
                     continue
                 peak = peaks["int8"] if str(row["precision"]).startswith("int8") else peaks["fp32"]
-                line[label] = {"row": f"{row['backend']} {row['precision']}", "p50_ms": row["p50_ms"],
+                line[label] = {"row": _label(row), "p50_ms": row["p50_ms"],
                                "fidelity": _fidelity(row),
-                               "speedup_vs_eager": eager["p50_ms"] / row["p50_ms"] if eager else None,
+                               "speedup_vs_eager": speedup(eager, row) if eager else None,
                                "peak_fraction": run["macs"][batch] / (row["p50_ms"] / 1e3) / peak}
             line["peers_skipped"] = run.get("peers_skipped", {})
             line["peers"] = {r["backend"]: {"p50_ms": r["p50_ms"], "fidelity": _fidelity(r)}
                              for r in at if r["backend"] not in BACKENDS and r["backend"] != "pytorch"}
-            line["rows"] = {f"{r['backend']} {r['precision']}": {"p50_ms": r["p50_ms"], "fidelity": _fidelity(r)}
+            line["rows"] = {_label(r): {"p50_ms": r["p50_ms"], "fidelity": _fidelity(r)}
                             for r in at}
+            line["vs_fp32"] = _versus_fp32(at, speedup)
             lines.append(line)
     return lines
 
@@ -201,6 +226,13 @@ def markdown(machine: dict[str, Any], peaks: dict[str, float], lines: list[dict[
         for name, peer in line["peers"].items():
             out.append(f"| {line['model']} | {line['batch']} | {name} | {peer['p50_ms']:.2f} ms | "
                        f"{_fid(peer['fidelity'])} |")
+    out += ["", "INT8 rows and quantizing peers against the FP32 row of the same runtime (speed-up: the median of "
+            f"per-round ratios over the {ROUNDS} interleaved rounds):", "",
+            "| model | batch | row | against | p50 | speed-up | fidelity |", "|---|---|---|---|---|---|---|"]
+    for line in lines:
+        for v in line.get("vs_fp32", []):
+            out.append(f"| {line['model']} | {line['batch']} | {v['row']} | {v['versus']} | {v['p50_ms']:.2f} ms | "
+                       f"{v['speedup']:.2f}x | {_fid(v['fidelity'])} |")
     skipped = {(line["model"], name): why for line in lines for name, why in line.get("peers_skipped", {}).items()}
     out += [""] + [f"Peer {name} not run for {model}: {why}" for (model, name), why in skipped.items()]
     return "\n".join(out) + "\n"

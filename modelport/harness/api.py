@@ -46,7 +46,7 @@ def _options(options: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
 
 def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: str | Sequence[str] = "all",
           precisions: str | Sequence[str] = PRECISIONS, batches: Sequence[int] = (1,), threads: int | None = None,
-          iterations: int | None = None, duration: float | None = None, warmup: int = 10,
+          iterations: int | None = None, duration: float | None = None, warmup: int = 10, rounds: int = 1,
           calib: str | None = None, evaluation: str | None = None, calib_size: int | None = None,
           eval_size: int | None = None, seed: int = 0, inputs: Sequence[str] = (), dynamic: Sequence[str] = (),
           options: Mapping[str, Any] | None = None, runners: Mapping[str, str] | None = None,
@@ -57,14 +57,16 @@ def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: 
     Returns the report (what report.json holds). Rows are appended to `out`/results.jsonl as they
     finish; calling again with the same arguments measures only what is missing. `runners` adds rows
     for your own runner factories (`{"name": "file.py:fn"}`, called as `fn(threads=N)`, returning an
-    object with `run(feeds) -> dict`). `on_row` is called with each row as it is written.
+    object with `run(feeds) -> dict`). `rounds` > 1 times the rows of each batch size in turns (interleave.py).
+    `on_row` is called with each row as it is written.
     """
     settings = matrix.Settings(
         backends=tuple(parse_backends(backends if isinstance(backends, str) else ",".join(backends))),
         precisions=_split(precisions), batches=tuple(int(b) for b in batches),
         threads=threads if threads is not None else default_threads(), iterations=iterations,
         duration=duration if duration is not None or iterations is not None else DEFAULT_DURATION,
-        warmup=warmup, timeout=timeout, options=_options(options), runners=dict(runners or {}), metric=metric)
+        warmup=warmup, rounds=rounds, timeout=timeout, options=_options(options), runners=dict(runners or {}),
+        metric=metric)
     budget = budget or Budget()
     load = matrix.load_average()
     out = Path(out)

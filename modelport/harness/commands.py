@@ -75,6 +75,9 @@ def bench(
     iterations: Annotated[int | None, typer.Option(help="Timed runs per measurement (instead of --duration).")] = None,
     duration: Annotated[float | None, typer.Option(help="Seconds of timed runs per measurement (default 1).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 10,
+    rounds: Annotated[int, typer.Option(help="Above 1: keep every runner loaded and time the rows of each batch "
+                                             "size in turns, this many rounds, so load drifting on the machine "
+                                             "hits them alike (every runner is in memory at once).")] = 1,
     option: Annotated[list[str] | None, typer.Option(
         "--option", help="Build option [BACKEND.]KEY=VALUE (repeatable); without BACKEND it goes to every "
                          "backend and precision that takes KEY.")] = None,
@@ -110,8 +113,8 @@ def bench(
     budget = Budget(max_drop, min_sqnr, min_cosine)
     try:
         report = run_bench(model, out=out, backends=backends, precisions=precisions, batches=_batches(batch),
-                           threads=threads, iterations=iterations, duration=duration, warmup=warmup, calib=calib,
-                           evaluation=evaluation, calib_size=calib_size, eval_size=eval_size, seed=seed,
+                           threads=threads, iterations=iterations, duration=duration, warmup=warmup, rounds=rounds,
+                           calib=calib, evaluation=evaluation, calib_size=calib_size, eval_size=eval_size, seed=seed,
                            inputs=inputs or (), dynamic=dynamic or (),
                            options=_pairs(option, "--option", "KEY=VALUE or BACKEND.KEY=VALUE"),
                            runners=_pairs(runner, "--runner", "NAME=file.py:fn"), metric=metric, timeout=timeout,

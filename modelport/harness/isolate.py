@@ -11,6 +11,10 @@ modelport once but no runtime and has run nothing: each child still starts with 
 no thread pool created, without paying ~2 s of imports per measurement. Elsewhere each child is a
 fresh `python -m modelport.harness.worker JOB`.
 
+For interleaved timing (`--rounds`), a LiveChild is a fresh process that loads its runner and then
+answers one command at a time on its stdin (`@@modelport-reply JSON` lines back), so many runners can
+stay loaded, each in its own process, while only one of them runs.
+
 Job (JSON, written by the parent): `task` ("export", "build", "fidelity" or "latency"), `runner` (how to load it: an
 artifact directory, the PyTorch source model, or a user's `file.py:fn` runner factory), `threads`,
 `inputs` (an .npz of evaluation inputs), and per task `chunk`/`outputs` or
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -37,6 +42,7 @@ from typing import Any
 PROGRESS_PREFIX = "@@modelport-progress "
 STARTED_PREFIX = "@@modelport-started "
 EXIT_PREFIX = "@@modelport-exit "
+REPLY_PREFIX = "@@modelport-reply "
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 LOG_TAIL_LINES = 6
@@ -240,6 +246,94 @@ class Isolator:
             timer.cancel()
         self.close()  # the server died; the next job starts a new one
         return None, timed_out.is_set()
+
+
+class LiveChild:
+    """A measuring process that stays loaded and answers commands (worker `rounds` task), for interleaving.
+
+    Always a fresh `python -m modelport.harness.worker` (never forked from the server, which runs one
+    child at a time). `ask` sends one JSON command and waits at most `timeout` for the reply; a child that
+    dies or overruns is killed and `ask` raises ChildGone with the reason, as `Isolator.run` words it.
+    """
+
+    def __init__(self, job: Mapping[str, Any], *, workdir: Path, name: str, threads: int) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.job_path, self.result_path = workdir / f"{name}.job.json", workdir / f"{name}.result.json"
+        self.log = workdir / f"{name}.log"
+        self.result_path.unlink(missing_ok=True)
+        self.job_path.write_text(json.dumps({**job, "threads": threads, "result": str(self.result_path)}, default=str))
+        self._start = time.perf_counter()
+        self._log_file = open(self.log, "w")  # noqa: SIM115 - open as long as the child lives
+        self.proc = subprocess.Popen([sys.executable, "-m", "modelport.harness.worker", str(self.job_path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file, text=True,
+                                     env=thread_env(threads))
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def ask(self, command: Mapping[str, Any] | None, timeout: float) -> dict[str, Any]:
+        """Send `command` (None: only wait for the next reply) and return the child's reply."""
+        try:
+            if command is not None:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(json.dumps(command) + "\n")
+                self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the child is gone: reading below says why
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                raise ChildGone(self._finish(timed_out=True, timeout=timeout)) from None
+            if line is None:
+                outcome = self._finish(timed_out=False, timeout=timeout)
+                outcome.ok, outcome.error = False, outcome.error or "the measuring process exited before answering"
+                raise ChildGone(outcome)
+            if line.startswith(REPLY_PREFIX):
+                return dict(json.loads(line[len(REPLY_PREFIX):]))
+            if not line.startswith(PROGRESS_PREFIX):
+                self._log_file.write(line)
+
+    def finish(self, timeout: float) -> Outcome:
+        """Ask the child to write its result and exit; what it said, or why it could not."""
+        with contextlib.suppress(BrokenPipeError, OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"cmd": "finish"}) + "\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return self._finish(timed_out=True, timeout=timeout)
+        return self._finish(timed_out=False, timeout=timeout)
+
+    def kill(self) -> None:
+        """Stop the child now (the bench was interrupted or failed); its job files go with it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self._finish(timed_out=False, timeout=0)
+
+    def _finish(self, *, timed_out: bool, timeout: float) -> Outcome:
+        if timed_out or self.proc.poll() is None:
+            self.proc.kill()
+        returncode = self.proc.wait()
+        self._log_file.close()
+        outcome = _outcome(returncode, timed_out, timeout, self.result_path, self.job_path, self.log,
+                           time.perf_counter() - self._start)
+        if outcome.ok and self.log.is_file() and self.log.stat().st_size == 0:
+            self.log.unlink()
+        return outcome
+
+
+class ChildGone(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.error)
+        self.outcome = outcome
 
 
 def run_isolated(job: Mapping[str, Any], *, workdir: Path, name: str, timeout: float,

@@ -100,6 +100,17 @@ def timed_runs(run: RunFn, feeds: Mapping[str, np.ndarray], *, iterations: int |
             return np.asarray(times, dtype=np.int64)
 
 
+def speedup(base: Mapping[str, Any], row: Mapping[str, Any]) -> float | None:
+    """How many times faster `row` runs than `base`: the median of their per-round ratios where both were
+    timed in the same interleaved rounds (drift cancels), else the ratio of their p50s."""
+    base_rounds, rounds = base.get("round_ms") or [], row.get("round_ms") or []
+    if base_rounds and len(base_rounds) == len(rounds) and all(rounds):
+        return float(np.median([b / r for b, r in zip(base_rounds, rounds, strict=True)]))
+    if base.get("p50_ms") and row.get("p50_ms"):
+        return float(base["p50_ms"] / row["p50_ms"])
+    return None
+
+
 def summarize(times_ns: np.ndarray, batch: int) -> dict[str, float | int]:
     """p50/p90/p99, mean, std, min, max in milliseconds and throughput in samples per second."""
     t = np.asarray(times_ns, dtype=np.float64) / 1e6

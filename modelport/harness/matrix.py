@@ -31,7 +31,7 @@ from rich.progress import Progress
 from modelport.backends import BACKENDS, get_backend
 from modelport.backends.base import CALIBRATED, PRECISIONS
 from modelport.errors import BadInput
-from modelport.harness import fidelity, isolate, results
+from modelport.harness import fidelity, interleave, isolate, results
 from modelport.harness.reference import Data
 from modelport.machine import machine_summary
 from modelport.model import SourceModel, TensorSpec
@@ -52,6 +52,7 @@ class Settings:
     iterations: int | None = None
     duration: float | None = 1.0
     warmup: int = 10
+    rounds: int = 1  # above 1: the rows of each batch size take turns, round after round (interleave.py)
     timeout: float = 900.0
     options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # backend or "*" -> key -> value
     runners: Mapping[str, str] = field(default_factory=dict)  # row name -> file.py:fn runner factory
@@ -66,6 +67,8 @@ class Settings:
             raise BadInput(f"--duration must be positive, not {self.duration}.")
         if self.threads < 1:
             raise BadInput(f"--threads must be at least 1, not {self.threads}.")
+        if self.rounds < 1:
+            raise BadInput(f"--rounds must be at least 1, not {self.rounds}.")
         if not self.batches or min(self.batches) < 1:
             raise BadInput(f"Batch sizes must be positive integers, not {list(self.batches)}.")
         bad = [p for p in self.precisions if p not in PRECISIONS]
@@ -81,7 +84,8 @@ class Settings:
 
     @property
     def protocol(self) -> dict[str, Any]:
-        return {"iterations": self.iterations, "duration": self.duration, "warmup": self.warmup}
+        return {"iterations": self.iterations, "duration": self.duration, "warmup": self.warmup,
+                **({"rounds": self.rounds} if self.rounds > 1 else {})}
 
     @property
     def fidelity_batch(self) -> int:
@@ -344,7 +348,7 @@ class MatrixRun:
 
     # -- progress -------------------------------------------------------------------------------------
 
-    def _step(self, description: str) -> Callable[[float, float], None]:
+    def step(self, description: str) -> Callable[[float, float], None]:
         """A progress line for one step; returns the callback a child's progress lines go to."""
         progress = self.ctx.progress
         if progress is None:
@@ -393,18 +397,26 @@ class MatrixRun:
         groups: dict[tuple[str, str], list[PlanItem]] = {}
         for item in plan:
             groups.setdefault(item.group, []).append(item)
+        ready = []
         for items in groups.values():
             todo = [i for i in items if i.key not in self.done]
             self._advance(len(items) - len(todo))
-            if todo:
-                self._group(todo)
+            if todo and (prepared := self._prepare(todo)) is not None:
+                if self.ctx.settings.rounds > 1:
+                    ready.append(prepared)  # timed below, all together
+                else:
+                    for item in prepared.items:
+                        self._measured(prepared, item, *self._try(lambda i=item: self._latency(i, prepared)))
+        if ready:
+            interleave.Rounds(self, ready).run_all()
 
-    def _group(self, items: list[PlanItem]) -> None:
+    def _prepare(self, items: list[PlanItem]) -> Prepared | None:
+        """Build the group's artifact and take its fidelity; rows that cannot be measured are emitted here."""
         first = items[0]
         if first.status != "planned":
             for item in items:
                 self._emit(item, status=first.status, reason=first.reason)
-            return
+            return None
         label = f"{first.backend} {first.precision}"
         artifact, runner_spec, fid = None, None, None
         try:
@@ -421,29 +433,38 @@ class MatrixRun:
         except _StageFailed as exc:
             for item in items:
                 self._emit(item, status="failed", stage=exc.stage, reason=exc.reason, artifact=artifact)
-            return
+            return None
         fid_error = None
         if fid is None:
-            try:
-                fid = self._fidelity(first, runner_spec, artifact, label)
-            except _StageFailed as exc:
-                fid_error = exc
-        for item in items:
-            latency, lat_error = None, None
-            try:
-                latency = self._latency(item, runner_spec, label)
-            except _StageFailed as exc:
-                lat_error = exc
-            errors = [e for e in (fid_error, lat_error) if e is not None]
-            if errors:
-                self._emit(item, status="failed", stage=errors[0].stage, artifact=artifact, fid=fid, latency=latency,
-                           reason="; ".join(f"{e.stage}: {e.reason}" for e in errors))
-            else:
-                self._emit(item, status="ok", artifact=artifact, fid=fid, latency=latency)
+            fid, fid_error = self._try(lambda: self._fidelity(first, runner_spec, artifact, label))
+        return Prepared(items, label, runner_spec, artifact, fid, fid_error)
+
+    @staticmethod
+    def _try(step: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any] | None, _StageFailed | None]:
+        try:
+            return step(), None
+        except _StageFailed as exc:
+            return None, exc
+
+    def measured(self, prepared: Prepared, item: PlanItem, latency: dict[str, Any]) -> None:
+        self._measured(prepared, item, latency, None)
+
+    def latency_failed(self, prepared: Prepared, item: PlanItem, reason: str) -> None:
+        self._measured(prepared, item, None, _StageFailed("latency", reason))
+
+    def _measured(self, prepared: Prepared, item: PlanItem, latency: dict[str, Any] | None,
+                  lat_error: _StageFailed | None) -> None:
+        """Emit one row: ok, or failed with every stage that failed and why."""
+        errors = [e for e in (prepared.fid_error, lat_error) if e is not None]
+        if errors:
+            self._emit(item, status="failed", stage=errors[0].stage, artifact=prepared.artifact, fid=prepared.fid,
+                       latency=latency, reason="; ".join(f"{e.stage}: {e.reason}" for e in errors))
+        else:
+            self._emit(item, status="ok", artifact=prepared.artifact, fid=prepared.fid, latency=latency)
 
     def _isolated(self, job: dict[str, Any], name: str, description: str) -> dict[str, Any]:
         outcome = self.isolator.run(job, name=name, timeout=self.ctx.settings.timeout,
-                                    progress=self._step(description))
+                                    progress=self.step(description))
         if not outcome.ok:
             raise _StageFailed(job["task"], f"{outcome.error} [log: {outcome.log.relative_to(self.ctx.out)}]")
         assert outcome.result is not None
@@ -500,15 +521,30 @@ class MatrixRun:
         cached.write_text(json.dumps(record))
         return record
 
-    def _latency(self, item: PlanItem, runner_spec: dict[str, Any], label: str) -> dict[str, Any]:
+    def _latency(self, item: PlanItem, prepared: Prepared) -> dict[str, Any]:
         ctx = self.ctx
-        job = {"task": "latency", "runner": runner_spec, "inputs": str(ctx.data.inputs_path), "batch": item.batch,
-               **ctx.settings.protocol}
+        job = {"task": "latency", "runner": prepared.runner_spec, "inputs": str(ctx.data.inputs_path),
+               "batch": item.batch, **ctx.settings.protocol}
         start = time.perf_counter()
-        result = self._isolated(job, f"{item.slug}-b{item.batch}-latency", f"timing {label} at batch {item.batch}")
-        keep = ("iterations", "warmup", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
+        result = self._isolated(job, f"{item.slug}-b{item.batch}-latency",
+                                f"timing {prepared.label} at batch {item.batch}")
+        return {**{k: result.get(k) for k in LATENCY_KEYS}, "seconds": time.perf_counter() - start}
+
+
+LATENCY_KEYS = ("iterations", "warmup", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
                 "throughput", "peak_rss_bytes", "runner_rss_bytes", "load_seconds", "threads")
-        return {**{k: result.get(k) for k in keep}, "seconds": time.perf_counter() - start}
+
+
+@dataclass
+class Prepared:
+    """A group whose artifact is built and whose fidelity is taken (or failed): what timing it needs."""
+
+    items: list[PlanItem]
+    label: str
+    runner_spec: dict[str, Any]
+    artifact: dict[str, Any] | None
+    fid: dict[str, Any] | None
+    fid_error: _StageFailed | None
 
 
 class _StageFailed(Exception):

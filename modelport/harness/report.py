@@ -29,6 +29,7 @@ from typing import Any
 
 from modelport.errors import BadInput
 from modelport.harness import results
+from modelport.harness.latency import speedup
 
 PYTORCH = "pytorch"
 BUSY_LOAD = 0.5  # a load average above this share of the cores makes latencies noisy
@@ -72,7 +73,7 @@ def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
         "p50_ms": lat.get("p50_ms"), "p90_ms": lat.get("p90_ms"), "p99_ms": lat.get("p99_ms"),
         "mean_ms": lat.get("mean_ms"), "std_ms": lat.get("std_ms"), "throughput": lat.get("throughput"),
         "iterations": lat.get("iterations"), "peak_rss_bytes": lat.get("peak_rss_bytes"),
-        "runner_rss_bytes": lat.get("runner_rss_bytes"),
+        "runner_rss_bytes": lat.get("runner_rss_bytes"), "round_ms": lat.get("round_ms"),
         "metric_name": metric.get("name"), "metric": metric.get("value"), "metric_delta": metric.get("delta"),
         "top1_agreement": summary.get("top1_agreement"), "cosine": summary.get("cosine"),
         "sqnr_db": summary.get("sqnr_db"), "max_abs": summary.get("max_abs"), "identical": summary.get("identical"),
@@ -195,7 +196,7 @@ def build_report(out: Path, budget: Budget | None = None) -> dict[str, Any]:
     baselines = {(r["batch"], r["threads"]): r for r in rows if r["backend"] == PYTORCH and r["status"] == "ok"}
     for r in rows:
         base = baselines.get((r["batch"], r["threads"]))
-        r["speedup"] = base["p50_ms"] / r["p50_ms"] if base and r["p50_ms"] and base["p50_ms"] else None
+        r["speedup"] = speedup(base, r) if base else None
         r["meets_budget"] = meets_budget(r, budget, with_metric)
     front = set()
     for batch, threads in _groups(rows):
@@ -320,7 +321,8 @@ def _header_lines(report: Mapping[str, Any]) -> list[str]:
     ev = data.get("evaluation") or {}
     cal = data.get("calibration")
     protocol = (f"{s['iterations']} timed runs" if s.get("iterations") else f"{s['duration']:g} s of timed runs") + \
-        f" after {s['warmup']} warm-up runs, {s['threads']} thread(s), each in its own process"
+        f" after {s['warmup']} warm-up runs, {s['threads']} thread(s), each in its own process" + \
+        (f", the rows of each batch size taking turns over {s['rounds']} rounds" if s.get("rounds", 1) > 1 else "")
     lines = [
         f"Model: {m['name']} ({m['origin']}, content hash {m['content_hash']}); inputs {' '.join(m['inputs'])}",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, flags {' '.join(machine['flags']) or '-'}; "

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, STARTED_PREFIX
+from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX
 from modelport.harness.reference import batch_of
 
 
@@ -137,6 +137,50 @@ def _latency(runner: Any, job: Mapping[str, Any], inputs: Mapping[str, np.ndarra
     return {**summarize(times, batch), "warmup": int(job["warmup"])}
 
 
+def _reply(message: Mapping[str, Any]) -> None:
+    sys.stdout.write(f"{REPLY_PREFIX}{json.dumps(message)}\n")
+    sys.stdout.flush()
+
+
+def _rounds(runner: Any, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Stay loaded and time on request: the parent hands each loaded runner a share of every round in turn.
+
+    Commands, one JSON line each on stdin: `warm` (batch, warmup: replies the median ns per run), `time`
+    (batch, count: replies that share's median ms), `summary` (batch: replies the batch's statistics),
+    `finish`. Only one child runs at a time; the others wait on their stdin, so drift on the machine
+    lands on every runner of a round alike.
+    """
+    from modelport.harness.latency import summarize, timed_loop, warm_up
+
+    times: dict[int, list[int]] = {}
+    rounds: dict[int, list[float]] = {}
+    warmups: dict[int, int] = {}
+    _reply({"ready": True, **job["loaded"]})
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "finish":
+            break
+        batch = int(command["batch"])
+        if command["cmd"] == "summary":
+            peak = _peak_rss()  # the batches run in order, so this is the peak up to and including this one
+            _reply({**summarize(np.asarray(times[batch], dtype=np.int64), batch), "warmup": warmups[batch],
+                    "rounds": len(rounds[batch]), "round_ms": rounds[batch], "peak_rss_bytes": peak,
+                    "runner_rss_bytes": max(0, peak - job["loaded"]["rss_before"])})
+            continue
+        feeds = batch_of(inputs, 0, batch)
+        if command["cmd"] == "warm":
+            warmups[batch] = int(command["warmup"])
+            _reply({"per_run_ns": float(np.median(warm_up(runner.run, feeds, warmups[batch])))})
+            continue
+        slot = times.setdefault(batch, [])
+        start = len(slot)
+        slot.extend([0] * int(command["count"]))
+        timed_loop(runner.run, feeds, slot, start, len(slot))
+        rounds.setdefault(batch, []).append(float(np.median(slot[start:])) / 1e6)
+        _reply({"median_ms": rounds[batch][-1]})
+    return {"batches": sorted(times)}
+
+
 def _child(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     result_path = Path(job["result"])
@@ -161,8 +205,9 @@ def _child(job_path: str) -> int:
             start = time.perf_counter()
             runner = _load_runner(job["runner"], threads)
             load_seconds = time.perf_counter() - start
-            task = _fidelity if job["task"] == "fidelity" else _latency
-            measured = task(runner, job, inputs)
+            task = {"fidelity": _fidelity, "latency": _latency, "rounds": _rounds}[job["task"]]
+            measured = task(runner, {**job, "loaded": {"load_seconds": load_seconds, "rss_before": rss_before}},
+                            inputs)
             peak = _peak_rss()
             result = {"ok": True, **measured, "threads": threads, "load_seconds": load_seconds,
                       "peak_rss_bytes": peak, "runner_rss_bytes": max(0, peak - rss_before)}

@@ -1,0 +1,110 @@
+"""Interleaved timing (`--rounds N`): every row of one batch size takes turns, round after round.
+
+Timed one after another, two rows are minutes apart, and a shared machine's load drifts in between
+(PyTorch eager on ResNet-50 measured 96.7 ms one session and 136 ms the next). Here each runner is
+loaded in its own process (isolation as before: its own runtime, threads and memory) and stays loaded,
+waiting; the rows of one batch size then time a share of their runs in turn, N rounds over. Drift
+lands on every row of a round alike, and each row keeps its per-round medians (`round_ms`) so that
+two rows can be compared round by round.
+
+The cost: every runner of the bench is resident at once (the sum of the rows' memory, not the largest).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from modelport.harness.isolate import ChildGone, LiveChild
+from modelport.harness.latency import MAX_ITERATIONS, MIN_ITERATIONS
+
+if TYPE_CHECKING:
+    from modelport.harness.matrix import MatrixRun, PlanItem, Prepared
+
+HANDOFF_PAUSE_S = 0.02  # lets the previous runner's spinning worker threads go idle before the next one runs
+
+
+def runs_per_round(settings: Any, per_run_ns: float) -> int:
+    """Each row's share of one round: its runs spread over the rounds, at least MIN_ITERATIONS in all."""
+    rounds = settings.rounds
+    if settings.iterations is not None:
+        return max(1, math.ceil(settings.iterations / rounds))
+    wanted = settings.duration * 1e9 / max(per_run_ns, 1.0) / rounds
+    return int(min(MAX_ITERATIONS, max(math.ceil(MIN_ITERATIONS / rounds), round(wanted))))
+
+
+class Rounds:
+    """Loads every prepared runner, times them in turns per batch size, and emits their rows."""
+
+    def __init__(self, run: MatrixRun, prepared: list[Prepared]) -> None:
+        self.run = run
+        self.settings = run.ctx.settings
+        self.prepared = prepared
+        self.children: dict[int, LiveChild] = {}
+        self.open: dict[int, list[PlanItem]] = {i: list(p.items) for i, p in enumerate(prepared)}
+        self.loaded: dict[int, dict[str, Any]] = {}
+
+    def run_all(self) -> None:
+        try:
+            for i in list(self.open):
+                self._start(i)
+            for batch in self.settings.batches:
+                self._batch(batch)
+            for i in list(self.children):
+                self.children.pop(i).finish(self.settings.timeout)  # every row is written; its log keeps the rest
+        finally:
+            for child in self.children.values():
+                child.kill()
+
+    def _ask(self, i: int, command: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            return self.children[i].ask(command, self.settings.timeout)
+        except ChildGone as exc:
+            del self.children[i]
+            self._fail(i, str(exc) + f" [log: {exc.outcome.log.relative_to(self.run.ctx.out)}]")
+            return None
+
+    def _fail(self, i: int, reason: str) -> None:
+        for item in self.open.pop(i, []):
+            self.run.latency_failed(self.prepared[i], item, reason)
+
+    def _start(self, i: int) -> None:
+        prepared = self.prepared[i]
+        first = prepared.items[0]
+        self.run.step(f"loading {prepared.label}")
+        job = {"task": "rounds", "runner": prepared.runner_spec, "inputs": str(self.run.ctx.data.inputs_path)}
+        self.children[i] = LiveChild(job, workdir=self.run.ctx.work, name=f"{first.slug}-rounds",
+                                     threads=self.settings.threads)
+        reply = self._ask(i, None)  # waits for "ready": the runner is loaded
+        if reply is not None:
+            self.loaded[i] = reply
+
+    def _batch(self, batch: int) -> None:
+        rows = {i: item for i, items in self.open.items() for item in items
+                if item.batch == batch and i in self.children}
+        counts = {}
+        for i in rows:
+            self.run.step(f"warming up {self.prepared[i].label} at batch {batch}")
+            reply = self._ask(i, {"cmd": "warm", "batch": batch, "warmup": self.settings.warmup})
+            if reply is not None:
+                counts[i] = runs_per_round(self.settings, reply["per_run_ns"])
+        progress = self.run.step(f"timing {len(counts)} rows at batch {batch} in {self.settings.rounds} rounds")
+        for r in range(self.settings.rounds):
+            for i in counts:
+                if i in self.children:
+                    self._ask(i, {"cmd": "time", "batch": batch, "count": counts[i]})
+                    time.sleep(HANDOFF_PAUSE_S)
+            progress(r + 1, self.settings.rounds)
+        for i in counts:
+            if i in self.children and (timed := self._ask(i, {"cmd": "summary", "batch": batch})) is not None:
+                self._emit(i, rows[i], timed)
+
+    def _emit(self, i: int, item: PlanItem, timed: dict[str, Any]) -> None:
+        from modelport.harness.matrix import LATENCY_KEYS
+
+        self.open[i].remove(item)
+        loaded = {"load_seconds": self.loaded[i]["load_seconds"], "threads": self.settings.threads}
+        latency = {**{k: timed.get(k, loaded.get(k)) for k in LATENCY_KEYS}, "rounds": timed["rounds"],
+                   "round_ms": timed["round_ms"]}
+        self.run.measured(self.prepared[i], item, latency)
