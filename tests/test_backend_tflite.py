@@ -117,6 +117,9 @@ def test_int8_is_full_integer_with_float_io_by_default(digits_builds):
     assert details["signature_outputs"]["output"]["dtype"] == "float32"
     assert details["ops"]["QUANTIZE"] == 1 and details["ops"]["DEQUANTIZE"] == 1
     assert details["tensors_by_dtype"]["FLOAT32"] == 2  # the model's input and output; everything inside is int
+    assert details["float_ops"] == {"QUANTIZE": 1}  # the float input's; every other op takes int8
+    assert details["int8_op_set"]["chosen"] == "all" and details["int8_op_set"]["transformer_markers"] == {}
+    assert "no attention or layer norm" in details["int8_op_set"]["reason"]
 
 
 def test_int8_io_round_trips_through_the_tensor_scale_and_zero_point(digits_builds, digits_test_data):

@@ -2,8 +2,10 @@
 
 No TensorFlow anywhere: litert-torch converts the module (see exporters/litert.py), ai-edge-quantizer
 writes the FP16, INT8 and dynamic-range INT8 variants, and the LiteRT interpreter runs them with
-XNNPACK. The runner takes what the user feeds PyTorch (NCHW, float, any batch the model allows) and
-does the layout transposes, int8 quantization of inputs and dequantization of outputs itself.
+XNNPACK. INT8 is full-integer on CNNs; on transformer-like graphs only the weight matmuls go int8
+(`_int8_plan` says why), as the ONNX Runtime backend does. The runner takes what the user feeds PyTorch
+(NCHW, float, any batch the model allows) and does the layout transposes, int8 quantization of inputs
+and dequantization of outputs itself.
 """
 
 from __future__ import annotations
@@ -84,6 +86,78 @@ def _int8_dynamic(content: bytes) -> bytes:
     return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
+MATMUL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D")
+INT8_OP_SETS = ("auto", "all", "matmul")
+# Measured on ViT-B/16 (2 threads, 16 held-out crops vs PyTorch FP32): ops=all gave ~9 dB output SQNR and ran
+# slower than FP32; static int8 activations on the matmuls alone ~26 dB; run-time (per-row) ones ~30 dB, fastest.
+_REASONS = {
+    "transformer": "transformer-like graph ({markers}): only the matmuls with constant weights ({ops}) run in int8, "
+                   "their float inputs quantized per row at run time; softmax, normalization, GELU, the attention "
+                   "matmuls and the element-wise ops stay FP32. With 8-bit activations on those ops (ops=all) "
+                   "XNNPACK leaves them to slow reference kernels, and one per-tensor 8-bit range cannot hold "
+                   "attention logits or normalization outputs: the model gets both slower and far less accurate",
+    "cnn": "no attention or layer norm: every op runs in int8 (full-integer), activations 8-bit between layers with "
+           "ranges from the calibration set",
+    "io": "integer I/O (io=int8) needs a full-integer model",
+    "asked": "ops={ops} was asked for",
+}
+
+
+def _constant(model: Any, subgraph: Any, index: int) -> bool:
+    buffer = model.buffers[subgraph.tensors[index].buffer]
+    return (buffer.data is not None and len(buffer.data) > 0) or (getattr(buffer, "offset", 0) or 0) > 1
+
+
+def transformer_markers(path: Path) -> dict[str, int]:
+    """What makes a .tflite transformer-like: attention (a BATCH_MATMUL of two computed tensors) and layer norms
+    (litert-torch decomposes them into MEAN, SQUARED_DIFFERENCE, RSQRT); empty for a CNN."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    counts: collections.Counter[str] = collections.Counter()
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+            if name == "BATCH_MATMUL" and not any(_constant(model, sg, i) for i in op.inputs[:2]):
+                counts["attention_matmuls"] += 1
+            elif name in ("SQUARED_DIFFERENCE", "RSQRT"):
+                counts[name] += 1
+    markers = {"attention_matmuls": counts["attention_matmuls"],
+               "layer_norms": min(counts["SQUARED_DIFFERENCE"], counts["RSQRT"])}
+    return {key: count for key, count in markers.items() if count}
+
+
+def _int8_plan(path: Path, requested: str, io: str) -> dict[str, Any]:
+    """Which ops go int8 (all: full-integer; matmul: weight matmuls only) and why; recorded in the manifest."""
+    markers = transformer_markers(path)
+    if requested == "matmul" and io == "int8":
+        raise BadInput("ops=matmul keeps most of the model in float, so it cannot have integer I/O (io=int8).",
+                       hint="Use io=float32 with ops=matmul, or ops=all for a full-integer model.")
+    if requested != "auto":
+        chosen, why = requested, _REASONS["asked"].format(ops=requested)
+    elif io == "int8":
+        chosen, why = "all", _REASONS["io"]
+    elif markers:
+        chosen = "matmul"
+        found = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in markers.items())
+        why = _REASONS["transformer"].format(markers=found, ops=", ".join(MATMUL_OPS))
+    else:
+        chosen, why = "all", _REASONS["cnn"]
+    return {"requested": requested, "chosen": chosen, "transformer_markers": markers, "reason": why,
+            "activations": ("8-bit with ranges from the calibration set" if chosen == "all"
+                            else "FP32 in the file, quantized per row at run time (the calibration set is not used)")}
+
+
+def _int8_matmul(content: bytes) -> bytes:
+    """Int8 weights on the weight matmuls, activations quantized at run time; every other op stays FP32."""
+    from ai_edge_quantizer import qtyping, quantizer
+
+    q = quantizer.Quantizer(bytearray(content))
+    for op in MATMUL_OPS:  # BATCH_MATMULs of two computed tensors have no weight: the quantizer leaves them float
+        q.add_dynamic_config(".*", qtyping.TFLOperationName(op), num_bits=8)
+    return bytes(q.quantize(enable_progress_report=False).quantized_model)
+
+
 def _int8_static(content: bytes, feed: _SignatureFeed, io: str) -> bytes:
     """Full-integer INT8 (static recipe); with io=float32 the model's I/O stays float (QUANTIZE/DEQUANTIZE inside)."""
     from ai_edge_quantizer import algorithm_manager, quantizer, recipe
@@ -108,17 +182,28 @@ def _fp16_compute(metadata: list[str]) -> str:
             f"in FP32 ({why}; automatic FP16 inference needs that metadata and an ARMv8.2-FP16 CPU)")
 
 
+def _compute(precision: str, details: Mapping[str, Any], description: Mapping[str, Any]) -> str:
+    if precision == "fp16":
+        return _fp16_compute(description["metadata"])
+    if details.get("int8_op_set", {}).get("chosen") == "matmul":
+        return _COMPUTE["int8-matmul"]
+    return _COMPUTE[precision]
+
+
 _COMPUTE = {
     "fp32": "FP32 (XNNPACK)",
     "int8": "INT8 weights and activations, per-channel symmetric weights, per-tensor asymmetric activations "
             "(XNNPACK QS8 kernels where it takes the op, TFLite integer kernels otherwise)",
+    "int8-matmul": "INT8 weights on the weight matmuls, whose FP32 inputs are quantized per row at run time "
+                   "(XNNPACK dynamically-quantized kernels); every other op in FP32 (XNNPACK)",
     "int8-dynamic": "INT8 weights; activations stay FP32 in the file and are quantized per op at run time "
                     "(dynamic-range kernels)",
 }
 
 
 def describe_tflite(path: Path) -> dict[str, Any]:
-    """Ops by type, tensors by dtype, and each signature input/output's dtype and quantization."""
+    """Ops by type (all, and split by whether an input is INT8), tensors by dtype, and each signature
+    input/output's dtype and quantization."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -126,6 +211,12 @@ def describe_tflite(path: Path) -> dict[str, Any]:
     ops = collections.Counter(flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
                               for sg in model.subgraphs for op in sg.operators)
     tensors = collections.Counter(flatbuffer_utils.type_to_name(t.type) for sg in model.subgraphs for t in sg.tensors)
+    by_input: dict[str, collections.Counter[str]] = {"int8_ops": collections.Counter(),
+                                                     "float_ops": collections.Counter()}
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            int8 = any(i >= 0 and flatbuffer_utils.type_to_name(sg.tensors[i].type) == "INT8" for i in op.inputs)
+            by_input["int8_ops" if int8 else "float_ops"][flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)] += 1
     runner = Interpreter(model_path=str(path)).get_signature_runner()
 
     def io(details: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,7 +229,8 @@ def describe_tflite(path: Path) -> dict[str, Any]:
 
     metadata = [m.name.decode(errors="replace") if isinstance(m.name, bytes) else str(m.name)
                 for m in (model.metadata or [])]
-    return {"ops": dict(sorted(ops.items())), "tensors_by_dtype": dict(sorted(tensors.items())), "metadata": metadata,
+    return {"ops": dict(sorted(ops.items())), **{k: dict(sorted(v.items())) for k, v in by_input.items()},
+            "tensors_by_dtype": dict(sorted(tensors.items())), "metadata": metadata,
             "signature_inputs": io(runner.get_input_details()), "signature_outputs": io(runner.get_output_details())}
 
 
@@ -153,6 +245,10 @@ class TFLiteBackend(Backend):
         Option("io", "Input/output type of the INT8 model: float32 (quantize/dequantize inside the model) or int8 "
                      "(integer I/O; the runner quantizes inputs and dequantizes outputs with each tensor's scale "
                      "and zero point).", "float32", _lower, ("float32", "int8"), precisions=("int8",)),
+        Option("ops", "Which ops run in INT8: all (full-integer, activation ranges from the calibration set), matmul "
+                      "(only FULLY_CONNECTED/CONV/BATCH_MATMUL with constant weights, inputs quantized at run time; "
+                      "softmax, normalization, GELU stay FP32), or auto: matmul on transformer-like graphs "
+                      "(attention, layer norms), all otherwise.", "auto", _lower, INT8_OP_SETS, precisions=("int8",)),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
@@ -170,9 +266,15 @@ class TFLiteBackend(Backend):
                     content = _int8_dynamic(content)
                 elif recipe.precision == "int8":
                     assert calibration is not None  # the builder requires it for int8
-                    feed = _SignatureFeed(calibration, export)
-                    content = _int8_static(content, feed, recipe.options["io"])
-                    details["samples_calibrated"] = feed.passes[-1] if feed.passes else 0
+                    plan = _int8_plan(export.path, recipe.options["ops"], recipe.options["io"])
+                    details["int8_op_set"] = plan
+                    if plan["chosen"] == "matmul":
+                        content = _int8_matmul(content)
+                        details["samples_calibrated"] = 0
+                    else:
+                        feed = _SignatureFeed(calibration, export)
+                        content = _int8_static(content, feed, recipe.options["io"])
+                        details["samples_calibrated"] = feed.passes[-1] if feed.passes else 0
             except (BadInput, StepFailed):
                 raise
             except Exception as exc:
@@ -198,8 +300,7 @@ class TFLiteBackend(Backend):
             "dynamic": export.dynamic,
             "batching": batching,
             "io": recipe.options.get("io") or "float32",
-            "compute": (_fp16_compute(description["metadata"]) if recipe.precision == "fp16"
-                        else _COMPUTE[recipe.precision]),
+            "compute": _compute(recipe.precision, details, description),
             "conversion": {"converter": f"litert-torch {export.converter}", "seconds": export.seconds,
                            "reused_from_cache": export.from_cache, "parity_vs_torch": export.parity},
             "quantize_seconds": round(quantize_seconds, 3),
