@@ -197,10 +197,13 @@ def _fid(f: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def markdown(machine: dict[str, Any], peaks: dict[str, float], lines: list[dict[str, Any]], stamp: str) -> str:
+def markdown(machine: dict[str, Any], peaks: dict[str, float], lines: list[dict[str, Any]], stamp: str,
+             wall_s: float | None) -> str:
+    """The summary and peer tables (the README's copy too)."""
+    took = f" The suite ran in {wall_s / 60:.1f} minutes." if wall_s else ""
     out = [f"Measured {stamp} on {machine['cpu']} ({machine['cores']} cores, {', '.join(machine['flags'])}), "
            f"{THREADS} threads. Matrix-multiply peak in ONNX Runtime: FP32 {peaks['fp32'] / 1e9:.1f} GMAC/s, "
-           f"INT8 {peaks['int8'] / 1e9:.1f} GMAC/s.", "",
+           f"INT8 {peaks['int8'] / 1e9:.1f} GMAC/s.{took}", "",
            "| model | batch | PyTorch eager p50 | best artifact | p50 | speed-up | fidelity | best INT8 | p50 | "
            f"speed-up | fidelity | INT8 share of peak | FP32 SQNR at {INPUT_SQNR_DB:g} dB input noise |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -226,15 +229,20 @@ def markdown(machine: dict[str, Any], peaks: dict[str, float], lines: list[dict[
         for name, peer in line["peers"].items():
             out.append(f"| {line['model']} | {line['batch']} | {name} | {peer['p50_ms']:.2f} ms | "
                        f"{_fid(peer['fidelity'])} |")
-    out += ["", "INT8 rows and quantizing peers against the FP32 row of the same runtime (speed-up: the median of "
+    skipped = {(line["model"], name): why for line in lines for name, why in line.get("peers_skipped", {}).items()}
+    out += [""] + [f"Peer {name} not run for {model}: {why}" for (model, name), why in skipped.items()]
+    return "\n".join(out) + "\n"
+
+
+def versus_markdown(lines: list[dict[str, Any]]) -> str:
+    """What quantizing bought on each runtime: the results file's table, too long for the README."""
+    out = ["INT8 rows and quantizing peers against the FP32 row of the same runtime (speed-up: the median of "
             f"per-round ratios over the {ROUNDS} interleaved rounds):", "",
             "| model | batch | row | against | p50 | speed-up | fidelity |", "|---|---|---|---|---|---|---|"]
     for line in lines:
         for v in line.get("vs_fp32", []):
             out.append(f"| {line['model']} | {line['batch']} | {v['row']} | {v['versus']} | {v['p50_ms']:.2f} ms | "
                        f"{v['speedup']:.2f}x | {_fid(v['fidelity'])} |")
-    skipped = {(line["model"], name): why for line in lines for name, why in line.get("peers_skipped", {}).items()}
-    out += [""] + [f"Peer {name} not run for {model}: {why}" for (model, name), why in skipped.items()]
     return "\n".join(out) + "\n"
 
 
@@ -255,13 +263,15 @@ def measure_peaks(before: dict[str, float] | None = None) -> dict[str, float]:
 
 
 def write_results(machine: dict[str, Any], peaks: dict[str, float], runs: list[dict[str, Any]], name: str,
-                  scope: str, readme: bool, preface: str = "") -> str:
+                  scope: str, readme: bool, wall_s: float | None, preface: str = "") -> str:
     lines = summarize(runs, peaks)
-    table = markdown(machine, peaks, lines, dt.date.today().isoformat())
+    table = markdown(machine, peaks, lines, dt.date.today().isoformat(), wall_s)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.md").write_text(f"# modelport benchmark suite ({scope})\n\n{preface}" + table)
+    (RESULTS / f"{name}.md").write_text(f"# modelport benchmark suite ({scope})\n\n{preface}{table}\n"
+                                        + versus_markdown(lines))
     (RESULTS / f"{name}.json").write_text(json.dumps(
-        {"scope": scope, "machine": machine, "threads": THREADS, "peaks_mac_per_s": peaks, "summary": lines,
+        {"scope": scope, "machine": machine, "threads": THREADS, "wall_s": wall_s, "peaks_mac_per_s": peaks,
+         "summary": lines,
          "runs": [{k: v for k, v in r.items() if k != "report"} | {"rows": r["report"]["rows"]} for r in runs]},
         indent=2, default=str))
     if readme:
@@ -278,6 +288,7 @@ def render(path: Path) -> str:
         run["macs"] = {int(b): count_macs(Path(run["onnx"]), {"batch": int(b)}) for b in run["macs"]}
     peaks = measure_peaks(data["peaks_mac_per_s"])
     return write_results(data["machine"], peaks, runs, path.stem, data["scope"], data["scope"] == "full",
+                         data.get("wall_s"),
                          "Re-rendered from the measured rows: MACs recounted and the MatMul peak measured again.\n\n")
 
 
@@ -300,6 +311,7 @@ def main() -> None:
         chosen = [m for m in MODELS if m.name in wanted]
     batches = [1] if args.quick else [1, 8]
     duration = args.duration or 1.0
+    start = time.perf_counter()
     machine = machine_summary()
     peaks = measure_peaks()
     runs = [run_model(suite, args.out / suite.name, batches, duration) for suite in chosen]
@@ -307,7 +319,8 @@ def main() -> None:
     subset = "-quick" if args.quick else ("-" + "-".join(m.name for m in chosen) if args.models else "")
     scope = "quick" if args.quick else ("models: " + ", ".join(m.name for m in chosen) if args.models else "full")
     name = f"{machine_slug(machine['cpu'])}-{dt.date.today().isoformat()}{subset}"
-    print(write_results(machine, peaks, runs, name, scope, readme=not args.quick and not args.models))
+    print(write_results(machine, peaks, runs, name, scope, readme=not args.quick and not args.models,
+                        wall_s=round(time.perf_counter() - start, 1)))
 
 
 if __name__ == "__main__":
