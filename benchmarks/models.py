@@ -40,14 +40,19 @@ def _with_batchnorm_statistics(name: str, model: nn.Module) -> nn.Module:
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     images = torch.from_numpy(np.concatenate([s["x"] for s in photo_crops(64, seed=1)]))
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over every batch below
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average over every batch below
     model.train()
     with torch.no_grad():
         for batch in images.split(16):
             model(batch)
+    # put the momenta back: the model's code hash reads them, and the processes that load the cached statistics
+    # must hash (and so reuse the export of) the same model as this one
+    for module, momentum in zip(norms, momenta, strict=True):
+        module.momentum = momentum
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
