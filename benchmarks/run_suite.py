@@ -164,7 +164,8 @@ def summarize(runs: list[dict[str, Any]], peaks: dict[str, float]) -> list[dict[
     lines = []
     for run in runs:
         rows = [r for r in run["report"]["rows"] if r.get("status") == "ok" and r.get("p50_ms")]
-        for batch in sorted({r["batch"] for r in rows}):
+        # only the batches this run asked for: a working directory reused from a wider run holds more
+        for batch in sorted({r["batch"] for r in rows} & set(run["macs"])):
             at = [r for r in rows if r["batch"] == batch]
             eager = next((r for r in at if r["backend"] == "pytorch"), None)
             ours = [r for r in at if r["backend"] in BACKENDS]

@@ -10,7 +10,7 @@ import pytest
 from modelport.errors import BadInput
 from modelport.harness import bench, interleave, matrix, results
 from modelport.harness.interleave import MIN_ROUND_RUNS
-from modelport.harness.latency import speedup
+from modelport.harness.latency import MIN_ITERATIONS, speedup
 from tests.models import MLP
 
 RUNNERS = '''
@@ -104,7 +104,8 @@ def test_a_runner_dying_mid_rounds_fails_only_its_unwritten_rows(runners, write_
 def test_each_row_gets_its_share_of_the_rounds_and_at_least_the_minimum_in_all():
     by_duration = matrix.Settings(duration=1.0, rounds=5)
     assert interleave.runs_per_round(by_duration, per_run_ns=1e6) == 200  # 1 s of 1 ms runs over 5 rounds
-    # a row slower than the duration still runs in every round, and at least MIN_ROUND_RUNS times in all
+    # rows slower than the duration still get MIN_ITERATIONS in all; past a second a run, MIN_ROUND_RUNS
+    assert interleave.runs_per_round(by_duration, per_run_ns=1.5e8) * 5 >= MIN_ITERATIONS
     assert interleave.runs_per_round(by_duration, per_run_ns=2e9) == 1
     assert interleave.runs_per_round(matrix.Settings(duration=1.0, rounds=2), per_run_ns=2e9) * 2 >= MIN_ROUND_RUNS
     assert interleave.runs_per_round(matrix.Settings(iterations=7, duration=None, rounds=3), 1e6) == 3

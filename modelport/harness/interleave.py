@@ -17,27 +17,30 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from modelport.harness.isolate import ChildGone, LiveChild
-from modelport.harness.latency import MAX_ITERATIONS
+from modelport.harness.latency import MAX_ITERATIONS, MIN_ITERATIONS
 
 if TYPE_CHECKING:
     from modelport.harness.matrix import MatrixRun, PlanItem, Prepared
 
-MIN_ROUND_RUNS = 5  # a row timed in rounds rests its p50 on at least this many runs
+MIN_ROUND_RUNS = 5  # a slow row timed in rounds rests its p50 on at least this many runs
+SLOW_RUN_NS = 1e9
 HANDOFF_PAUSE_S = 0.02  # lets the previous runner's spinning worker threads go idle before the next one runs
 
 
 def runs_per_round(settings: Any, per_run_ns: float) -> int:
-    """Each row's share of one round: its runs spread over the rounds, at least MIN_ROUND_RUNS in all.
+    """Each row's share of one round: its runs spread over the rounds, at least MIN_ITERATIONS in all, or
+    MIN_ROUND_RUNS for a row slower than SLOW_RUN_NS a run.
 
-    The floor is lower than the sequential path's MIN_ITERATIONS: it only binds where a few runs already
-    outlast `duration` (a transformer at batch 8), and there each round's run is itself a side-by-side
-    sample of the speed-up. Ten 2.5 s runs per row would double such a row's time for no steadier ratio.
+    Ten 2.5 s runs (a transformer at batch 8) would double such a row's time for no steadier ratio: each
+    round's run is itself a side-by-side sample of the speed-up. Faster rows keep ten, where a noisy host
+    needs them.
     """
     rounds = settings.rounds
     if settings.iterations is not None:
         return max(1, math.ceil(settings.iterations / rounds))
     wanted = settings.duration * 1e9 / max(per_run_ns, 1.0) / rounds
-    return int(min(MAX_ITERATIONS, max(math.ceil(MIN_ROUND_RUNS / rounds), round(wanted))))
+    least = MIN_ROUND_RUNS if per_run_ns > SLOW_RUN_NS else MIN_ITERATIONS
+    return int(min(MAX_ITERATIONS, max(math.ceil(least / rounds), round(wanted))))
 
 
 class Rounds:
