@@ -32,8 +32,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 THREADS = 2
-WARMUP = 2  # runs before timing: the first takes the runtimes' allocations and weight packing; 10 of BERT at batch 8
-# cost 15 s a row
+WARMUP = 2  # runs before timing: the first takes the runtimes' allocations and weight packing
 ROUNDS = 5  # the rows of each batch size take turns (modelport.harness.interleave): drift hits them alike
 # The ONNX Runtime builder times each artifact against FP32 to warn when quantizing did not pay; the suite
 # times every row itself, side by side, so the builder's own check would only add 10-40 s an artifact.
@@ -53,7 +52,7 @@ class Suite:
     dynamic: tuple[str, ...] = ()
     peers: tuple[str, ...] = ("ort_static_defaults", "nncf_defaults", "torch_compile")
     quick: bool = False
-    options: dict[str, str] = field(default_factory=lambda: dict(SUITE_OPTIONS))
+    options: dict[str, str] = field(default_factory=dict)  # on top of SUITE_OPTIONS
     calib_size: int | None = None  # None: the harness's default (300, less the evaluation quarter)
     eval_size: int | None = None  # None: the harness's default (a quarter of the 300 samples)
 
@@ -125,7 +124,8 @@ def run_model(suite: Suite, out: Path, batches: list[int], duration: float) -> d
     report = modelport.bench(suite.model, out=out, backends="all", batches=batches, threads=THREADS,
                              duration=duration, warmup=WARMUP, rounds=ROUNDS, calib=suite.calib,
                              calib_size=suite.calib_size, eval_size=suite.eval_size, evaluation=suite.evaluation,
-                             dynamic=suite.dynamic, options=suite.options, runners=runners, show_progress=True)
+                             dynamic=suite.dynamic, options={**SUITE_OPTIONS, **suite.options}, runners=runners,
+                             show_progress=True)
     macs = {b: count_macs(Path(config["onnx"]), {"batch": b}) for b in batches}
     return {"suite": suite.name, "model": suite.model, "onnx": config["onnx"],
             "seconds": round(time.perf_counter() - start, 1),
