@@ -1,11 +1,25 @@
 """The suite's models: standard architectures built with `transformers` from configs (random weights, no
-download), each a `package.module:factory` that modelport loads like any user's model."""
+download), each a `package.module:factory` that modelport loads like any user's model.
+
+`transformers` is imported here, at the top: the bench imports a factory's module once in the server that
+forks its build processes, so the ~5 s import is paid once a model rather than once a build.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
+from transformers import (
+    BertConfig,
+    BertModel,
+    MobileNetV2Config,
+    MobileNetV2ForImageClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 
 class _Logits(nn.Module):
@@ -62,16 +76,12 @@ def _with_batchnorm_statistics(name: str, model: nn.Module) -> nn.Module:
 
 
 def resnet50() -> tuple[nn.Module, tuple[torch.Tensor]]:
-    from transformers import ResNetConfig, ResNetForImageClassification
-
     _seeded()
     model = ResNetForImageClassification(ResNetConfig(num_labels=1000))  # the config's defaults are ResNet-50
     return _with_batchnorm_statistics("resnet50", _Logits(model, "logits")), (torch.randn(1, 3, 224, 224),)
 
 
 def mobilenet_v2() -> tuple[nn.Module, tuple[torch.Tensor]]:
-    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
-
     _seeded()
     model = MobileNetV2ForImageClassification(MobileNetV2Config(num_labels=1000))
     return _with_batchnorm_statistics("mobilenet_v2", _Logits(model, "logits")), (torch.randn(1, 3, 224, 224),)
@@ -88,8 +98,6 @@ class _Encoder(nn.Module):
 
 def bert_base(seq: int = 128) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """BERT-base (12 layers, hidden 768) at sequence 128, with a padded example so masks are exercised."""
-    from transformers import BertConfig, BertModel
-
     _seeded()
     model = BertModel(BertConfig(), add_pooling_layer=False).eval()
     ids = torch.randint(1000, 20000, (1, seq))
@@ -99,8 +107,6 @@ def bert_base(seq: int = 128) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 
 
 def vit_b16() -> tuple[nn.Module, tuple[torch.Tensor]]:
-    from transformers import ViTConfig, ViTForImageClassification
-
     _seeded()
     model = ViTForImageClassification(ViTConfig(num_labels=1000)).eval()  # defaults: ViT-B/16 at 224
     return _Logits(model, "logits").eval(), (torch.randn(1, 3, 224, 224),)

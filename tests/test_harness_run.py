@@ -3,6 +3,7 @@ the run goes on, an interrupted run resumes measuring each row once, a hung meas
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -216,3 +217,30 @@ def test_thread_count_is_pinned_in_the_measuring_process(runners, tmp_path, fork
         seen = saved["arr_0"]
     # the runner was given threads=3, torch runs 3 threads, and every thread-count variable says 3
     assert seen.shape == (3, 3) and (seen == 3).all()
+
+
+def test_the_model_factory_module_is_imported_once_for_all_the_jobs_that_load_the_model(tmp_path, monkeypatch):
+    package = tmp_path / "warmpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "factory.py").write_text(
+        "import os\nfrom pathlib import Path\n\nimport torch\n\n"
+        "with open(Path(__file__).with_name('imports.txt'), 'a') as log:\n    log.write(f'{os.getpid()}\\n')\n\n\n"
+        "def tiny():\n    torch.manual_seed(0)\n    return torch.nn.Linear(4, 2).eval(), (torch.zeros(1, 4),)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    source = load_model("warmpkg.factory:tiny")
+    job = {"task": "export", "model": matrix.model_spec(source), "onnx_dir": str(tmp_path / "onnx")}
+    assert isolate.factory_modules(job) == ("warmpkg.factory",)
+    with isolate.Isolator(tmp_path / "work", threads=1, fork=True) as isolator:
+        outcomes = [isolator.run(job, name=f"export-{i}", timeout=300) for i in range(2)]
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    importers = (package / "imports.txt").read_text().split()
+    # this process imported it once, and the server that forked both export children once: not once a job
+    assert len(importers) == 2 and str(os.getpid()) in importers
+
+
+def test_only_importable_factory_modules_are_imported_ahead():
+    assert isolate.factory_modules({"task": "fidelity", "runner": {"kind": "artifact"}}) == ()
+    assert isolate.factory_modules({"model": {"origin": "models/net.py:make"}}) == ()
+    assert isolate.factory_modules({"model": {"origin": "weights.pt2"}}) == ()

@@ -8,8 +8,11 @@ a signal, an exit code or a timeout into a reason a person can act on.
 
 Where the OS forks (Linux), children are forked from a warm server that has imported torch, numpy and
 modelport once but no runtime and has run nothing: each child still starts with no runtime loaded and
-no thread pool created, without paying ~2 s of imports per measurement. Elsewhere each child is a
-fresh `python -m modelport.harness.worker JOB`.
+no thread pool created, without paying ~2 s of imports per measurement. Jobs that load the model
+(export, build) go to a second server that has also imported the module of the model's factory, so
+that the builds of a `transformers` model do not each pay its ~5 s import; the measuring children keep
+to the plain server and hold nothing of it. Elsewhere each child is a fresh
+`python -m modelport.harness.worker JOB`.
 
 For interleaved timing (`--rounds`), a LiveChild is a fresh process that loads its runner and then
 answers one command at a time on its stdin (`@@modelport-reply JSON` lines back), so many runners can
@@ -128,6 +131,14 @@ def _progress_line(line: str, progress: Callable[[float, float], None] | None) -
         progress(float(done), float(total))
 
 
+def factory_modules(job: Mapping[str, Any]) -> tuple[str, ...]:
+    """The module of the model's factory (`package.module:fn`) for a job that loads the model, else ()."""
+    module, colon, _ = str((job.get("model") or {}).get("origin", "")).partition(":")
+    if colon and all(part.isidentifier() for part in module.split(".")):
+        return (module,)
+    return ()
+
+
 class Isolator:
     """Runs jobs one at a time, each in its own process, with the thread count pinned for all of them."""
 
@@ -135,7 +146,7 @@ class Isolator:
         self.workdir = workdir
         self.threads = threads
         self.fork = sys.platform == "linux" if fork is None else fork
-        self._server: subprocess.Popen[str] | None = None
+        self._servers: dict[tuple[str, ...], subprocess.Popen[str]] = {}  # by the modules each has imported
 
     def __enter__(self) -> Isolator:
         return self
@@ -144,16 +155,21 @@ class Isolator:
         self.close()
 
     def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            with contextlib.suppress(OSError):
-                assert server.stdin is not None
-                server.stdin.close()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        for modules in list(self._servers):
+            self._stop(modules)
+
+    def _stop(self, modules: tuple[str, ...]) -> None:
+        server = self._servers.pop(modules, None)
+        if server is None:
+            return
+        with contextlib.suppress(OSError):
+            assert server.stdin is not None
+            server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
     def run(self, job: Mapping[str, Any], *, name: str, timeout: float,
             progress: Callable[[float, float], None] | None = None) -> Outcome:
@@ -164,8 +180,10 @@ class Isolator:
         result_path.unlink(missing_ok=True)
         job_path.write_text(json.dumps({**job, "threads": self.threads, "result": str(result_path)}, default=str))
         start = time.perf_counter()
-        runner = self._forked if self.fork else self._spawned
-        returncode, timed_out = runner(job_path, log, timeout, progress)
+        if self.fork:
+            returncode, timed_out = self._forked(job_path, log, timeout, progress, factory_modules(job))
+        else:
+            returncode, timed_out = self._spawned(job_path, log, timeout, progress)
         outcome = _outcome(returncode, timed_out, timeout, result_path, job_path, log, time.perf_counter() - start)
         if outcome.ok and log.is_file() and log.stat().st_size == 0:
             log.unlink()  # keep the logs that say something
@@ -194,18 +212,20 @@ class Isolator:
             finally:
                 timer.cancel()
 
-    def _start_server(self) -> subprocess.Popen[str]:
-        if self._server is None or self._server.poll() is not None:
+    def _start_server(self, modules: tuple[str, ...]) -> subprocess.Popen[str]:
+        server = self._servers.get(modules)
+        if server is None or server.poll() is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             with open(self.workdir / "server.log", "a") as server_log:
-                self._server = subprocess.Popen([sys.executable, "-m", "modelport.harness.worker", "--serve"],
-                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=server_log,
-                                                text=True, env=thread_env(self.threads))
-        return self._server
+                server = subprocess.Popen([sys.executable, "-m", "modelport.harness.worker", "--serve", *modules],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=server_log,
+                                          text=True, env=thread_env(self.threads))
+            self._servers[modules] = server
+        return server
 
-    def _forked(self, job_path: Path, log: Path, timeout: float,
-                progress: Callable[[float, float], None] | None) -> tuple[int | None, bool]:
-        server = self._start_server()
+    def _forked(self, job_path: Path, log: Path, timeout: float, progress: Callable[[float, float], None] | None,
+                modules: tuple[str, ...]) -> tuple[int | None, bool]:
+        server = self._start_server(modules)
         assert server.stdin is not None and server.stdout is not None
         log.write_text("")
         pid: list[int] = []
@@ -240,11 +260,11 @@ class Isolator:
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid[0], signal.SIGKILL)
-            self.close()
+            self._stop(modules)
             raise
         finally:
             timer.cancel()
-        self.close()  # the server died; the next job starts a new one
+        self._stop(modules)  # the server died; the next job starts a new one
         return None, timed_out.is_set()
 
 

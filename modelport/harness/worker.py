@@ -4,7 +4,8 @@ A child pins torch's threads, loads one runner (or builds one artifact), does on
 result JSON; progress goes to stdout as `@@modelport-progress DONE TOTAL` lines. faulthandler is on, so
 a segfault leaves the Python stack in the log the parent keeps.
 
-The server (`--serve`) imports what every child needs once, then for each `JOB<TAB>LOG` line on stdin
+The server (`--serve [MODULE...]`) imports what every child needs once (and the modules named: the model
+factory's, for the children that load the model), then for each `JOB<TAB>LOG` line on stdin
 forks a child, says `@@modelport-started PID`, waits for it and says `@@modelport-exit CODE` (negative:
 the signal that killed it). It never loads a runtime or runs a model itself.
 """
@@ -228,10 +229,18 @@ def _child(job_path: str) -> int:
     return code
 
 
-def _serve() -> int:
+def _serve(modules: list[str]) -> int:
+    import importlib
     import os
+    import traceback
 
     import torch  # noqa: F401 - imported once here, so forked children start warm
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # the child imports it again and reports the error where it belongs, in its row
+            traceback.print_exc()
 
     for line in sys.stdin:
         job_path, _, log_path = line.rstrip("\n").partition("\t")
@@ -265,4 +274,4 @@ if __name__ == "__main__":
     import faulthandler
 
     faulthandler.enable()
-    sys.exit(_serve() if sys.argv[1:] == ["--serve"] else _child(sys.argv[1]))
+    sys.exit(_serve(sys.argv[2:]) if sys.argv[1:2] == ["--serve"] else _child(sys.argv[1]))
