@@ -188,6 +188,16 @@ def test_static_int8_encoder_keeps_cosine_where_by_hand_quantize_static_collapse
     assert "VNNI" in details["cpu_choice"]["reason"] or "ARM" in details["cpu_choice"]["reason"].upper()
 
 
+def test_analysis_samples_bounds_the_int8_checks_but_not_the_ranges(models, built, tmp_path):
+    _, bundle, calibration, _ = models["mlp"]
+    details = built("mlp", "int8", analysis_samples=16)[0].details
+    assert details["fidelity_on_calibration"]["samples"] == 16
+    assert details["calibration"]["samples_seen"] == len(calibration)
+    with pytest.raises(BadInput, match="analysis_samples"):
+        build_artifact(bundle, "onnxruntime", "int8", tmp_path / "none", options={"analysis_samples": 0},
+                       calibration=calibration)
+
+
 def test_int8_latency_is_measured_and_a_slower_artifact_warns(models, tmp_path):
     _, bundle, calibration, _ = models["mlp"]
     artifact, _ = build_artifact(bundle, "onnxruntime", "int8", tmp_path / "timed-int8", calibration=calibration)

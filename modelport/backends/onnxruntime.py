@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport.backends.base import Backend, Option, Recipe, Runner, parse_bool, parse_list
-from modelport.calibration.qdq import METHODS, quiet_ort_tools, resolve_exclude, write_qdq_model
+from modelport.calibration.qdq import ANALYSIS_SAMPLES, METHODS, quiet_ort_tools, resolve_exclude, write_qdq_model
 from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
 from modelport.model import TensorSpec
@@ -62,6 +62,13 @@ def _tristate(value: Any) -> str:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     return "true" if parse_bool(value) else "false"
+
+
+def _samples(value: Any) -> int:
+    count = int(value)
+    if count < 1:
+        raise ValueError("expected a positive number of samples")
+    return count
 
 
 def _alpha(value: Any) -> float:
@@ -203,6 +210,9 @@ class OnnxRuntimeBackend(Backend):
                _alpha, None, ("int8",)),
         Option("fidelity", "Cosine to FP32 on calibration samples under which more stays float; 0 disables.",
                0.99, _alpha, None, ("int8",)),
+        Option("analysis_samples", "Calibration samples that the per-tensor noise analysis, smoothing and the "
+               "fidelity check run on (the ranges use every sample); fewer builds faster.", ANALYSIS_SAMPLES,
+               _samples, None, ("int8",)),
         Option("conv", "Dynamic INT8 of Conv too: auto (only where it measures faster), true or false.", "auto",
                _tristate, ("auto", "true", "false"), ("int8-dynamic",)),
         Option("preprocess", "Shape inference and basic optimization before quantizing.", True, parse_bool, None,
@@ -385,7 +395,8 @@ def _build_int8(src: Path, out: Path, o: Mapping[str, Any], calibration: Calibra
         exclude=o["exclude"], activation_type=choice.activation_type, weight_type=choice.weight_type,
         reduce_range=choice.reduce_range, op_types=op_set.op_types, float_outputs=op_set.float_outputs,
         weights_only=op_set.weights_only, percentile=o["percentile"], smooth=o["smooth"] or None,
-        auto_exclude=o["auto_exclude"], fidelity_target=o["fidelity"] or None, preprocess=o["preprocess"])
+        auto_exclude=o["auto_exclude"], fidelity_target=o["fidelity"] or None, preprocess=o["preprocess"],
+        analysis_samples=o["analysis_samples"])
     details = {
         "format": "QDQ",
         "cpu_choice": {"quant_type": choice.label, "reduce_range": choice.reduce_range, "reason": choice.reason},
