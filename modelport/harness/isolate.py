@@ -133,7 +133,7 @@ def _progress_line(line: str, progress: Callable[[float, float], None] | None) -
 
 def factory_modules(job: Mapping[str, Any]) -> tuple[str, ...]:
     """The module of the model's factory (`package.module:fn`) for a job that loads the model, else ()."""
-    module, colon, _ = str((job.get("model") or {}).get("origin", "")).partition(":")
+    module, colon, _ = str((job.get("model") or {}).get("origin", "")).rpartition(":")  # split as the loader does
     if colon and all(part.isidentifier() for part in module.split(".")):
         return (module,)
     return ()
