@@ -14,7 +14,7 @@ import importlib.util
 import inspect
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -140,11 +140,12 @@ class SourceModel:
     def example_feeds(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.example_inputs.items()}
 
-    def run(self, feeds: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
-        """Run the PyTorch module on named inputs; outputs keyed by output name."""
+    def run(self, feeds: Mapping[str, np.ndarray | torch.Tensor], *, fast_path: bool = False) -> dict[str, np.ndarray]:
+        """Run the PyTorch module on named inputs; outputs keyed by output name. This is the reference every
+        export is compared with, so it computes what an exported graph does (see `attention_fast_path`)."""
         args = [torch.as_tensor(np.asarray(feeds[n])) if not isinstance(feeds[n], torch.Tensor) else feeds[n]
                 for n in self.input_names]
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_fast_path(fast_path):
             out = self.module(*args)
         return dict(zip(self.output_names, (t.detach().cpu().numpy() for t in flatten_outputs(out)), strict=True))
 
@@ -162,6 +163,18 @@ class SourceModel:
         new_inputs = [replace(s, shape=tuple(inputs[s.name])) for s in self.inputs]
         outputs = _output_specs(self.module, new_inputs, self.example_inputs)
         return replace(self, inputs=new_inputs, outputs=outputs)
+
+
+@contextlib.contextmanager
+def attention_fast_path(enabled: bool) -> Iterator[None]:
+    """Turn PyTorch's eager attention fast path on or off: with a padding mask it runs the encoder on nested
+    tensors and zero-fills the padded positions, which an exported graph (and eager with it off) computes."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:

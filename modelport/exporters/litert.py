@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from modelport.errors import BadInput, StepFailed
+from modelport.exporters.parity import output_error
 from modelport.machine import cache_dir
 from modelport.model import SourceModel, TensorSpec, flatten_outputs, random_inputs, resize_along
 
@@ -222,11 +223,10 @@ def _parity(source: SourceModel, path: Path, export: LiteRTExport, batches: tupl
             expected = source.run(feeds)
             got = run_signature(path, {k: v.numpy() for k, v in feeds.items()}, export)
             for name, ref in expected.items():
-                out = got[name].astype(ref.dtype, copy=False).reshape(ref.shape)
-                err = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
-                rel = err / max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-6)
-                if name not in worst or rel > worst[name]["max_rel"]:
-                    worst[name] = {"name": name, "max_abs": err, "max_rel": rel, "case": f"{case}, batch {batch}"}
+                err = output_error(ref, got[name].astype(ref.dtype, copy=False).reshape(ref.shape))
+                if name not in worst or err.max_rel > worst[name]["max_rel"]:
+                    worst[name] = {"name": name, "max_abs": err.max_abs, "max_rel": err.max_rel,
+                                   "case": f"{case}, batch {batch}"}
     return list(worst.values())
 
 
