@@ -116,6 +116,8 @@ def export(
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
     atol: Annotated[float, typer.Option(help="Largest accepted error, relative to each output's scale.")] = 1e-4,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the numerical check against PyTorch.")] = False,
+    allow_frozen_trace: Annotated[bool, typer.Option(
+        "--allow-frozen-trace", help="Accept a TorchScript fallback whose trace froze Python control flow.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Export MODEL to ONNX and check it against PyTorch in ONNX Runtime."""
@@ -125,7 +127,8 @@ def export(
     with status(f"Loading {model}", not json_out):
         source = load_model(model, inputs or (), dynamic or ())
     with status(f"Exporting {source.name} to ONNX and checking it", not json_out):
-        report = export_onnx(source, output, opset=opset, atol=atol, check=not no_check)
+        report = export_onnx(source, output, opset=opset, atol=atol, check=not no_check,
+                             allow_frozen_trace=allow_frozen_trace)
     data = report.to_json()
     if json_out:
         print_json(data)
@@ -142,6 +145,8 @@ def export(
     table.add_row("checked on", ", ".join(report.cases) or "-")
     table.add_row("seconds", f"{report.seconds:.2f}")
     console.print(table)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 @app.command()
@@ -189,6 +194,8 @@ def build(
     if manifest.get("calibration"):
         c = manifest["calibration"]
         table.add_row("calibration", f"{c['samples']} samples from {c['source']} ({c['fingerprint']})")
+    if (onnx := manifest.get("onnx")) and onnx.get("fallback_reason"):
+        table.add_row("onnx exporter", f"{onnx['exporter']} (fallback: {onnx['fallback_reason']})")
     details = manifest["details"]
     for key, value in details.items():
         if key not in ("main_file", "warning") and value not in (None, "", [], {}, ()):

@@ -1,13 +1,16 @@
 """PyTorch -> ONNX, validated: checker, shape inference, then ONNX Runtime against PyTorch on several inputs.
 
 The torch.export-based exporter is tried first; the TorchScript exporter only when it fails, and the
-report says so and why. Nothing is written at the destination until every check has passed.
+report says so and why. A TorchScript trace that turned a tensor into a Python value (an `if` on data)
+holds that one path for every input, so it fails unless the caller accepts it. Nothing is written at
+the destination until every check has passed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import linecache
 import logging
 import re
 import shutil
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from modelport.errors import BadInput, StepFailed
+from modelport.exporters.parity import output_error
 from modelport.model import SourceModel, TensorSpec, resize_along
 
 _TWO_GB = 2**31
@@ -53,6 +57,7 @@ class ExportReport:
     checked: bool = True
     atol: float = DEFAULT_ATOL
     fallback_reason: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the user should know about a file that passed
 
     @property
     def max_rel(self) -> float:
@@ -127,20 +132,39 @@ def _torchscript_export(source: SourceModel, args: tuple, path: Path, opset: int
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporters print progress and warnings of their own; keep them out of the user's terminal."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+def _quiet() -> Iterator[list[warnings.WarningMessage]]:
+    """The exporters print progress and warnings of their own; keep them out of the user's terminal, but
+    hand the warnings to the caller: the tracer's say where a trace froze the model's control flow."""
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+        with (warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()),
               contextlib.redirect_stderr(io.StringIO())):
-            warnings.simplefilter("ignore")
-            yield
+            warnings.simplefilter("always")
+            yield caught
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+_FROZE = " might cause the trace to be incorrect"
+
+
+def _frozen_lines(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Each line of code where the TorchScript tracer turned a tensor into a Python value (a branch taken,
+    a number, a loop count) that the trace keeps for every input, with what it did there."""
+    lines: dict[tuple[str, int], str] = {}
+    for w in caught:
+        text = str(w.message)
+        if issubclass(w.category, torch.jit.TracerWarning) and _FROZE in text:
+            what = text.split(_FROZE, 1)[0]
+            code = linecache.getline(w.filename, w.lineno).strip()
+            lines.setdefault((w.filename, w.lineno), f"{w.filename}:{w.lineno}" + (f" `{code}`" if code else "")
+                             + f" ({what[:1].lower()}{what[1:]})")
+    return list(lines.values())
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -195,7 +219,9 @@ def _module_of_op(source: SourceModel, args: tuple, op: str) -> str | None:
 
 
 def _case_inputs(source: SourceModel) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """The example inputs, three perturbed copies, and (where dims are symbolic) the example at other sizes."""
+    """The example inputs, three random draws like them, the example negated and scaled by 10 (a graph that
+    froze a data-dependent branch or threshold rarely survives those), and where dims are symbolic the example
+    at other sizes and at batch 1."""
     ex = source.example_inputs
     yield "example", source.example_feeds()
     g = torch.Generator().manual_seed(1234)
@@ -210,33 +236,72 @@ def _case_inputs(source: SourceModel) -> Iterator[tuple[str, dict[str, np.ndarra
                 flat = t.flatten()
                 feeds[name] = flat[torch.randperm(flat.numel(), generator=g)].reshape(t.shape).numpy()
         yield f"random-{i}", feeds
+    if any(t.dtype.is_floating_point for t in ex.values()):
+        for case, factor in (("negated", -1.0), ("scaled-10", 10.0)):
+            yield case, {name: (t * factor if t.dtype.is_floating_point else t).numpy() for name, t in ex.items()}
     dims: dict[str, int] = {}
+    batch_dims: set[str] = set()
     for spec in source.inputs:
         for axis, dim in spec.dynamic_axes.items():
             size = ex[spec.name].shape[axis]
             dims.setdefault(dim, (3 if size != 3 else 5) if axis == 0 else max(1, size - 1))
-    if dims:
-        feeds = {}
-        for spec in source.inputs:
-            t = ex[spec.name]
-            for axis, dim in spec.dynamic_axes.items():
-                t = resize_along(t, axis, dims[dim])
-            feeds[spec.name] = t.numpy()
-        yield ",".join(f"{k}={v}" for k, v in dims.items()), feeds
+            if axis == 0 and size != 1:
+                batch_dims.add(dim)
+    # torch.export traces at sizes >= 2 and may assume them (a branch on the batch size), so batch 1 is a case.
+    for sizes in (dims, dict.fromkeys(sorted(batch_dims), 1)):
+        if sizes:
+            feeds = {}
+            for spec in source.inputs:
+                t = ex[spec.name]
+                for axis, dim in spec.dynamic_axes.items():
+                    t = resize_along(t, axis, sizes.get(dim, t.shape[axis]))
+                feeds[spec.name] = t.numpy()
+            yield ",".join(f"{k}={v}" for k, v in sizes.items()), feeds
 
 
-def check_parity(source: SourceModel, onnx_path: Path) -> tuple[list[OutputParity], list[str]]:
-    """Run the ONNX model in ONNX Runtime and PyTorch on the same inputs; the worst error per output."""
+def _fast_path_notes(source: SourceModel, case: str, feeds: dict[str, np.ndarray],
+                     ref: dict[str, np.ndarray]) -> list[str]:
+    """Where eager PyTorch with its attention fast path on (its default) differs from the reference the check
+    uses (fast path off, the exported math): someone comparing with plain eager output would see it."""
+    if not any(isinstance(m, torch.nn.MultiheadAttention) for m in source.module.modules()):
+        return []
+    notes = []
+    for name, fast in source.run(feeds, fast_path=True).items():
+        r = ref[name].astype(np.float64)
+        err = output_error(r, fast) if fast.shape == r.shape else None
+        if err is None or err.max_rel <= DEFAULT_ATOL:
+            continue
+        differs = np.abs(fast - r) > DEFAULT_ATOL * float(np.abs(r).max(initial=0.0))
+        if np.all(fast[differs] == 0):
+            notes.append(f"Eager PyTorch's attention fast path zero-fills the padded positions of output {name!r} "
+                         f"({int(differs.sum())} values on the {case!r} inputs); the ONNX model computes them, as "
+                         "PyTorch does with the fast path off, which is what the check compares with. Ignore "
+                         "padded positions when comparing with eager PyTorch.")
+        else:
+            notes.append(f"Eager PyTorch's attention fast path differs from its standard path on output {name!r} "
+                         f"(relative {err.max_rel:.3g} on the {case!r} inputs); the ONNX model computes the standard "
+                         "path, which is what the check compares with.")
+    return notes
+
+
+def check_parity(source: SourceModel, onnx_path: Path) -> tuple[list[OutputParity], list[str], list[str]]:
+    """Run the ONNX model in ONNX Runtime and PyTorch on the same inputs: the worst error per output, the
+    cases, and notes (values where PyTorch itself is not finite, eager's attention fast path)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     worst: dict[str, OutputParity] = {}
-    cases = []
+    nonfinite: dict[str, list[str]] = {}
+    compared: set[str] = set()
+    cases: list[str] = []
+    notes: list[str] = []
     for case, feeds in _case_inputs(source):
         cases.append(case)
         ref = source.run(feeds)
+        if case == "example":
+            notes += _fast_path_notes(source, case, feeds, ref)
         try:
             got = dict(zip(source.output_names, session.run(source.output_names, feeds), strict=True))
         except Exception as exc:
@@ -248,13 +313,21 @@ def check_parity(source: SourceModel, onnx_path: Path) -> tuple[list[OutputParit
             if o.shape != r.shape:
                 raise StepFailed(f"Output {name!r} has shape {o.shape} in ONNX Runtime but {r.shape} in PyTorch "
                                  f"on the {case!r} inputs.")
-            r64, o64 = r.astype(np.float64), o.astype(np.float64)
-            max_abs = float(np.max(np.abs(r64 - o64))) if r.size else 0.0
-            scale = float(np.max(np.abs(r64))) if r.size else 1.0
-            rel = max_abs / scale if scale > 0 else max_abs
-            if name not in worst or rel > worst[name].max_rel:
-                worst[name] = OutputParity(name, max_abs, rel, case)
-    return [worst[n] for n in source.output_names], cases
+            err = output_error(r, o)
+            if err.torch_nonfinite:
+                nonfinite.setdefault(name, []).append(f"{err.torch_nonfinite} of {err.size} values on {case!r}")
+            if err.torch_nonfinite < err.size or not err.size:
+                compared.add(name)
+            if name not in worst or err.max_rel > worst[name].max_rel:
+                worst[name] = OutputParity(name, err.max_abs, err.max_rel, case)
+    for name, where in nonfinite.items():
+        notes.append(f"PyTorch's own output {name!r} is NaN or inf on the check inputs ({', '.join(where)}); "
+                     "those values are not compared.")
+    if unchecked := [n for n in source.output_names if n not in compared]:
+        raise StepFailed(f"Cannot check output {unchecked[0]!r}: PyTorch's own output is NaN or inf at every value "
+                         f"on every check input ({', '.join(cases)}).",
+                         hint="Give example inputs the model is defined on, or pass --no-check.")
+    return [worst[n] for n in source.output_names], cases, notes
 
 
 def _onnx_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -280,8 +353,9 @@ def onnx_opset(path: Path) -> int:
 
 
 def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = None, atol: float = DEFAULT_ATOL,
-                check: bool = True) -> ExportReport:
-    """Export, check and validate `source`; the file lands at `out` only when everything passed."""
+                check: bool = True, allow_frozen_trace: bool = False) -> ExportReport:
+    """Export, check and validate `source`; the file lands at `out` only when everything passed.
+    `allow_frozen_trace` accepts a TorchScript fallback whose trace froze Python control flow (noted in the report)."""
     import onnx
 
     out = Path(out)
@@ -294,7 +368,7 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}-", dir=out.parent))
     try:
         path = tmp / out.name
-        exporter, fallback_reason = "dynamo", None
+        exporter, fallback_reason, notes = "dynamo", None, []
         try:
             with _quiet():
                 _dynamo_export(source, args, path, opset, external)
@@ -304,7 +378,7 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
             for f in tmp.iterdir():
                 f.unlink()
             try:
-                with _quiet():
+                with _quiet() as caught:
                     _torchscript_export(source, args, path, opset)
             except Exception as ts_exc:
                 op = _unsupported_op(str(dynamo_exc), str(ts_exc))
@@ -316,19 +390,36 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
                     f"  TorchScript exporter: {_first_line(ts_exc)}",
                     hint="Replace the operator with standard torch ops, register an ONNX translation for it "
                          "(custom_translation_table), or pick a newer --opset.") from ts_exc
+            if frozen := _frozen_lines(caught):
+                where = "\n  ".join(frozen)
+                if not allow_frozen_trace:
+                    raise StepFailed(
+                        f"The torch.export-based exporter failed ({fallback_reason}), and the TorchScript "
+                        "exporter's trace froze the model's Python control flow, so the ONNX file would take the "
+                        f"example input's path for every input:\n  {where}",
+                        hint="Write data-dependent branches as tensor ops (torch.where, or torch.cond for whole "
+                             "branches) so that both paths are in the graph; or, if the frozen values never vary, "
+                             "export with --allow-frozen-trace (the check still runs).") from dynamo_exc
+                notes.append(f"The TorchScript trace froze Python control flow (--allow-frozen-trace); the file "
+                             f"computes the example input's path for every input:\n  {where}")
         try:
             onnx.checker.check_model(str(path), full_check=False)
             onnx.shape_inference.infer_shapes_path(str(path), str(path))
         except Exception as exc:
             raise StepFailed(f"The exported ONNX model is invalid: {_first_line(exc)}") from exc
-        parity, cases = check_parity(source, path) if check else ([], [])
+        parity, cases, checked_notes = check_parity(source, path) if check else ([], [], [])
+        notes += checked_notes
         bad = [p for p in parity if not p.max_rel <= atol]
         if bad:
-            detail = "; ".join(f"{p.name}: max abs {p.max_abs:.3g}, relative {p.max_rel:.3g} on {p.case!r} inputs"
-                               for p in bad)
-            raise StepFailed(f"The ONNX model does not match PyTorch above tolerance {atol:g}: {detail}.",
+            detail = "; ".join(
+                f"{p.name}: NaN or inf where PyTorch is finite on {p.case!r} inputs" if p.max_abs == np.inf else
+                f"{p.name}: max abs {p.max_abs:.3g}, relative {p.max_rel:.3g} on {p.case!r} inputs" for p in bad)
+            raise StepFailed(f"The ONNX model does not match PyTorch above tolerance {atol:g}: {detail}."
+                             + "".join(f"\n{n}" for n in notes),
                              hint="Look for ops that differ between runtimes (random, in-place, data-dependent "
-                                  "shapes); raise --atol if the error is acceptable, or pass --no-check.")
+                                  "shapes) and for a Python `if` on an input's values or size, which export fixes "
+                                  "(write it with torch.where or torch.cond); raise --atol if the error is "
+                                  "acceptable, or pass --no-check.")
         inputs, outputs = _onnx_specs(path)
         opset_used = onnx_opset(path)
         size = sum(f.stat().st_size for f in tmp.iterdir())
@@ -338,4 +429,4 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportReport(path=out, exporter=exporter, opset=opset_used, seconds=time.perf_counter() - start,
                         size_bytes=size, inputs=inputs, outputs=outputs, parity=parity, cases=cases,
-                        checked=check, atol=atol, fallback_reason=fallback_reason)
+                        checked=check, atol=atol, fallback_reason=fallback_reason, notes=notes)
