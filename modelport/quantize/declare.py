@@ -100,9 +100,9 @@ class Declared:
         return tuple(_option(f, s) for f, s in cls.declared() if s.option)
 
     @classmethod
-    def as_option(cls, name: str, **changes: Any) -> Option:
-        """The build option of field `name`, with `changes` (another key, default...) for one backend's listing."""
-        f, s = next((f, s) for f, s in cls.declared() if f.name == name and s.option)
+    def as_option(cls, field_name: str, /, **changes: Any) -> Option:
+        """The build option of `field_name`, with `changes` (another name, default...) for one backend's listing."""
+        f, s = next((f, s) for f, s in cls.declared() if f.name == field_name and s.option)
         return dataclasses.replace(_option(f, s), **changes)
 
     @classmethod
