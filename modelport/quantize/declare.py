@@ -109,7 +109,7 @@ class Declared:
     def from_options(cls, values: Mapping[str, Any], **decided_values: Any) -> Self:
         """The settings held in a backend's validated options (keys not declared here are the backend's own),
         with the fields the backend decides."""
-        given = {f.name: values[s.key or f.name] for f, s in cls.declared() if s.option and (s.key or f.name) in values}
+        given = {f.name: values[_key(f, s)] for f, s in cls.declared() if s.option and _key(f, s) in values}
         return cls(**{**given, **decided_values})
 
     def replace(self, **changes: Any) -> Self:
@@ -125,8 +125,12 @@ class Declared:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
+def _key(f: dataclasses.Field, s: Setting) -> str:
+    return s.key or f.name
+
+
 def _option(f: dataclasses.Field, s: Setting) -> Option:
-    return Option(s.key or f.name, s.help, f.default, s.parse, s.choices, s.precisions)
+    return Option(_key(f, s), s.help, f.default, s.parse, s.choices, s.precisions)
 
 
 def _jsonable(value: Any) -> Any:
