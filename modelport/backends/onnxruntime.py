@@ -5,7 +5,7 @@ What users meet with ORT's tools by hand, and what this backend does instead:
   `onnxruntime.transformers` when the graph has attention/LayerNorm/GELU patterns (detected, not asked).
 - FP16: converted with float32 inputs and outputs; ops that lose accuracy in float16 or have no float16
   kernel in the execution provider stay float32, found by asking the runtime, and listed.
-- INT8 static: the shared QDQ pass (`calibration/qdq.py`) with activation/weight signedness and
+- INT8 static: the shared QDQ pass (`modelport/quantize/`) with activation/weight signedness and
   reduce_range chosen from the CPU's instruction set, an op set that has fast int8 kernels for this
   kind of graph, range-wrecking tensors kept in float, and a latency check against FP32.
 - INT8 dynamic: MatMul/Gemm weights in int8 with activations quantized at run time, Conv only where it
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport.backends.base import Backend, Option, Recipe, Runner, parse_bool, parse_list
-from modelport.calibration.qdq import ANALYSIS_SAMPLES, METHODS, quiet_ort_tools, resolve_exclude, write_qdq_model
 from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
 from modelport.model import TensorSpec
 from modelport.onnx_fp16 import convert_to_fp16
+from modelport.quantize import QdqSettings, quiet_ort_tools, resolve_exclude, write_qdq_model
 
 if TYPE_CHECKING:
     import onnx
@@ -62,20 +62,6 @@ def _tristate(value: Any) -> str:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     return "true" if parse_bool(value) else "false"
-
-
-def _samples(value: Any) -> int:
-    count = int(value)
-    if count < 1:
-        raise ValueError("expected a positive number of samples")
-    return count
-
-
-def _alpha(value: Any) -> float:
-    alpha = float(value)
-    if not 0 <= alpha <= 1:
-        raise ValueError("expected a number between 0 and 1 (0 disables)")
-    return alpha
 
 
 # ---------------------------------------------------------------- choices made from the CPU
@@ -190,33 +176,15 @@ class OnnxRuntimeBackend(Backend):
                "where the graph has them, off skips them.", "auto", str, ("auto", "off"), ("fp32",)),
         Option("keep_fp32", "Op types kept in float32 besides those chosen automatically (comma-separated).", (),
                parse_list, None, ("fp16",)),
-        Option("method", "Calibration method: minmax, entropy or percentile.", "minmax", str, METHODS, ("int8",)),
-        Option("percentile", "The percentile kept by the percentile method.", 99.999, float, None, ("int8",)),
-        Option("per_channel", "Quantize weights per output channel.", True, parse_bool, None, ("int8",)),
+        *QdqSettings.as_options(),  # the shared QDQ pass's knobs, declared in modelport/quantize/settings.py
         Option("per_channel", "Quantize weights per output channel (measured slower with run-time activation "
                "quantization, hence off).", False, parse_bool, None, ("int8-dynamic",)),
-        Option("symmetric", "Symmetric activations (zero point 0).", False, parse_bool, None, ("int8",)),
         Option("quant_type", "Activation/weight signedness: auto (from the CPU), u8s8 or s8s8.", "auto", str,
                ("auto", "u8s8", "s8s8"), ("int8",)),
         Option("reduce_range", "7-bit weights: auto (from the CPU), true or false.", "auto", _tristate,
                ("auto", "true", "false"), ("int8", "int8-dynamic")),
-        Option("op_types", "Op types to quantize (default: those with fast int8 CPU kernels for this kind of "
-               "graph).", (), parse_list, None, ("int8",)),
-        Option("exclude", "Node names or op types to keep in float (comma-separated).", (), parse_list, None,
-               ("int8", "int8-dynamic")),
-        Option("auto_exclude", "Keep range-wrecking tensors in float: mask adds, softmax inputs, normalization, "
-               "ranges far wider than their neighbours'.", True, parse_bool, None, ("int8",)),
-        Option("smooth", "SmoothQuant alpha for outlier channels in front of MatMul/Gemm; 0 disables.", 0.75,
-               _alpha, None, ("int8",)),
-        Option("fidelity", "Cosine to FP32 on calibration samples under which more stays float; 0 disables.",
-               0.99, _alpha, None, ("int8",)),
-        Option("analysis_samples", "Calibration samples that the per-tensor noise analysis, smoothing and the "
-               "fidelity check run on (the ranges use every sample); fewer builds faster.", ANALYSIS_SAMPLES,
-               _samples, None, ("int8",)),
         Option("conv", "Dynamic INT8 of Conv too: auto (only where it measures faster), true or false.", "auto",
                _tristate, ("auto", "true", "false"), ("int8-dynamic",)),
-        Option("preprocess", "Shape inference and basic optimization before quantizing.", True, parse_bool, None,
-               ("int8", "int8-dynamic")),
         Option("measure", "Time the artifact against ORT FP32 at build time and warn when it is slower.", True,
                parse_bool, None, ("fp16", "int8", "int8-dynamic")),
     )
@@ -390,13 +358,10 @@ def _build_int8(src: Path, out: Path, o: Mapping[str, Any], calibration: Calibra
 
     choice = _cpu_choice_with(o)
     op_set = _op_set(onnx.load(str(src), load_external_data=False), o["op_types"])
-    result = write_qdq_model(
-        src, calibration, out, method=o["method"], per_channel=o["per_channel"], symmetric_activations=o["symmetric"],
-        exclude=o["exclude"], activation_type=choice.activation_type, weight_type=choice.weight_type,
-        reduce_range=choice.reduce_range, op_types=op_set.op_types, float_outputs=op_set.float_outputs,
-        weights_only=op_set.weights_only, percentile=o["percentile"], smooth=o["smooth"] or None,
-        auto_exclude=o["auto_exclude"], fidelity_target=o["fidelity"] or None, preprocess=o["preprocess"],
-        analysis_samples=o["analysis_samples"])
+    settings = QdqSettings.from_options(
+        o, activation_type=choice.activation_type, weight_type=choice.weight_type, reduce_range=choice.reduce_range,
+        op_types=op_set.op_types, float_outputs=op_set.float_outputs, weights_only=op_set.weights_only)
+    result = write_qdq_model(src, calibration, out, settings)
     details = {
         "format": "QDQ",
         "cpu_choice": {"quant_type": choice.label, "reduce_range": choice.reduce_range, "reason": choice.reason},

@@ -15,15 +15,16 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.base import Backend, Option, Recipe, Runner, parse_bool, parse_list
+from modelport.backends.base import Backend, Option, Recipe, Runner, parse_list
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.model import TensorSpec
+from modelport.quantize import QdqSettings, write_qdq_model
 
 if TYPE_CHECKING:
     from modelport.artifact import Artifact
@@ -41,6 +42,14 @@ _ONNX_TYPES = {"Conv": ("Convolution", "GroupConvolution"), "Gemm": ("MatMul",),
                "LayerNormalization": ("MVN",), "AveragePool": ("AvgPool",)}
 _SHAPE_OPS = ("Convert", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool")
 _DEQUANT_OPS = ("Subtract", "Multiply")
+
+
+def _qdq_only(setting: str) -> Option:
+    """A setting of the shared QDQ pass as an option of source=qdq; None by default, so that giving it with NNCF
+    is caught."""
+    declared = QdqSettings.as_option(setting, name=setting)
+    return replace(declared, default=None,
+                   help=f"With source=qdq: {declared.help} (default {str(declared.default).lower()}).")
 
 
 class OpenVinoBackend(Backend):
@@ -65,11 +74,8 @@ class OpenVinoBackend(Backend):
                "paths (classifier.3), or op types (Conv, MatMul, Softmax); with source=qdq, ONNX node names or "
                "op types.", (), parse_list,
                precisions=("int8", "int8-dynamic")),
-        Option("method", "With source=qdq: the calibration method of the shared QDQ pass (minmax, entropy, "
-               "percentile; default minmax).", None, str.lower, ("minmax", "entropy", "percentile"), ("int8",)),
-        Option("symmetric_activations", "With source=qdq: symmetric activation ranges in the shared QDQ pass "
-               "(default false).",
-               None, parse_bool, precisions=("int8",)),
+        _qdq_only("method"),
+        _qdq_only("symmetric_activations"),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
@@ -361,16 +367,14 @@ def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet) -> tuple[
 
 def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet) -> tuple[Any, dict[str, Any]]:
     """Convert the shared QDQ model (its Q/DQ pairs become FakeQuantize): one calibration for every runtime."""
-    from modelport.calibration.qdq import write_qdq_model
-
     opts = recipe.options
-    kwargs = {k: opts[k] for k in ("method", "symmetric_activations") if opts.get(k) is not None}
+    given = {k: opts[k] for k in ("method", "symmetric_activations") if opts.get(k) is not None}
+    settings = QdqSettings(per_channel=True, exclude=opts["exclude"], **given)
     with tempfile.TemporaryDirectory(prefix="modelport-qdq-") as tmp:
-        result = write_qdq_model(onnx_path, calibration, Path(tmp) / "model.qdq.onnx", per_channel=True,
-                                 exclude=opts["exclude"], **kwargs)
+        result = write_qdq_model(onnx_path, calibration, Path(tmp) / "model.qdq.onnx", settings)
         model = _convert(result.path)
     qdq = {k: v for k, v in result.to_json().items() if k != "path"}
-    return model, {"quantizer": "shared QDQ model (modelport.calibration.qdq), converted by OpenVINO", "qdq": qdq,
+    return model, {"quantizer": "shared QDQ model (modelport.quantize), converted by OpenVINO", "qdq": qdq,
                    **LayerCensus.of(model).to_json(model)}
 
 

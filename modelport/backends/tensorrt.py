@@ -2,7 +2,7 @@
 
 Precision lives in the graph, not in builder flags: TensorRT 10.12 deprecated weak typing and 11.x removed
 it (BuilderFlag.FP16/INT8 and implicit INT8 calibration are gone). So fp16 parses an ONNX file converted to
-float16 (float32 I/O kept), and int8 parses the explicit Q/DQ model that `calibration/qdq.py` writes from
+float16 (float32 I/O kept), and int8 parses the explicit Q/DQ model that `modelport/quantize/` writes from
 the shared calibration set, with symmetric activations and per-channel weights as TensorRT's explicit
 quantization expects; the network is always created strongly typed.
 
@@ -24,6 +24,7 @@ from modelport.backends.base import Backend, Option, Recipe, Runner, parse_list
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.machine import cache_dir
 from modelport.model import TensorSpec
+from modelport.quantize import QdqSettings, write_qdq_model
 
 ProfileShapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 DEFAULT_MAX_BATCH = 32
@@ -99,11 +100,10 @@ def prepare_network_onnx(onnx_path: Path, recipe: Recipe, calibration: Any, work
         result = convert_to_fp16(onnx_path, out, exclude=opts.get("exclude") or ())
         return out, {"graph": "float16 with float32 I/O", "kept_fp32": result.kept_float,
                      "kept_fp32_nodes": result.kept_nodes}
-    from modelport.calibration.qdq import write_qdq_model
-
     out = workdir / "model_qdq.onnx"
-    result = write_qdq_model(onnx_path, calibration, out, method=opts["calibration_method"], per_channel=True,
-                             symmetric_activations=True, exclude=opts.get("exclude") or ())
+    settings = QdqSettings(method=opts["calibration_method"], per_channel=True, symmetric_activations=True,
+                           exclude=opts.get("exclude") or ())
+    result = write_qdq_model(onnx_path, calibration, out, settings)
     return out, {"graph": "explicit Q/DQ (symmetric int8 activations, per-channel int8 weights)",
                  "calibration_method": result.method, "calibration_samples": result.samples_seen}
 
@@ -119,8 +119,7 @@ class TensorRTBackend(Backend):
                default=3, parse=int, choices=(0, 1, 2, 3, 4, 5)),
         Option("exclude", "Comma-separated node names or op types kept in higher precision.", default=(),
                parse=parse_list, precisions=("fp16", "int8")),
-        Option("calibration_method", "Activation range method of the shared QDQ pass.", default="minmax",
-               choices=("minmax", "entropy", "percentile"), precisions=("int8",)),
+        QdqSettings.as_option("method", name="calibration_method"),
     )
 
     def available(self) -> tuple[bool, str]:

@@ -1,4 +1,4 @@
-"""One calibration set for every backend: sources, sampling, checks, and the shared QDQ pass.
+"""One calibration set for every backend: sources, sampling and checks (no runtime: `quantize/` holds the QDQ pass).
 
 `open_calibration(text, specs)` turns `--calib SRC` into a CalibrationSet (at most DEFAULT_SIZE samples
 unless `size` says otherwise); `open_evaluation` does the same for `--eval SRC`, keeping every sample.

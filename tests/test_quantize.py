@@ -10,11 +10,11 @@ from onnx import numpy_helper
 
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
-from modelport.calibration.qdq import write_qdq_model
 from modelport.errors import BadInput
 from modelport.examples import digits_data
 from modelport.machine import cache_dir
 from modelport.model import load_model
+from modelport.quantize import write_qdq_model
 
 ATTENTION = '''
 import math
