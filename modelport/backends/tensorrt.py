@@ -212,6 +212,7 @@ class TensorRTRunner(Runner):
         self._stream = torch.cuda.Stream()
         self.inputs = artifact.inputs
         self.outputs = artifact.outputs
+        self._profile = details["profile"]
         self._dtypes = {name: _torch_dtype(self._engine.get_tensor_dtype(name), trt)
                         for name in [s.name for s in self.inputs + self.outputs]}
 
@@ -221,7 +222,11 @@ class TensorRTRunner(Runner):
         for spec in self.inputs:
             t = torch.from_numpy(feeds[spec.name]).to("cuda", self._dtypes[spec.name])
             keep.append(t)
-            self._context.set_input_shape(spec.name, tuple(t.shape))
+            if not self._context.set_input_shape(spec.name, tuple(t.shape)):
+                lo, _, hi = self._profile[spec.name]
+                raise BadInput(f"Input {spec.name!r} of shape {tuple(t.shape)} is outside the engine's profile "
+                               f"(from {tuple(lo)} to {tuple(hi)}).",
+                               hint="Rebuild with --option profile=DIM=MIN:OPT:MAX covering the shapes you feed.")
             self._context.set_tensor_address(spec.name, t.data_ptr())
         outs = {}
         for spec in self.outputs:
