@@ -87,6 +87,13 @@ def runners(mlp: str, tmp_path: Path) -> str:
     return str(path)
 
 
+def _user_runner(ref: str) -> dict:
+    """A `--runner` job's runner spec as the plan writes it: the ref and the model's specs its feeds are checked
+    against."""
+    return {"kind": "python", "ref": ref, "inputs": [{"name": "x", "shape": ["batch", 10], "dtype": "float32"}],
+            "outputs": [{"name": "output", "shape": ["batch", 3], "dtype": "float32"}]}
+
+
 def _rows(out: Path) -> list[dict]:
     return [r for r in results.read(out / results.RESULTS) if r["type"] == "row"]
 
@@ -196,7 +203,7 @@ def test_a_hung_measurement_is_killed_at_the_timeout(runners, tmp_path):
     import numpy as np
 
     np.savez(tmp_path / "inputs.npz", x=np.zeros((2, 10), np.float32))
-    job = {"task": "latency", "runner": {"kind": "python", "ref": f"{runners}:hang"}, "threads": 1,
+    job = {"task": "latency", "runner": _user_runner(f"{runners}:hang"), "threads": 1,
            "inputs": str(tmp_path / "inputs.npz"), "batch": 1, "iterations": 5, "duration": None, "warmup": 1}
     outcome = isolate.run_isolated(job, workdir=tmp_path / "work", name="hang", timeout=6)
     assert not outcome.ok and outcome.error == "timed out after 6 s and was killed"
@@ -208,7 +215,7 @@ def test_thread_count_is_pinned_in_the_measuring_process(runners, tmp_path, fork
     import numpy as np
 
     np.savez(tmp_path / "inputs.npz", x=np.zeros((3, 10), np.float32))
-    job = {"task": "fidelity", "runner": {"kind": "python", "ref": f"{runners}:probe"}, "threads": 3,
+    job = {"task": "fidelity", "runner": _user_runner(f"{runners}:probe"), "threads": 3,
            "inputs": str(tmp_path / "inputs.npz"), "chunk": 2, "outputs": str(tmp_path / "out.npz")}
     outcome = isolate.run_isolated(job, workdir=tmp_path / "work", name="probe", timeout=120, fork=fork)
     assert outcome.ok, outcome.error

@@ -135,6 +135,8 @@ def _level(name: str):
 class OnnxRuntimeRunner(Runner):
     """An InferenceSession on the best available providers (TensorRT, CUDA, then CPU)."""
 
+    name = "onnxruntime"
+
     def __init__(self, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], threads: int | None) -> None:
         try:
             self.session = _session(path, threads, "all", _providers())
@@ -145,23 +147,22 @@ class OnnxRuntimeRunner(Runner):
         self.outputs = outputs
         self.threads = threads
         self.providers = self.session.get_providers()
-        self._dtypes = {i.name: _NP_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        session_inputs = {i.name: np.dtype(_NP_TYPES.get(i.type, np.float32)) for i in self.session.get_inputs()}
+        manifest = {s.name: np.dtype(s.dtype) for s in inputs}
+        if session_inputs != manifest:
+            raise StepFailed(f"{path} takes inputs {_listing(session_inputs)}, but its manifest says "
+                             f"{_listing(manifest)}.", hint="Rebuild the artifact with --force.")
         self._output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = {}
-        for name, dtype in self._dtypes.items():  # the timed path: convert only what needs it
-            a = feeds.get(name)
-            if a is None:
-                missing = [n for n in self._dtypes if n not in feeds]
-                raise BadInput(f"Missing input(s) {missing}; the model takes {list(self._dtypes)}.")
-            if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
-                a = np.ascontiguousarray(a, dtype=dtype)
-            arrays[name] = a
-        return dict(zip(self._output_names, self.session.run(self._output_names, arrays), strict=True))
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._output_names, self.session.run(self._output_names, feeds), strict=True))
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.session = None
+
+
+def _listing(dtypes: Mapping[str, np.dtype]) -> str:
+    return ", ".join(f"{name}:{dtype}" for name, dtype in dtypes.items())
 
 
 # ---------------------------------------------------------------- the backend

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.base import Backend, Option, Recipe, Runner, parse_list
+from modelport.backends.base import Backend, Option, Recipe, Runner, RuntimeOp, parse_list
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.model import TensorSpec
 from modelport.quantize import QdqSettings, write_qdq_model
@@ -393,20 +393,6 @@ def _compress_weights(model: Any, exclude: Sequence[str]) -> tuple[Any, dict[str
 
 # ----- running -----
 
-@dataclass(frozen=True)
-class RuntimeOp:
-    """One op of the compiled (device-side) model: what the plugin really executes and in which precision."""
-
-    name: str
-    type: str
-    precision: str
-    original: tuple[str, ...]
-
-    def comes_from(self, name: str) -> bool:
-        """Whether this runtime op executes the IR or ONNX node `name` (fused layers carry several)."""
-        return any(o == name or o.startswith(name + "/") for o in (self.name, *self.original))
-
-
 def runtime_ops(compiled: Any) -> list[RuntimeOp]:
     """The compiled model's ops with the plugin's runtime info (layer type, precision, fused IR nodes)."""
     ops = []
@@ -478,6 +464,8 @@ def _runtime_check(xml: Path, device: str, precision: str) -> dict[str, Any]:
 class OpenVinoRunner(Runner):
     """A compiled IR: single-stream latency by default; `run_many` uses throughput streams."""
 
+    name = "openvino"
+
     def __init__(self, xml: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *, device: str = "cpu",
                  threads: int | None = None) -> None:
         import openvino as ov
@@ -509,28 +497,12 @@ class OpenVinoRunner(Runner):
     def runtime_ops(self) -> list[RuntimeOp]:
         return runtime_ops(self.compiled)
 
-    def _feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [s.name for s in self.inputs]
-        missing, extra = [n for n in names if n not in feeds], sorted(set(feeds) - set(names))
-        if missing or extra:
-            raise BadInput(f"OpenVINO runner inputs: missing {missing or 'none'}, unexpected {extra or 'none'}.",
-                           hint=f"The model's inputs are {names}.")
-        out = {}
-        for spec in self.inputs:
-            a = np.asarray(feeds[spec.name])
-            if a.dtype != np.dtype(spec.dtype):
-                if not np.can_cast(a.dtype, spec.dtype, casting="same_kind"):
-                    raise BadInput(f"Input {spec.name!r} is {a.dtype}; the model takes {spec.dtype}.")
-                a = a.astype(spec.dtype)
-            out[spec.name] = np.ascontiguousarray(a)
-        return out
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # infer() copies the outputs out of the request (share_outputs=False), so they stay valid after the next run
-        result = self._request.infer(self._feeds(feeds), share_inputs=True)
+        result = self._request.infer(feeds, share_inputs=True)
         return {name: result[i] for name, i in self._ports.items()}
 
-    def run_many(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def run_many(self, feeds: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
         """Run many independent inputs concurrently, results in order: the throughput mode.
 
         The first call compiles the IR again with the THROUGHPUT hint (several streams on the same thread
@@ -555,7 +527,7 @@ class OpenVinoRunner(Runner):
             slot = job % len(requests)
             if slot in pending:
                 collect(slot)
-            requests[slot].start_async(self._feeds(f))
+            requests[slot].start_async(self.checked(f))
             pending[slot] = job
         for slot in list(pending):
             collect(slot)
@@ -566,5 +538,5 @@ class OpenVinoRunner(Runner):
         """The number of parallel requests `run_many` uses (None before its first call)."""
         return len(self._throughput[1]) if self._throughput is not None else None
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._request = self.compiled = self._throughput = None

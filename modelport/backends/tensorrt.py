@@ -188,6 +188,8 @@ class TensorRTBackend(Backend):
 class TensorRTRunner(Runner):
     """One engine, one execution context, I/O in torch CUDA tensors; `run` returns after the stream syncs."""
 
+    name = "tensorrt"
+
     def __init__(self, artifact: Any) -> None:
         import tensorrt as trt
         import torch
@@ -209,16 +211,21 @@ class TensorRTRunner(Runner):
         self._stream = torch.cuda.Stream()
         self.inputs = artifact.inputs
         self.outputs = artifact.outputs
+        self._profile = details["profile"]
         self._dtypes = {name: _torch_dtype(self._engine.get_tensor_dtype(name), trt)
                         for name in [s.name for s in self.inputs + self.outputs]}
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         keep = []
         for spec in self.inputs:
-            t = torch.from_numpy(np.ascontiguousarray(feeds[spec.name])).to("cuda", self._dtypes[spec.name])
+            t = torch.from_numpy(feeds[spec.name]).to("cuda", self._dtypes[spec.name])
             keep.append(t)
-            self._context.set_input_shape(spec.name, tuple(t.shape))
+            if not self._context.set_input_shape(spec.name, tuple(t.shape)):
+                lo, _, hi = self._profile[spec.name]
+                raise BadInput(f"Input {spec.name!r} of shape {tuple(t.shape)} is outside the engine's profile "
+                               f"(from {tuple(lo)} to {tuple(hi)}).",
+                               hint="Rebuild with --option profile=DIM=MIN:OPT:MAX covering the shapes you feed.")
             self._context.set_tensor_address(spec.name, t.data_ptr())
         outs = {}
         for spec in self.outputs:
@@ -233,7 +240,7 @@ class TensorRTRunner(Runner):
         return {name: t.float().cpu().numpy() if t.dtype == torch.float16 else t.cpu().numpy()
                 for name, t in outs.items()}
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._context = None
         self._engine = None
 

@@ -338,6 +338,8 @@ class TFLiteRunner(Runner):
     batches one sample at a time and concatenates the outputs; other shape mismatches are errors.
     """
 
+    name = "tflite"
+
     def __init__(self, path: Path, details: Mapping[str, Any], inputs: list[TensorSpec], outputs: list[TensorSpec],
                  threads: int | None = None) -> None:
         self.inputs, self.outputs = inputs, outputs
@@ -363,7 +365,6 @@ class TFLiteRunner(Runner):
 
     def _model_array(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         d = self._in[spec.name]
-        array = np.asarray(array)
         if self.layouts.get(spec.name) == "NHWC":
             array = array.transpose(0, 2, 3, 1)
         dtype = np.dtype(d["dtype"])
@@ -376,12 +377,6 @@ class TFLiteRunner(Runner):
                 raise BadInput(f"Input {spec.name!r} has values that the model's {dtype.name} input cannot hold.")
             array = cast
         return np.ascontiguousarray(array)
-
-    def _check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [s.name for s in self.inputs]
-        if set(feeds) != set(names):
-            raise BadInput(f"The tflite runner takes inputs {names}; it was given {sorted(feeds)}.")
-        return {s.name: np.asarray(feeds[s.name]) for s in self.inputs}
 
     def _invoke(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         interpreter = self._interpreter
@@ -412,16 +407,15 @@ class TFLiteRunner(Runner):
             out[spec.name] = value.astype(spec.dtype, copy=False)
         return out
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = self._check(feeds)
-        batch = {a.shape[0] for a in arrays.values() if a.ndim}
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = {a.shape[0] for a in feeds.values() if a.ndim}  # one size where batches loop: `checked` saw to it
         if self._loop_batches and batch and batch != {1}:
-            if len(batch) != 1 or 0 in batch:
-                raise BadInput(f"The inputs have batch sizes {sorted(batch)}; feed one batch size of at least 1.")
-            parts = [self._invoke({s.name: self._model_array(s, arrays[s.name][i:i + 1]) for s in self.inputs})
+            if 0 in batch:
+                raise BadInput("The inputs have batch size 0; feed a batch of at least 1.")
+            parts = [self._invoke({s.name: self._model_array(s, feeds[s.name][i:i + 1]) for s in self.inputs})
                      for i in range(batch.pop())]
             return {s.name: np.concatenate([p[s.name] for p in parts]) for s in self.outputs}
-        return self._invoke({s.name: self._model_array(s, arrays[s.name]) for s in self.inputs})
+        return self._invoke({s.name: self._model_array(s, feeds[s.name]) for s in self.inputs})
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._interpreter = None

@@ -426,7 +426,9 @@ class MatrixRun:
                 fid = fidelity.evaluate(self.ctx.reference, self.ctx.reference, self.ctx.data.labels,
                                         self.ctx.metric, self.ctx.reference_metric)
             elif first.kind == "python":
-                runner_spec = {"kind": "python", "ref": first.options["runner"]}
+                runner_spec = {"kind": "python", "ref": first.options["runner"],
+                               "inputs": [s.to_json() for s in self.ctx.source.inputs],
+                               "outputs": [s.to_json() for s in self.ctx.source.outputs]}
             else:
                 artifact = self._build(first, label)
                 runner_spec = {"kind": "artifact", "path": str(self.ctx.out / artifact["path"])}

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from modelport.backends.base import Runner
+from modelport.errors import StepFailed
 from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX
 from modelport.harness.reference import batch_of
 
@@ -42,11 +44,55 @@ def load_source(spec: Mapping[str, Any]) -> Any:
     return source
 
 
-class _TorchRunner:
-    """The PyTorch FP32 source model behind the Runner interface: the baseline row."""
+class TorchRunner(Runner):
+    """The PyTorch FP32 source model under the Runner contract: the baseline row, its feeds checked alike."""
+
+    name = "PyTorch"
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
-        self.run = load_source(spec).run
+        self._source = load_source(spec)
+        self.inputs, self.outputs = self._source.inputs, self._source.outputs
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._source.run(feeds)
+
+
+class UserRunner(Runner):
+    """A `--runner NAME=file.py:fn` object under the Runner contract, fed the model's inputs.
+
+    `fn(threads=N)` returns any object with `run(feeds)`; its feeds are checked as every runtime's are,
+    and a result that is not a dict of arrays is a StepFailed naming the runner, not a puzzle in fidelity.
+    """
+
+    def __init__(self, spec: Mapping[str, Any], threads: int) -> None:
+        from modelport.model import TensorSpec, _import_factory
+
+        self.name = spec["ref"]
+        self.inputs = [TensorSpec.from_json(s) for s in spec["inputs"]]
+        self.outputs = [TensorSpec.from_json(s) for s in spec["outputs"]]
+        factory, _ = _import_factory(spec["ref"])
+        self._user = factory(threads=threads)
+        if not callable(getattr(self._user, "run", None)):
+            raise StepFailed(f"The runner {self.name} returned a {type(self._user).__name__} without a run(feeds) "
+                             "method.", hint="Return an object whose run(feeds) returns {output name: array}.")
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._user.run(feeds)
+        if not isinstance(result, Mapping):
+            raise StepFailed(f"The runner {self.name} returned a {type(result).__name__} from run(feeds), not a dict "
+                             "of arrays.", hint="Return {output name: numpy array}.")
+        out = {}
+        for key, value in result.items():
+            array = np.asarray(value)
+            if array.dtype.kind not in "biufc":
+                raise StepFailed(f"The runner {self.name} returned {key!r} as a {type(value).__name__}, not an array "
+                                 "of numbers.", hint="Return {output name: numpy array}.")
+            out[key] = array
+        return out
+
+    def _release(self) -> None:
+        if callable(close := getattr(self._user, "close", None)):
+            close()
 
 
 def _export(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,22 +125,16 @@ def _build(job: Mapping[str, Any]) -> dict[str, Any]:
             "manifest_key": artifact.manifest["key"], "details": artifact.details}
 
 
-def _load_runner(spec: Mapping[str, Any], threads: int) -> Any:
+def _load_runner(spec: Mapping[str, Any], threads: int) -> Runner:
     kind = spec["kind"]
     if kind == "artifact":
         from modelport.builder import load_artifact
 
         return load_artifact(spec["path"], threads=threads)
     if kind == "torch":
-        return _TorchRunner(spec)
+        return TorchRunner(spec)
     if kind == "python":
-        from modelport.model import _import_factory
-
-        factory, _ = _import_factory(spec["ref"])
-        runner = factory(threads=threads)
-        if not callable(getattr(runner, "run", None)):
-            raise TypeError(f"{spec['ref']} returned a {type(runner).__name__} without a run(feeds) method")
-        return runner
+        return UserRunner(spec, threads)
     raise ValueError(f"unknown runner kind {kind!r}")
 
 
@@ -111,7 +151,7 @@ def _peak_rss() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _fidelity(runner: Any, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _fidelity(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     n = len(next(iter(inputs.values())))
     chunk = int(job["chunk"])
     collected: dict[str, list[np.ndarray]] = {}
@@ -128,7 +168,7 @@ def _fidelity(runner: Any, job: Mapping[str, Any], inputs: Mapping[str, np.ndarr
     return {"output_names": names, "samples": n}
 
 
-def _latency(runner: Any, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _latency(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     from modelport.harness.latency import summarize, timed_runs
 
     batch = int(job["batch"])
@@ -143,7 +183,7 @@ def _reply(message: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _rounds(runner: Any, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _rounds(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Stay loaded and time on request: the parent hands each loaded runner a share of every round in turn.
 
     Commands, one JSON line each on stdin: `warm` (batch, warmup: replies the median ns per run), `time`
