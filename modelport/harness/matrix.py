@@ -75,10 +75,10 @@ class Settings:
         if not 0 < self.timeout < math.inf:
             raise BadInput(f"--timeout must be a positive number of seconds, not {self.timeout:g}.",
                            hint="It is how long each build or measurement may take before it is killed.")
-        if not self.backends:
-            raise BadInput("--backends names no backend, so the bench would time PyTorch alone.",
-                           hint=f"Name one or more of {', '.join(BACKENDS)}, or all.")
-        if not self.precisions:
+        if not self.backends and not self.runners:
+            raise BadInput("--backends names no backend (and no --runner is given), so the bench would time PyTorch "
+                           "alone.", hint=f"Name one or more of {', '.join(BACKENDS)}, or all.")
+        if self.backends and not self.precisions:
             raise BadInput("--precisions names no precision.", hint=f"Precisions: {', '.join(PRECISIONS)}.")
         if not self.batches or min(self.batches) < 1:
             raise BadInput(f"Batch sizes must be positive integers, not {list(self.batches)}.")
