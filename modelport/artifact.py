@@ -38,9 +38,12 @@ class Artifact:
             raise BadInput(f"{str(path)!r} is not a modelport artifact (no {MANIFEST}).",
                            hint="Build one with `modelport build MODEL --backend NAME -o DIR`.")
         try:
-            manifest = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{file} is not valid JSON: {exc}") from exc
+            manifest = json.loads(file.read_bytes().decode("utf-8"))
+        except OSError as exc:
+            raise BadInput(f"Cannot read {file}: {exc.strerror or exc}.") from exc
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInput(f"{file} is not valid JSON: {exc}", hint=_REBUILD) from exc
+        _check_manifest(path, file, manifest)
         return cls(path, manifest)
 
     @property
@@ -70,6 +73,47 @@ class Artifact:
     @property
     def size_bytes(self) -> int:
         return sum(self.manifest["files"].values())
+
+
+_JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_REBUILD = "Rebuild the artifact with `modelport build MODEL --backend NAME -o DIR`."
+
+
+def _check_manifest(path: Path, file: Path, manifest: Any) -> None:
+    """Reject, once at open, a manifest the properties below cannot read (hand-edited, truncated, foreign) and a
+    main file outside the artifact: loading must never follow a manifest to another file on the machine."""
+
+    def bad(what: str) -> BadInput:
+        return BadInput(f"{file} is not a modelport manifest: {what}.", hint=_REBUILD)
+
+    if not isinstance(manifest, dict):
+        raise bad(f"it holds a JSON {_JSON_NAMES.get(type(manifest), type(manifest).__name__)}, not an object")
+    for key, kind, inner in (("backend", str, ()), ("recipe", dict, ("precision",)), ("details", dict, ("main_file",)),
+                             ("source", dict, ("inputs", "outputs")), ("files", dict, ())):
+        if not isinstance(manifest.get(key), kind):
+            raise bad(f"{key!r} is missing or not a {kind.__name__}")
+        missing = [k for k in inner if k not in manifest[key]]
+        if missing:
+            raise bad(f"{key!r} has no {', '.join(map(repr, missing))}")
+    for side in ("inputs", "outputs"):
+        specs = manifest["source"][side]
+        if not isinstance(specs, list) or not all(_is_spec(s) for s in specs):
+            raise bad(f"source.{side} is not a list of tensor specs (name, shape, dtype)")
+    if not all(isinstance(size, int) for size in manifest["files"].values()):
+        raise bad("'files' does not map file names to sizes")
+    main = manifest["details"]["main_file"]
+    if not isinstance(main, str) or not main:
+        raise bad("details.main_file is not a file name")
+    root = path.resolve()
+    target = (root / main).resolve()
+    if target == root or not target.is_relative_to(root):
+        raise bad(f"details.main_file {main!r} points outside the artifact {str(path)!r}")
+
+
+def _is_spec(spec: Any) -> bool:
+    return (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("dtype"), str)
+            and isinstance(spec.get("shape"), list)
+            and all(isinstance(d, int | str) and not isinstance(d, bool) for d in spec["shape"]))
 
 
 def build_key(parts: dict[str, Any]) -> str:

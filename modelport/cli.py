@@ -26,7 +26,7 @@ from modelport.console import (
     print_json,
     status,
 )
-from modelport.errors import BadInput, ModelportError
+from modelport.errors import BadInput, ModelportError, ModelportWarning
 
 
 class _Commands(TyperGroup):
@@ -85,9 +85,7 @@ _default_showwarning = warnings.showwarning
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """modelport's own warnings (weak calibration data...) as one yellow line; others as Python prints them."""
-    from modelport.calibration import CalibrationWarning
-
-    if issubclass(category, CalibrationWarning):
+    if issubclass(category, ModelportWarning):
         err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)

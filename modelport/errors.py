@@ -37,3 +37,7 @@ class StepFailed(ModelportError):
     """An export, build or run that should have worked did not."""
 
     exit_code = 1
+
+
+class ModelportWarning(UserWarning):
+    """Base of modelport's own warnings: something works but deserves a look (the CLI shows one line)."""

@@ -297,15 +297,16 @@ def random_inputs(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None =
     return out
 
 
-def _import_factory(ref: str) -> tuple[Callable[[], Any], str]:
+def _import_factory(ref: str, flag: str = "MODEL") -> tuple[Callable[[], Any], str]:
+    """The function `ref` names; `flag` is where the user gave it (MODEL, --metric...), for the messages."""
     target, sep, attr = ref.rpartition(":")
     if not sep or not target or not attr:
-        raise BadInput(f"Cannot read MODEL {ref!r}.",
+        raise BadInput(f"Cannot read {flag} {ref!r}.",
                        hint="Write path/to/file.py:factory, package.module:factory, or a .pt2 file.")
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
-            raise BadInput(f"Model file {target!r} does not exist.", hint="Check the path in MODEL.")
+            raise BadInput(f"The file {target!r} in {flag} {ref!r} does not exist.", hint=f"Check the path in {flag}.")
         mod_name = f"_modelport_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         assert spec and spec.loader

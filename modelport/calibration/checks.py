@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport.calibration.fingerprint import combine, sample_digest
-from modelport.errors import BadInput
+from modelport.errors import BadInput, ModelportWarning
 from modelport.model import TensorSpec
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class CheckFailed(BadInput):
         self.check = check
 
 
-class CalibrationWarning(UserWarning):
+class CalibrationWarning(ModelportWarning):
     """Calibration data that works but makes a weak INT8 build: synthetic, or too few samples."""
 
 

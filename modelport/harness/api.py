@@ -81,6 +81,8 @@ def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, 
            isolator: isolate.Isolator, load: float | None, *, calib: str | None, evaluation: str | None,
            calib_size: int | None, eval_size: int | None, seed: int, inputs: Sequence[str], dynamic: Sequence[str],
            show_progress: bool, on_row: matrix.RowFn | None) -> dict[str, Any]:
+    metric = settings.metric
+    task = fidelity.load_metric(metric)  # a wrong --metric fails before any slow work
     with status("Checking which backends work here", show_progress):
         plan = matrix.make_plan(settings, calibrated=calib is not None,
                                 available=matrix.isolated_availability(isolator, settings.timeout))
@@ -95,8 +97,6 @@ def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, 
     with status(f"Running PyTorch FP32 on {data.samples} evaluation samples", show_progress):
         ref = reference.reference_outputs(source, data, chunk=settings.fidelity_batch, threads=settings.threads,
                                           cache=cache)
-    metric = settings.metric
-    task = fidelity.load_metric(metric)
     if fidelity.task_metric_applies(task, ref, data.labels):
         ref_metric = fidelity.reference_metric(task, ref, data.labels)
     elif metric is not None:

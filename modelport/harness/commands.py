@@ -19,7 +19,7 @@ from modelport.console import (
     err_console,
     print_json,
 )
-from modelport.errors import BadInput
+from modelport.errors import BadInput, StepFailed
 
 MaxDropOpt = Annotated[float, typer.Option(
     "--max-drop", help="Budget with labels: the most a recommended row's task metric may fall below PyTorch FP32's "
@@ -125,9 +125,12 @@ def bench(
         raise typer.Exit(130) from None
     if json_out:
         print_json(report)
-        return
-    render_terminal(report, console)
-    console.print(f"Reports: {out / 'report.html'}, {out / 'report.md'}, {out / 'report.json'}", highlight=False)
+    else:
+        render_terminal(report, console)
+        console.print(f"Reports: {out / 'report.html'}, {out / 'report.md'}, {out / 'report.json'}", highlight=False)
+    if not any(r["status"] == "ok" for r in report["rows"]):
+        raise StepFailed(f"No row was measured: every row failed or was unavailable. The reasons are in "
+                         f"{out / 'report.md'} and {out / 'results.jsonl'}.")
 
 
 def report(

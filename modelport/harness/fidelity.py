@@ -111,7 +111,7 @@ def load_metric(ref: str | None) -> TaskMetric:
         return ACCURACY
     from modelport.model import _import_factory
 
-    fn, _ = _import_factory(ref)
+    fn, _ = _import_factory(ref, "--metric")
     return TaskMetric(ref.rpartition(":")[2], fn, "metric units")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import re
 import time
@@ -63,12 +64,22 @@ class Settings:
             raise BadInput("Give one of --iterations and --duration.")
         if self.iterations is not None and self.iterations < 1:
             raise BadInput(f"--iterations must be at least 1, not {self.iterations}.")
-        if self.duration is not None and self.duration <= 0:
+        if self.duration is not None and not 0 < self.duration < math.inf:
             raise BadInput(f"--duration must be positive, not {self.duration}.")
         if self.threads < 1:
             raise BadInput(f"--threads must be at least 1, not {self.threads}.")
         if self.rounds < 1:
             raise BadInput(f"--rounds must be at least 1, not {self.rounds}.")
+        if self.warmup < 0:
+            raise BadInput(f"--warmup must be 0 or more, not {self.warmup}.")
+        if not 0 < self.timeout < math.inf:
+            raise BadInput(f"--timeout must be a positive number of seconds, not {self.timeout:g}.",
+                           hint="It is how long each build or measurement may take before it is killed.")
+        if not self.backends and not self.runners:
+            raise BadInput("--backends names no backend (and no --runner is given), so the bench would time PyTorch "
+                           "alone.", hint=f"Name one or more of {', '.join(BACKENDS)}, or all.")
+        if self.backends and not self.precisions:
+            raise BadInput("--precisions names no precision.", hint=f"Precisions: {', '.join(PRECISIONS)}.")
         if not self.batches or min(self.batches) < 1:
             raise BadInput(f"Batch sizes must be positive integers, not {list(self.batches)}.")
         bad = [p for p in self.precisions if p not in PRECISIONS]
@@ -150,12 +161,39 @@ def _options_for(backend: Any, name: str, precision: str, options: Mapping[str, 
     return given
 
 
-def _check_option_names(name: str, backend: Any, options: Mapping[str, Mapping[str, str]]) -> None:
-    known = {o.name for o in backend.options}
-    unknown = sorted(set(options.get(name, {})) - known)
+def _check_options(settings: Settings, backends: Mapping[str, Any]) -> None:
+    """Every option given goes to some backend and precision of the plan: a misspelt backend or key, or one
+    that only a precision or backend outside the plan takes, is an error rather than silently dropped."""
+    named = set(settings.options) - {"*"}
+    unknown = sorted(named - set(BACKENDS))
     if unknown:
-        raise BadInput(f"Unknown option(s) {', '.join(unknown)} for {name}.",
-                       hint=f"Its options: {', '.join(sorted(known)) or 'none'}.")
+        raise BadInput(f"--option names unknown backend(s) {', '.join(map(repr, unknown))}.",
+                       hint=f"Write --option BACKEND.KEY=VALUE with BACKEND one of {', '.join(BACKENDS)}, "
+                            "or KEY=VALUE for every backend that takes KEY.")
+    outside = sorted(named - set(settings.backends))
+    if outside:
+        raise BadInput(f"--option names {', '.join(outside)}, which this bench does not build.",
+                       hint=f"Add it to --backends (now {', '.join(settings.backends)}) or drop the option.")
+    taken: set[str] = set()
+    for name, backend in backends.items():
+        if isinstance(backend, str):  # cannot be imported: its rows say why, its options cannot be checked
+            continue
+        precisions = [p for p in settings.precisions if p in BACKENDS[name].precisions]
+        known = {o.name for o in backend.options}
+        here = {o.name for o in backend.options if set(o.precisions) & set(precisions)}
+        mine = set(settings.options.get(name, {}))
+        if mine - known:
+            raise BadInput(f"Unknown option(s) {', '.join(sorted(mine - known))} for {name}.",
+                           hint=f"Its options: {', '.join(sorted(known)) or 'none'}.")
+        if mine - here:
+            raise BadInput(f"Option(s) {', '.join(sorted(mine - here))} for {name} apply to none of the precisions "
+                           f"benched ({', '.join(precisions)}).", hint=f"At those precisions it takes: "
+                           f"{', '.join(sorted(here)) or 'no options'}; add the precision with --precisions.")
+        taken |= here
+    unused = sorted(set(settings.options.get("*", {})) - taken)
+    if unused:
+        raise BadInput(f"No selected backend takes option(s) {', '.join(unused)} at the precisions benched.",
+                       hint="Name the backend (--option BACKEND.KEY=VALUE) or check `modelport backends`.")
 
 
 Availability = Callable[[str], tuple[bool, str]]
@@ -191,15 +229,7 @@ def make_plan(settings: Settings, *, calibrated: bool, available: Availability =
             backends[name] = get_backend(name)
         except Exception as exc:  # a backend module that is missing or broken is a row, not a failed run
             backends[name] = f"modelport cannot import its {name} backend ({type(exc).__name__}: {exc})"
-    star_used: set[str] = set()
-    for name, backend in backends.items():
-        if not isinstance(backend, str):
-            _check_option_names(name, backend, settings.options)
-            star_used |= {o.name for o in backend.options}
-    unknown_star = sorted(set(settings.options.get("*", {})) - star_used)
-    if unknown_star:
-        raise BadInput(f"No selected backend takes option(s) {', '.join(unknown_star)}.",
-                       hint="Name the backend (--option BACKEND.KEY=VALUE) or check `modelport backends`.")
+    _check_options(settings, backends)
     for name in settings.backends:
         entry, backend = BACKENDS[name], backends[name]
         for precision in (p for p in settings.precisions if p in entry.precisions):

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from modelport.errors import BadInput
+from modelport.errors import BadInput, ModelportWarning
 
 RESULTS = "results.jsonl"
 SCHEMA = 1
@@ -42,31 +42,112 @@ def clean(value: Any) -> Any:
 
 
 def append(path: Path, record: Mapping[str, Any]) -> None:
-    """Append one record as one line, flushed to disk before returning."""
-    line = json.dumps(clean({"schema": SCHEMA, **record}), allow_nan=False, default=str) + "\n"
+    """Append one record as one line, flushed to disk before returning.
+
+    The line starts on a fresh line: after a torn last line (a run killed mid-write) the record would
+    otherwise be glued onto it, and both would be lost to every reader.
+    """
+    line = (json.dumps(clean({"schema": SCHEMA, **record}), allow_nan=False, default=str) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "a+b") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
+_NUM = (int, float, None)
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+               dict: "an object", None: "null"}
+# What readers index or compute with, per record type: a field -> a type, a tuple of choices (None: may be null
+# or absent), or a dict (an object with these fields). Fields not named are passed through unchecked.
+_LATENCY = ({k: _NUM for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "throughput",
+                               "iterations", "peak_rss_bytes", "runner_rss_bytes")} | {"round_ms": (list, None)}, None)
+_FIDELITY = ({"summary": ({k: _NUM for k in ("top1_agreement", "cosine", "sqnr_db", "max_abs")}
+                          | {"identical": (bool, None), "nonfinite": (int, None)}, None),
+              "metric": ({"name": (str, None), "value": _NUM, "delta": _NUM}, None)}, None)
+_MODEL = {"name": str, "origin": str, "content_hash": str, "inputs": list}
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "run": {"run": str, "model": _MODEL, "machine": dict, "versions": dict, "load_average": _NUM,
+            "settings": {"threads": int, "warmup": int, "iterations": (int, None), "duration": _NUM},
+            "data": ({"evaluation": (dict, None), "calibration": (dict, None)}, None),
+            "reference_metric": ({"name": str, "value": _NUM}, None), "plan": list},
+    "row": {"key": str, "model": _MODEL, "backend": str, "title": (str, None), "precision": str,
+            "options": (dict, None), "batch": int, "threads": int, "status": str, "stage": (str, None),
+            "reason": (str, None), "evaluation": (dict, None), "artifact": (dict, None), "latency": _LATENCY,
+            "fidelity": _FIDELITY, "time": (str, None)},
+}
+_PLAN_ITEM = {"backend": str, "precision": str, "batch": int, "status": str, "key": str, "reason": (str, None)}
+
+
+def _problem(value: Any, schema: Any, name: str) -> str | None:
+    """What is wrong with `value` against `schema` (see _SCHEMAS), or None."""
+    choices = schema if isinstance(schema, tuple) else (schema,)
+    for choice in choices:
+        if choice is None and value is None:
+            return None
+        if isinstance(choice, dict) and isinstance(value, dict):
+            for key, sub in choice.items():
+                if key not in value and not (isinstance(sub, tuple) and None in sub):
+                    return f"{name}.{key} is missing".lstrip(".")
+                if (problem := _problem(value.get(key), sub, f"{name}.{key}")) is not None:
+                    return problem
+            return None
+        if isinstance(choice, type) and isinstance(value, choice) and not (
+                isinstance(value, bool) and choice is not bool):
+            return None
+    wanted = " or ".join(_TYPE_NAMES.get(dict if isinstance(c, dict) else c, str(c)) for c in choices)
+    return f"{name.lstrip('.')} is {json.dumps(value, default=str)[:40]}, not {wanted}"
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a parsed results line cannot be read as a record, or None; unknown record types are not checked."""
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not an object"
+    schema = _SCHEMAS.get(record.get("type"))  # type: ignore[arg-type]
+    if schema is None:
+        return None
+    problem = _problem(record, schema, "")
+    if problem is None and record["type"] == "run":
+        problem = next((p for i, item in enumerate(record["plan"])
+                        if (p := _problem(item, _PLAN_ITEM, f"plan[{i}]")) is not None), None)
+    return problem
+
+
 def read(path: Path) -> Iterator[dict[str, Any]]:
-    """Every well-formed record, in order; a malformed line (an interrupted write) is skipped with a warning."""
+    """Every well-formed record, in order. A line that is not one (an interrupted write, a hand edit, another
+    tool's data) is skipped with a warning naming the file, the line and what is wrong with it."""
     if not path.is_file():
         raise BadInput(f"No {RESULTS} in {str(path.parent)!r}.",
                        hint="Run `modelport bench MODEL -o DIR` first; `modelport report DIR` reads DIR/results.jsonl.")
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; bytes, so that one bad line cannot stop the rest
+    except OSError as exc:
+        raise BadInput(f"Cannot read {path}: {exc.strerror or exc}.") from exc
+    with f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                warnings.warn(f"{path}:{number} is not valid JSON (an interrupted write?); skipped.", stacklevel=2)
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                _skipped(path, number, "is not valid UTF-8")
                 continue
-            if isinstance(record, dict) and record.get("type") in ("run", "row"):
+            except json.JSONDecodeError:
+                _skipped(path, number, "is not valid JSON (an interrupted write?)")
+                continue
+            problem = record_problem(record)
+            if problem is not None:
+                _skipped(path, number, f"is not a bench record: {problem}")
+            elif record.get("type") in ("run", "row"):
                 yield record
+
+
+def _skipped(path: Path, number: int, why: str) -> None:
+    warnings.warn(f"{path}:{number} {why}; skipped.", ModelportWarning, stacklevel=3)
 
 
 def latest_rows(path: Path) -> dict[str, dict[str, Any]]:
