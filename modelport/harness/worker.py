@@ -88,9 +88,9 @@ def _load_runner(spec: Mapping[str, Any], threads: int) -> Any:
     if kind == "torch":
         return _TorchRunner(spec)
     if kind == "python":
-        from modelport.model import _import_factory
+        from modelport.model import import_user_callable
 
-        factory, _ = _import_factory(spec["ref"])
+        factory, _ = import_user_callable(spec["ref"], "runner factory")
         runner = factory(threads=threads)
         if not callable(getattr(runner, "run", None)):
             raise TypeError(f"{spec['ref']} returned a {type(runner).__name__} without a run(feeds) method")
