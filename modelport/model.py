@@ -424,10 +424,32 @@ def _load_pt2(path: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], lis
     return program.module(), examples, dynamic
 
 
+def _check_specs_match(given: Sequence[TensorSpec], found: Sequence[TensorSpec]) -> None:
+    """`--input` beside example inputs (a factory's, a .pt2's) must describe them, never be silently ignored."""
+    by_name = {s.name: s for s in given}
+    for spec in found:
+        want = by_name[spec.name]
+        differs = " and ".join(w for w, d in (("shape", want.shape != spec.shape), ("dtype", want.dtype != spec.dtype))
+                               if d)
+        if differs:
+            raise BadInput(f"--input {want} does not match the model's example input {spec} (different {differs}).",
+                           hint="The example inputs the model comes with define its inputs: drop --input, or "
+                                "change the examples.")
+
+
+def _unique_names(specs: Sequence[TensorSpec]) -> None:
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadInput(f"--input names {', '.join(map(repr, twice))} more than once.",
+                       hint="Give one --input NAME:SHAPE[:DTYPE] per model input.")
+
+
 def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
                dynamic: Sequence[str | tuple[str, int, str]] = ()) -> SourceModel:
     """Load MODEL into a SourceModel; `inputs` as `NAME:SHAPE[:DTYPE]`, `dynamic` as `NAME:AXIS=DIM`."""
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
+    _unique_names(specs)
     dyn = [parse_dynamic_spec(d) if isinstance(d, str) else d for d in dynamic]
     if ref.endswith(".pt2"):
         path = Path(ref)
@@ -461,6 +483,8 @@ def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
     if specs and set(examples) != {s.name for s in specs}:
         raise BadInput(f"--input names {[s.name for s in specs]} do not match the model's inputs {list(examples)}.")
     input_specs = [TensorSpec(k, tuple(v.shape), dtype_name(v.dtype)) for k, v in examples.items()]
+    if specs:
+        _check_specs_match(specs, input_specs)
     try:
         outputs = _output_specs(module, input_specs, examples)
     except Exception as exc:
