@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import math
 import re
 import sys
 import types
@@ -272,6 +273,7 @@ def _is_plain(value: Any) -> bool:
 def random_inputs(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = None,
                   seed: int = 0) -> dict[str, torch.Tensor]:
     """Inputs drawn to the specs: normal floats, small non-negative integers, booleans."""
+    _check_fit_in_memory(specs, sizes)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for s in specs:
@@ -303,6 +305,21 @@ def user_code(ref: str, doing: str = "calling") -> Iterator[None]:
                             "`if __name__ == \"__main__\":`.") from None
     finally:
         sys.argv = argv
+
+
+def _check_fit_in_memory(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None) -> None:
+    """Refuse an input whose example tensor would take over a quarter of the free memory, before allocating
+    it (the model then runs on it several times): a mistyped --input shape is a clear error, not an
+    out-of-memory crash."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    for s in specs:
+        nbytes = math.prod(s.concrete(sizes)) * _DTYPES[s.dtype].itemsize
+        if nbytes > available // 4:
+            raise BadInput(f"Input {s} would take {nbytes / 2**30:.1f} GiB as an example tensor, more than a quarter "
+                           f"of the {available / 2**30:.1f} GiB of memory free.",
+                           hint="Check the shape in --input; example inputs need only a small batch.")
 
 
 def import_user_callable(ref: str, what: str = "factory") -> tuple[Callable[..., Any], str]:
