@@ -13,6 +13,8 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
+import logging.handlers
 import math
 import re
 import sys
@@ -415,11 +417,22 @@ def _check_specs_fit(specs: Sequence[TensorSpec], module: torch.nn.Module, ref: 
 
 
 def _load_pt2(path: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[tuple[str, int, str]]]:
+    # torch logs the reader's traceback (the real cause) before raising "check the warnings above": keep the
+    # log off the console and put its cause in the message
+    log, kept = logging.getLogger("torch.export"), logging.handlers.BufferingHandler(64)
+    log.addHandler(kept)
+    propagate, log.propagate = log.propagate, False
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
-        raise BadInput(f"Cannot load {str(path)!r} as a torch.export program: {exc}",
-                       hint="Save it with torch.export.save(torch.export.export(model, args), 'model.pt2').") from exc
+        causes = [r.exc_info[1] for r in kept.buffer if r.exc_info and r.exc_info[1] is not None]
+        why = str(causes[-1]).split(". ")[0] if causes else str(exc)
+        raise BadInput(f"Cannot load {str(path)!r} as a torch.export program: {why}",
+                       hint="It may be damaged, or saved with torch.save rather than torch.export.save: save it "
+                            "with torch.export.save(torch.export.export(model, args), 'model.pt2').") from exc
+    finally:
+        log.removeHandler(kept)
+        log.propagate = propagate
     names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     dynamic: list[tuple[str, int, str]] = []
