@@ -475,12 +475,21 @@ def _unique_names(specs: Sequence[TensorSpec]) -> None:
                        hint="Give one --input NAME:SHAPE[:DTYPE] per model input.")
 
 
+def _unique_axes(dynamic: Sequence[tuple[str, int, str]]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for name, axis, dim in dynamic:
+        if seen.setdefault((name, axis), dim) != dim:
+            raise BadInput(f"--dynamic names axis {axis} of input {name!r} twice, as {seen[name, axis]!r} and {dim!r}.",
+                           hint="Give each input axis one --dynamic NAME:AXIS=DIM.")
+
+
 def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
                dynamic: Sequence[str | tuple[str, int, str]] = ()) -> SourceModel:
     """Load MODEL into a SourceModel; `inputs` as `NAME:SHAPE[:DTYPE]`, `dynamic` as `NAME:AXIS=DIM`."""
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
     _unique_names(specs)
     dyn = [parse_dynamic_spec(d) if isinstance(d, str) else d for d in dynamic]
+    _unique_axes(dyn)
     if ref.endswith(".pt2"):
         path = Path(ref)
         if not path.is_file():

@@ -183,3 +183,25 @@ def test_a_corrupt_pt2_is_one_exit_2_paragraph(tmp_path, capfd, damage):
     assert "PytorchStreamReader" in result.output  # torch's cause, not its logged traceback:
     assert "Traceback" not in capfd.readouterr().err  # torch's log handler writes to the process's stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_input_axis_named_twice_by_dynamic_is_exit_2(tmp_path, write_model):
+    result = invoke("export", write_model(CNN), "-o", str(tmp_path / "m.onnx"), "-d", "x:0=batch", "-d", "x:0=n")
+    assert_refused(result, "--dynamic names axis 0 of input 'x' twice, as 'batch' and 'n'")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_package_whose_import_raises_is_exit_2_naming_it(tmp_path, monkeypatch):
+    (tmp_path / "broken_pkg").mkdir()
+    (tmp_path / "broken_pkg" / "__init__.py").write_text("raise RuntimeError('no config file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = invoke("export", "broken_pkg:make", "-o", str(tmp_path / "m.onnx"))
+    assert_refused(result, "Importing 'broken_pkg' failed: RuntimeError: no config file")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_ctrl_c_in_user_code_still_interrupts(tmp_path, write_model):
+    model = write_model(CNN + "\n\ndef stop():\n    raise KeyboardInterrupt\n", factory="stop")
+    result = invoke("export", model, "-o", str(tmp_path / "m.onnx"))
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert not (tmp_path / "m.onnx").exists()
