@@ -8,12 +8,17 @@ MODEL is `path/to/file.py:factory`, `package.module:factory` or a `.pt2` file sa
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
+import logging.handlers
+import math
 import re
 import sys
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -283,6 +288,7 @@ def _is_plain(value: Any) -> bool:
 def random_inputs(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = None,
                   seed: int = 0) -> dict[str, torch.Tensor]:
     """Inputs drawn to the specs: normal floats, small non-negative integers, booleans."""
+    _check_fit_in_memory(specs, sizes)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for s in specs:
@@ -297,40 +303,92 @@ def random_inputs(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None =
     return out
 
 
-def _import_factory(ref: str, flag: str = "MODEL") -> tuple[Callable[[], Any], str]:
-    """The function `ref` names; `flag` is where the user gave it (MODEL, --metric...), for the messages."""
+@contextlib.contextmanager
+def user_code(ref: str, doing: str = "calling") -> Iterator[None]:
+    """Run a user's code (import, factory, data or metric callable): what it prints goes to stderr, as stdout
+    is modelport's own output (clean JSON under --json); it sees `sys.argv` as `[ref]`, not modelport's
+    arguments (so an argparse parser names the user's file); and a sys.exit() in it is a BadInput naming it,
+    not modelport exiting silently with the user's code."""
+    argv = sys.argv
+    sys.argv = [ref]
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except SystemExit as exc:
+        raise BadInput(f"User code called sys.exit({exc.code!r}) while {doing} {ref!r}.",
+                       hint="Perhaps it parses command-line arguments when imported: guard that code with "
+                            "`if __name__ == \"__main__\":`.") from None
+    finally:
+        sys.argv = argv
+
+
+def _check_fit_in_memory(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None) -> None:
+    """Refuse an input whose example tensor would take over a quarter of the free memory, before allocating
+    it (the model then runs on it several times): a mistyped --input shape is a clear error, not an
+    out-of-memory crash."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    for s in specs:
+        nbytes = math.prod(s.concrete(sizes)) * _DTYPES[s.dtype].itemsize
+        if nbytes > available // 4:
+            raise BadInput(f"Input {s} would take {nbytes / 2**30:.1f} GiB as an example tensor, more than a quarter "
+                           f"of the {available / 2**30:.1f} GiB of memory free.",
+                           hint="Check the shape in --input; example inputs need only a small batch.")
+
+
+def import_user_callable(ref: str, what: str = "factory", flag: str = "MODEL") -> tuple[Callable[..., Any], str]:
+    """The callable a user names as `path/to/file.py:fn` or `package.module:fn` (a model factory, calibration
+    data, a metric, a runner), and a short name for it. Importing it and every call of it run under
+    `user_code`, so no user code can exit modelport or write to its stdout. `flag` is where the user named
+    it (MODEL, --metric, ...), for the messages."""
     target, sep, attr = ref.rpartition(":")
     if not sep or not target or not attr:
         raise BadInput(f"Cannot read {flag} {ref!r}.",
                        hint="Write path/to/file.py:factory, package.module:factory, or a .pt2 file.")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise BadInput(f"The file {target!r} in {flag} {ref!r} does not exist.", hint=f"Check the path in {flag}.")
-        mod_name = f"_modelport_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise BadInput(f"Importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
+    is_file = target.endswith(".py")
+    if is_file and not Path(target).is_file():
+        raise BadInput(f"The file {target!r} in {flag} {ref!r} does not exist.", hint=f"Check the path in {flag}.")
+    try:
+        with user_code(target, "importing"):
+            module = _exec_file(Path(target)) if is_file else importlib.import_module(target)
+    except Exception as exc:
+        if isinstance(exc, BadInput):
+            raise
+        if isinstance(exc, ImportError) and not is_file:
             raise BadInput(f"Cannot import module {target!r}: {exc}",
                            hint="Use package.module:factory for an importable module, or path/to/file.py:factory."
                            ) from exc
+        raise BadInput(f"Importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
     if not hasattr(module, attr):
         raise BadInput(f"{target!r} has no attribute {attr!r}.")
-    factory = getattr(module, attr)
-    name = Path(target).stem if target.endswith(".py") else attr
-    if not callable(factory):
-        raise BadInput(f"{ref!r} is a {type(factory).__name__}, not a callable factory.",
-                       hint="The factory is a function returning an nn.Module or (module, example_inputs).")
-    return factory, name
+    fn = getattr(module, attr)
+    name = Path(target).stem if is_file else attr
+    if not callable(fn):
+        raise BadInput(f"{ref!r} is a {type(fn).__name__}, not a callable {what}.",
+                       hint=f"Name a function (or another callable) defined in {target!r}.")
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        with user_code(ref):
+            return fn(*args, **kwargs)
+
+    return guarded, name
+
+
+def _exec_file(path: Path) -> types.ModuleType:
+    """A user's .py file run as a module of its own (named by its path, so two files never collide)."""
+    mod_name = f"_modelport_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[mod_name]
+        raise
+    return module
 
 
 def _positional_names(module: torch.nn.Module, n: int) -> list[str]:
@@ -373,11 +431,22 @@ def _check_specs_fit(specs: Sequence[TensorSpec], module: torch.nn.Module, ref: 
 
 
 def _load_pt2(path: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[tuple[str, int, str]]]:
+    # torch logs the reader's traceback (the real cause) before raising "check the warnings above": keep the
+    # log off the console and put its cause in the message
+    log, kept = logging.getLogger("torch.export"), logging.handlers.BufferingHandler(64)
+    log.addHandler(kept)
+    propagate, log.propagate = log.propagate, False
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
-        raise BadInput(f"Cannot load {str(path)!r} as a torch.export program: {exc}",
-                       hint="Save it with torch.export.save(torch.export.export(model, args), 'model.pt2').") from exc
+        causes = [r.exc_info[1] for r in kept.buffer if r.exc_info and r.exc_info[1] is not None]
+        why = str(causes[-1]).split(". ")[0] if causes else str(exc)
+        raise BadInput(f"Cannot load {str(path)!r} as a torch.export program: {why}",
+                       hint="It may be damaged, or saved with torch.save rather than torch.export.save: save it "
+                            "with torch.export.save(torch.export.export(model, args), 'model.pt2').") from exc
+    finally:
+        log.removeHandler(kept)
+        log.propagate = propagate
     names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     dynamic: list[tuple[str, int, str]] = []
@@ -399,11 +468,42 @@ def _load_pt2(path: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], lis
     return program.module(), examples, dynamic
 
 
+def _check_specs_match(given: Sequence[TensorSpec], found: Sequence[TensorSpec]) -> None:
+    """`--input` beside example inputs (a factory's, a .pt2's) must describe them, never be silently ignored."""
+    by_name = {s.name: s for s in given}
+    for spec in found:
+        want = by_name[spec.name]
+        differs = " and ".join(w for w, d in (("shape", want.shape != spec.shape), ("dtype", want.dtype != spec.dtype))
+                               if d)
+        if differs:
+            raise BadInput(f"--input {want} does not match the model's example input {spec} (different {differs}).",
+                           hint="The example inputs the model comes with define its inputs: drop --input, or "
+                                "change the examples.")
+
+
+def _unique_names(specs: Sequence[TensorSpec]) -> None:
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadInput(f"--input names {', '.join(map(repr, twice))} more than once.",
+                       hint="Give one --input NAME:SHAPE[:DTYPE] per model input.")
+
+
+def _unique_axes(dynamic: Sequence[tuple[str, int, str]]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for name, axis, dim in dynamic:
+        if seen.setdefault((name, axis), dim) != dim:
+            raise BadInput(f"--dynamic names axis {axis} of input {name!r} twice, as {seen[name, axis]!r} and {dim!r}.",
+                           hint="Give each input axis one --dynamic NAME:AXIS=DIM.")
+
+
 def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
                dynamic: Sequence[str | tuple[str, int, str]] = ()) -> SourceModel:
     """Load MODEL into a SourceModel; `inputs` as `NAME:SHAPE[:DTYPE]`, `dynamic` as `NAME:AXIS=DIM`."""
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
+    _unique_names(specs)
     dyn = [parse_dynamic_spec(d) if isinstance(d, str) else d for d in dynamic]
+    _unique_axes(dyn)
     if ref.endswith(".pt2"):
         path = Path(ref)
         if not path.is_file():
@@ -412,9 +512,11 @@ def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
         name = path.stem
         dyn = dyn or found_dynamic
     else:
-        factory, name = _import_factory(ref)
+        factory, name = import_user_callable(ref)
         try:
             made = factory()
+        except BadInput:
+            raise
         except Exception as exc:
             raise BadInput(f"The factory {ref!r} raised {type(exc).__name__}: {exc}",
                            hint="Run it in Python to see the traceback, or pass --debug.") from exc
@@ -434,6 +536,8 @@ def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
     if specs and set(examples) != {s.name for s in specs}:
         raise BadInput(f"--input names {[s.name for s in specs]} do not match the model's inputs {list(examples)}.")
     input_specs = [TensorSpec(k, tuple(v.shape), dtype_name(v.dtype)) for k, v in examples.items()]
+    if specs:
+        _check_specs_match(specs, input_specs)
     try:
         outputs = _output_specs(module, input_specs, examples)
     except Exception as exc:

@@ -151,12 +151,13 @@ def warn_if_weak(calibration: CalibrationSet, precision: str = "int8") -> list[s
 
 
 class _Stats:
-    """Streaming value statistics of one input (in float64, whatever its dtype)."""
+    """Streaming value statistics of one input (in float64, whatever its dtype); a sum or square beyond
+    float64's range (values near 1e300) makes that statistic None, never an OverflowError."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.total = 0.0
-        self.squares = 0.0
+        self.total = np.float64(0.0)
+        self.squares = np.float64(0.0)
         self.low = np.inf
         self.high = -np.inf
         self.nonfinite = 0
@@ -176,17 +177,25 @@ class _Stats:
             values = values[finite]
         if values.size:
             self.count += values.size
-            self.total += float(values.sum())
-            self.squares += float(np.square(values).sum())
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.total += values.sum()
+                self.squares += np.square(values).sum()
             self.low = min(self.low, float(values.min()))
             self.high = max(self.high, float(values.max()))
 
     def to_json(self) -> dict[str, Any]:
-        mean = self.total / self.count if self.count else None
-        std = float(np.sqrt(max(self.squares / self.count - mean**2, 0.0))) if self.count else None
+        mean = std = None
+        if self.count:
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean = self.total / self.count
+                std = np.sqrt(max(self.squares / self.count - mean**2, 0.0))
         return {"shapes": self.shapes, "dtypes": sorted(self.dtypes), "min": None if not self.count else self.low,
-                "max": None if not self.count else self.high, "mean": mean, "std": std,
+                "max": None if not self.count else self.high, "mean": _finite(mean), "std": _finite(std),
                 "nonfinite": self.nonfinite}
+
+
+def _finite(value: np.floating | None) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def inspect_calibration(calibration: CalibrationSet, precision: str = "int8", max_messages: int = 5) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO, Any
@@ -38,13 +39,22 @@ def _read_header(fp: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.d
 
 
 class DiskArray(ABC):
-    """An array on disk: its dtype and shape, and `read(start, stop)` for rows along the first axis."""
+    """An array on disk: its dtype and shape, and `read(start, stop)` for rows along the first axis.
 
-    def __init__(self, where: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> None:
+    An `.npz` member (`member` set) is checked against its CRC-32 before its first read: raw reads at an
+    offset bypass zipfile's check, and a compressed stream checks it only at its end, which a sample of
+    the rows never reaches, so a damaged archive would otherwise be read (and fingerprinted) as data.
+    """
+
+    def __init__(self, path: Path, member: str | None, where: str, shape: tuple[int, ...], dtype: np.dtype,
+                 fortran: bool) -> None:
+        self.path = path
+        self.member = member
         self.where = where
         self.shape = shape
         self.dtype = dtype
         self.fortran = fortran
+        self._crc_checked = member is None
 
     @property
     def ndim(self) -> int:
@@ -65,17 +75,30 @@ class DiskArray(ABC):
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows `start:stop` (the whole array for a scalar) as a fresh in-memory array."""
 
+    def _check_crc(self) -> None:
+        """Stream the member once to its end, where zipfile compares its CRC-32 (memory stays flat)."""
+        if self._crc_checked:
+            return
+        try:
+            with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as f:
+                while f.read(1 << 20):
+                    pass
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise BadInput(f"{self.where} is damaged: {exc}",
+                           hint="Write the file again (numpy.savez) or copy it again from a good source.") from exc
+        self._crc_checked = True
+
 
 class StoredArray(DiskArray):
     """Raw array bytes at a known offset in a file: each read is one seek and one read of just those rows."""
 
-    def __init__(self, path: Path, offset: int, where: str, shape: tuple[int, ...], dtype: np.dtype,
-                 fortran: bool) -> None:
-        super().__init__(where, shape, dtype, fortran)
-        self.path = path
+    def __init__(self, path: Path, member: str | None, offset: int, where: str, shape: tuple[int, ...],
+                 dtype: np.dtype, fortran: bool) -> None:
+        super().__init__(path, member, where, shape, dtype, fortran)
         self.offset = offset
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        self._check_crc()
         if not self.shape:
             return self._read_items(0, 1).reshape(())
         stop = len(self) if stop is None else stop
@@ -105,9 +128,7 @@ class DeflatedArray(DiskArray):
 
     def __init__(self, path: Path, member: str, where: str, shape: tuple[int, ...], dtype: np.dtype,
                  fortran: bool, data_start: int) -> None:
-        super().__init__(where, shape, dtype, fortran)
-        self.path = path
-        self.member = member
+        super().__init__(path, member, where, shape, dtype, fortran)
         self.data_start = data_start
         self._stream: tuple[int, zipfile.ZipFile, IO[bytes]] | None = None
 
@@ -127,6 +148,7 @@ class DeflatedArray(DiskArray):
         self._stream = None
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        self._check_crc()
         if self.fortran or not self.shape:
             with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as f:
                 whole = np.lib.format.read_array(f)
@@ -153,7 +175,7 @@ def open_npy(path: Path) -> StoredArray:
     with open(path, "rb") as f:
         shape, fortran, dtype = _read_header(f, str(path))
         offset = f.tell()
-    return StoredArray(path, offset, str(path), shape, dtype, fortran)
+    return StoredArray(path, None, offset, str(path), shape, dtype, fortran)
 
 
 def open_npz(path: Path) -> dict[str, DiskArray]:
@@ -177,7 +199,7 @@ def open_npz(path: Path) -> dict[str, DiskArray]:
                     raise BadInput(f"{where}: corrupt zip entry header.")
                 raw.seek(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
                 shape, fortran, dtype = _read_header(raw, where)
-                arrays[name] = StoredArray(path, raw.tell(), where, shape, dtype, fortran)
+                arrays[name] = StoredArray(path, info.filename, raw.tell(), where, shape, dtype, fortran)
             else:
                 with archive.open(info) as member:
                     shape, fortran, dtype = _read_header(member, where)

@@ -26,7 +26,7 @@ from modelport.calibration.dataset import ArraySource, Source, SourceBase
 from modelport.calibration.folders import scan_folder
 from modelport.calibration.npyio import DiskArray, open_npy, open_npz
 from modelport.errors import BadInput
-from modelport.model import TensorSpec, _import_factory
+from modelport.model import TensorSpec, import_user_callable, user_code
 
 SYNTHETIC_DEFAULT = 128
 UNNAMED = "arr_0"  # the key numpy.savez gives a positional array
@@ -259,9 +259,11 @@ class CallableSource(SourceBase):
 
     def _call(self) -> Any:
         if self._fn is None:
-            self._fn, _ = _import_factory(self.ref)
+            self._fn, _ = import_user_callable(self.ref, "calibration callable", "--calib/--eval")
         try:
             result = self._fn()
+        except BadInput:
+            raise
         except Exception as exc:
             raise BadInput(f"The calibration callable {self.ref!r} raised {type(exc).__name__}: {exc}",
                            hint="Run it in Python to see the traceback, or pass --debug.") from exc
@@ -283,9 +285,12 @@ class CallableSource(SourceBase):
         k = 0
         while True:
             try:
-                item = next(iterator)
+                with user_code(self.ref, f"reading item {k} of"):
+                    item = next(iterator)
             except StopIteration:
                 return
+            except BadInput:
+                raise
             except Exception as exc:
                 raise BadInput(f"The calibration callable {self.ref!r} raised {type(exc).__name__} at item {k}: "
                                f"{exc}") from exc
@@ -294,7 +299,10 @@ class CallableSource(SourceBase):
 
     def _get(self, items: Any, k: int) -> Any:
         try:
-            return items[k]
+            with user_code(self.ref, f"reading item {k} of"):
+                return items[k]
+        except BadInput:
+            raise
         except Exception as exc:
             raise BadInput(f"The calibration callable {self.ref!r}: reading item {k} raised {type(exc).__name__}: "
                            f"{exc}") from exc

@@ -361,6 +361,10 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
     out = Path(out)
     if out.suffix != ".onnx":
         raise BadInput(f"The output {str(out)!r} must end in .onnx.")
+    low, high = torch.onnx._constants.ONNX_MIN_OPSET, onnx.defs.onnx_opset_version()
+    if opset is not None and not low <= opset <= high:
+        raise BadInput(f"--opset {opset} is outside the opsets this install can write, {low} to {high}.",
+                       hint="Omit --opset for the exporter's default, or pick one in that range.")
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     args = _export_args(source)
@@ -422,6 +426,10 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
                                   "acceptable, or pass --no-check.")
         inputs, outputs = _onnx_specs(path)
         opset_used = onnx_opset(path)
+        if opset is not None and opset_used != opset:
+            raise BadInput(f"The exporter wrote opset {opset_used}, not the {opset} asked for: onnx's version "
+                           "converter cannot convert this model to it.",
+                           hint=f"Pick a newer --opset (it writes {opset_used} and up natively), or omit --opset.")
         size = sum(f.stat().st_size for f in tmp.iterdir())
         for f in tmp.iterdir():
             f.replace(out.parent / f.name)

@@ -109,9 +109,9 @@ def load_metric(ref: str | None) -> TaskMetric:
     """
     if ref is None:
         return ACCURACY
-    from modelport.model import _import_factory
+    from modelport.model import import_user_callable
 
-    fn, _ = _import_factory(ref, "--metric")
+    fn, _ = import_user_callable(ref, "metric", "--metric")
     return TaskMetric(ref.rpartition(":")[2], fn, "metric units")
 
 

@@ -65,12 +65,12 @@ class UserRunner(Runner):
     """
 
     def __init__(self, spec: Mapping[str, Any], threads: int) -> None:
-        from modelport.model import TensorSpec, _import_factory
+        from modelport.model import TensorSpec, import_user_callable
 
         self.name = spec["ref"]
         self.inputs = [TensorSpec.from_json(s) for s in spec["inputs"]]
         self.outputs = [TensorSpec.from_json(s) for s in spec["outputs"]]
-        factory, _ = _import_factory(spec["ref"])
+        factory, _ = import_user_callable(spec["ref"], "runner factory", "--runner")
         self._user = factory(threads=threads)
         if not callable(getattr(self._user, "run", None)):
             raise StepFailed(f"The runner {self.name} returned a {type(self._user).__name__} without a run(feeds) "
