@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from modelport.calibration import CalibrationSet, open_evaluation
+from modelport.calibration import CalibrationSet, CalibrationWarning, open_evaluation
 from modelport.compress import checkpoint, output, steps
 from modelport.compress.data import Examples, evaluate, read_examples
 from modelport.compress.distill import Distillation, distill_step
@@ -32,8 +33,14 @@ class CompressResult:
     path: Path
 
 
-def _data(spec: str | CalibrationSet, source: SourceModel) -> CalibrationSet:
-    return spec if isinstance(spec, CalibrationSet) else open_evaluation(spec, source.inputs)
+def _data(spec: str | CalibrationSet, source: SourceModel, flag: str) -> CalibrationSet:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)  # its advice is about INT8 builds
+        data = spec if isinstance(spec, CalibrationSet) else open_evaluation(spec, source.inputs)
+    if data.synthetic:
+        raise BadInput(f"{flag} {data.source.description}: random data has no labels and teaches the model nothing.",
+                       hint=f"Give real {flag} data with labels.")
+    return data
 
 
 def _one_sample(source: SourceModel) -> dict[str, torch.Tensor]:
@@ -88,18 +95,18 @@ def _compress(model: SourceModel | str, train: str | CalibrationSet, out: Path, 
               on_epoch: Callable[[EpochRecord], None] | None) -> CompressResult:
     out = output.check_output(out)
     source = prepare_model(load_model(model) if isinstance(model, str) else model, (1,), user_dynamic=False)
-    train_set = _data(train, source)
+    train_set = _data(train, source, "--train")
     if evaluation is None:
         train_set, eval_set = train_set.split(0.25, seed=settings.seed)
     else:
-        eval_set = _data(evaluation, source)
+        eval_set = _data(evaluation, source, "--eval")
     task_metric = metric if isinstance(metric, TaskMetric) else load_metric(metric)
     train_data, eval_data = read_examples(train_set), read_examples(eval_set)
-    eval_data.require_labels("--eval", f"the metric {task_metric.name}")
     names = source.output_names
-    inputs = _one_sample(source)
     teacher = source.module.eval()
     fit_step, task, objective = _objective(settings, teacher, names, loss, train_step, train_data)
+    eval_data.require_labels("--eval", f"the metric {task_metric.name}")
+    inputs = _one_sample(source)
 
     def measure(module: torch.nn.Module) -> dict[str, Any]:
         return {**size(module, inputs), "metric": evaluate(module, eval_data, names, task_metric)}

@@ -119,12 +119,12 @@ def prune(module: nn.Module, settings: Pruning, inputs: Mapping[str, torch.Tenso
         raise Unavailable("Structured pruning needs torch-pruning, which is not installed.",
                           hint="pip install 'modelport[compress]'") from exc
 
-    keep = output_layers(module, inputs)
     heads = _heads(module)
     importance = (tp.importance.GroupTaylorImportance() if settings.importance == "taylor"
                   else tp.importance.GroupMagnitudeImportance(p=2))
     args = tuple(inputs.values())
     try:
+        keep = output_layers(module, inputs)
         pruner = tp.pruner.BasePruner(module, args, importance=importance, pruning_ratio=settings.ratio,
                                       ignored_layers=keep, num_heads=heads, prune_num_heads=bool(heads),
                                       prune_head_dims=not heads, head_pruning_ratio=settings.ratio if heads else 0.0)
