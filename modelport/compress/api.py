@@ -50,19 +50,20 @@ def _one_sample(source: SourceModel) -> dict[str, torch.Tensor]:
 
 
 def _objective(settings: Settings, teacher: torch.nn.Module, names: list[str], loss: Loss | None,
-               train_step: TrainStep | None, train: Examples) -> tuple[TrainStep, TrainStep, str]:
-    """(the fine-tuning step, the task step, a description of the objective)."""
+               train_step: TrainStep | None, train: Examples) -> tuple[TrainStep, TrainStep, dict[str, Any]]:
+    """(the fine-tuning step, the task step, what the fine-tuning minimises, for the report)."""
     if train_step is not None:
         if settings.distill:
             raise BadInput("Distillation blends its loss with the task loss, so it needs loss=, not train_step=.")
-        return train_step, train_step, "train_step"
+        return train_step, train_step, {"objective": "train_step"}
     if loss is None:
         train.require_labels("--train", "the built-in task loss (cross-entropy)")
     task = task_step(loss or cross_entropy, names)
     if not settings.distill:
-        return task, task, "task"
+        return task, task, {"objective": "task"}
     distillation = Distillation(settings.temperature, settings.alpha, settings.distill_features)
-    return distill_step(teacher, distillation, loss or cross_entropy, names), task, "distill"
+    return (distill_step(teacher, distillation, loss or cross_entropy, names), task,
+            {"objective": "distill", "distill": distillation.to_json()})
 
 
 def compress(model: SourceModel | str, *, train: str | CalibrationSet, out: str | Path, settings: Settings,
@@ -134,11 +135,8 @@ def _compress(model: SourceModel | str, train: str | CalibrationSet, out: Path, 
                 details = technique.apply(student, ctx)
                 state.current = {"technique": technique.name, "settings": technique.settings(), "details": details,
                                  "fine_tune": {"epochs": schedule.epochs, "lr": schedule.lr,
-                                               "batch_size": schedule.batch_size, "objective": objective},
+                                               "batch_size": schedule.batch_size, **objective},
                                  "before": before, "epochs": []}
-                if objective == "distill":
-                    state.current["fine_tune"]["distill"] = Distillation(
-                        settings.temperature, settings.alpha, settings.distill_features).to_json()
                 state.changed, state.epoch, state.optimizer = True, 0, None
                 saved.save(state)
             bar.start(label, schedule.epochs, state.epoch)
