@@ -13,7 +13,7 @@ resumes from a checkpoint without pruner state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from modelport.compress.data import Examples
 from modelport.compress.train import TrainStep
-from modelport.errors import BadInput, StepFailed, Unavailable
+from modelport.errors import BadInput, Unavailable
 
 IMPORTANCES = ("magnitude", "taylor")
 _PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
@@ -150,8 +150,3 @@ def widths(module: nn.Module) -> dict[str, int]:
     return {name: (m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
             for name, m in module.named_modules() if isinstance(m, _PRUNABLE)}
 
-
-def check_outputs(before: Iterable[tuple[int, ...]], after: Iterable[tuple[int, ...]]) -> None:
-    if list(before) != list(after):
-        raise StepFailed(f"Pruning changed the model's output shapes from {list(before)} to {list(after)}.",
-                         hint="Report this model to modelport: its output layers were not found.")
