@@ -294,10 +294,12 @@ def _onnx_summary(path: Path) -> dict:
 
 # Subsystem commands live beside their subsystems: `calib` with calibration, `bench` and `report` with the harness.
 from modelport.calibration.cli import calib_app  # noqa: E402
+from modelport.compress.cli import register as _register_compress  # noqa: E402
 from modelport.harness.commands import register as _register_harness  # noqa: E402
 
 app.add_typer(calib_app, name="calib")
 _register_harness(app)
+_register_compress(app)
 
 
 def main() -> None:

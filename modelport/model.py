@@ -465,7 +465,11 @@ def _load_pt2(path: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], lis
     stored = getattr(program, "example_inputs", None)
     if stored and stored[0] and len(stored[0]) == len(names):
         examples = dict(zip(names, stored[0], strict=True))
-    return program.module(), examples, dynamic
+    module = program.module()
+    # torch.export makes train()/eval() raise on the unlifted module, yet converters (litert-torch) and
+    # fine-tuning call them; the graph was captured in one mode, so the restored nn.Module methods only set flags.
+    del module.train, module.eval
+    return module, examples, dynamic
 
 
 def _check_specs_match(given: Sequence[TensorSpec], found: Sequence[TensorSpec]) -> None:
