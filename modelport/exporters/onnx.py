@@ -11,7 +11,6 @@ import io
 import logging
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelport.errors import BadInput, StepFailed
+from modelport.errors import BadInput, StepFailed, os_error
 from modelport.model import SourceModel, TensorSpec, resize_along
+from modelport.staging import ensure_dir, make_sibling_dir, no_space_error, out_of_space
 
 _TWO_GB = 2**31
 DEFAULT_ATOL = 1e-4
@@ -287,17 +287,19 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
     out = Path(out)
     if out.suffix != ".onnx":
         raise BadInput(f"The output {str(out)!r} must end in .onnx.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out.parent, out)
     start = time.perf_counter()
     args = _export_args(source)
     external = _param_bytes(source.module) >= _TWO_GB - 2**26
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}-", dir=out.parent))
+    tmp = make_sibling_dir(out, "exporting")
     try:
         path = tmp / out.name
         exporter, fallback_reason = "dynamo", None
         try:
             with _quiet():
                 _dynamo_export(source, args, path, opset, external)
+        except OSError:  # the disk, not the model: no fallback would help
+            raise
         except Exception as dynamo_exc:
             fallback_reason = _first_line(dynamo_exc)
             exporter = "torchscript"
@@ -306,6 +308,8 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
             try:
                 with _quiet():
                     _torchscript_export(source, args, path, opset)
+            except OSError:
+                raise
             except Exception as ts_exc:
                 op = _unsupported_op(str(dynamo_exc), str(ts_exc))
                 where = _module_of_op(source, args, op) if op else None
@@ -334,6 +338,12 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
         size = sum(f.stat().st_size for f in tmp.iterdir())
         for f in tmp.iterdir():
             f.replace(out.parent / f.name)
+    except OSError as exc:
+        raise os_error(exc, out) from exc
+    except StepFailed as exc:
+        if out_of_space(tmp):  # the checker and shape inference report a failed write as an invalid model
+            raise no_space_error(out) from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportReport(path=out, exporter=exporter, opset=opset_used, seconds=time.perf_counter() - start,
