@@ -110,7 +110,8 @@ def damage(artifact: Artifact, *, hashes: bool = False) -> str | None:
             return f"{name} is {file.stat().st_size} bytes; the build wrote {size}"
     if hashes:
         for name, digest in (artifact.manifest.get("sha256") or {}).items():
-            if _sha256(artifact.path / name) != digest:
+            file = artifact.path / name
+            if not file.is_file() or _sha256(file) != digest:
                 return f"{name} is not what the build wrote (its sha256 differs)"
     return None
 
