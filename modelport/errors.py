@@ -61,7 +61,8 @@ _OS_HINTS = {
 }
 
 
-def os_error(exc: OSError, path: str | os.PathLike | None = None, doing: str = "writing") -> ModelportError:
+def os_error(exc: OSError, path: str | os.PathLike | None = None, doing: str = "writing", *,
+             hint: str | None = None) -> ModelportError:
     """An OSError met on the user's files as an error naming the path and the cause, never a crash.
 
     A cause the user can fix on their side (disk full, read-only, permissions, a bad path) is BadInput;
@@ -71,4 +72,4 @@ def os_error(exc: OSError, path: str | os.PathLike | None = None, doing: str = "
     cause = exc.strerror or str(exc) or type(exc).__name__
     message = f"{cause} while {doing} {where}." if where is not None else f"{cause} while {doing} files."
     kind = BadInput if exc.errno in _OS_HINTS else StepFailed
-    return kind(message, hint=_OS_HINTS.get(exc.errno, "Check the filesystem and run again."))
+    return kind(message, hint=hint or _OS_HINTS.get(exc.errno, "Check the filesystem and run again."))

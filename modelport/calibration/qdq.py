@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.errors import BadInput, StepFailed
+from modelport.errors import BadInput, StepFailed, os_error
 from modelport.machine import cache_dir
+from modelport.staging import ensure_dir, make_sibling_dir
 
 if TYPE_CHECKING:
     import onnx
@@ -467,10 +468,15 @@ def _calibrated(onnx_path: Path, calibration: CalibrationSet, opts: _Options, tm
               "batch_size": batch_size or "static", "calibration_seconds": round(time.perf_counter() - start, 3),
               "preprocess": how, "smoothed": smoothed, "sqnr": {}}
     _write_json_atomic(work / "record.json", record)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
-    for f in work.iterdir():
-        shutil.move(str(f), staging / f.name)
+    ensure_dir(folder.parent)
+    staging = make_sibling_dir(folder, "writing")
+    try:
+        for f in work.iterdir():
+            shutil.move(str(f), staging / f.name)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise os_error(exc, folder, hint="The calibration cache needs a writable directory with free space: fix "
+                                         "that, or point MODELPORT_CACHE at another directory.") from exc
     try:
         staging.rename(folder)
     except OSError:  # another process cached the same entry first; theirs is as good
