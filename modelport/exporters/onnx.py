@@ -279,6 +279,12 @@ def onnx_opset(path: Path) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _is_file_error(exc: BaseException) -> bool:
+    """A failed file operation (it has an errno), not an OSError raised for a model (inspect's "could not get
+    source code" has none)."""
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
 def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = None, atol: float = DEFAULT_ATOL,
                 check: bool = True) -> ExportReport:
     """Export, check and validate `source`; the file lands at `out` only when everything passed."""
@@ -298,9 +304,9 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
         try:
             with _quiet():
                 _dynamo_export(source, args, path, opset, external)
-        except OSError:  # the disk, not the model: no fallback would help
-            raise
         except Exception as dynamo_exc:
+            if _is_file_error(dynamo_exc):  # the disk, not the model: no fallback would help
+                raise
             fallback_reason = _first_line(dynamo_exc)
             exporter = "torchscript"
             for f in tmp.iterdir():
@@ -308,9 +314,9 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
             try:
                 with _quiet():
                     _torchscript_export(source, args, path, opset)
-            except OSError:
-                raise
             except Exception as ts_exc:
+                if _is_file_error(ts_exc):
+                    raise
                 op = _unsupported_op(str(dynamo_exc), str(ts_exc))
                 where = _module_of_op(source, args, op) if op else None
                 what = f"the operator {op!r}" + (f" in module {where}" if where else "") if op else "the model"
