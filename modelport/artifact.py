@@ -7,19 +7,21 @@ one was.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
-import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelport.errors import BadInput
+from modelport.errors import BadInput, ModelportWarning, StepFailed, os_error
 from modelport.model import TensorSpec
+from modelport.staging import ensure_dir, make_sibling_dir, remove_stale, sibling_path
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -122,37 +124,159 @@ def build_key(parts: dict[str, Any]) -> str:
 
 
 def existing_with_key(path: Path, key: str) -> Artifact | None:
+    """The artifact at `path` when it was built with `key` and its files are still what the build wrote.
+
+    Reuse hashes every file against the manifest (cheap next to a build); a damaged artifact is not
+    reused but rebuilt, with a warning saying why.
+    """
     try:
         artifact = Artifact.open(path)
     except BadInput:
         return None
-    files_ok = all((path / f).is_file() for f in artifact.manifest.get("files", {}))
-    return artifact if artifact.manifest.get("key") == key and files_ok else None
+    if artifact.manifest.get("key") != key:
+        return None
+    problem = damage(artifact, hashes=True)
+    if problem is not None:
+        warnings.warn(f"{str(path)!r} is damaged: {problem}; rebuilding it.", ModelportWarning, stacklevel=2)
+        return None
+    return artifact
+
+
+def damage(artifact: Artifact, *, hashes: bool = False) -> str | None:
+    """What differs between an artifact's files and its manifest (missing, resized, or with `hashes` changed
+    content), or None when they match. Loading checks sizes only: hashing big files at every load is slow."""
+    recorded = _recorded_files(artifact.manifest) or {}
+    for name, size in recorded.items():
+        file = artifact.path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes; the build wrote {size}"
+    if hashes:
+        for name, digest in (artifact.manifest.get("sha256") or {}).items():
+            file = artifact.path / name
+            if not file.is_file() or _sha256(file) != digest:
+                return f"{name} is not what the build wrote (its sha256 differs)"
+    return None
+
+
+def check_intact(artifact: Artifact) -> Artifact:
+    """The artifact, or BadInput when a file the manifest records is missing or resized."""
+    problem = damage(artifact)
+    if problem is not None:
+        raise BadInput(f"The artifact {str(artifact.path)!r} is damaged: {problem}.",
+                       hint=f"Rebuild it: run the `modelport build` that made it (model "
+                            f"{artifact.manifest.get('source', {}).get('origin', '?')}) again with --force.")
+    return artifact
 
 
 def file_sizes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def file_digests(folder: Path) -> dict[str, str]:
+    """The sha256 of every file, recorded at build time so that reuse can tell a damaged artifact."""
+    return {name: _sha256(folder / name) for name in file_sizes(folder)}
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recorded_files(manifest: Any) -> dict[str, int] | None:
+    """The files a modelport manifest records, or None when `manifest` is not one of modelport's."""
+    if not isinstance(manifest, dict) or not {"manifest_version", "key", "backend", "files"} <= manifest.keys():
+        return None
+    files = manifest["files"]
+    return files if isinstance(files, dict) else None
+
+
+def _refuse_to_replace(out: Path) -> None:
+    """Only an empty directory or a modelport artifact holding nothing but its own files may be replaced.
+
+    A user's files put into an artifact are refused, not kept: carried over they would be listed in no
+    manifest and could collide with the new build's files; refused, nothing is lost and the user decides.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BadInput(f"{str(out)!r} exists and is not a directory.", hint="Choose another -o.")
+    present = {str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()}
+    if not present:
+        return
+    try:
+        recorded = _recorded_files(json.loads((out / MANIFEST).read_text()))
+    except (OSError, ValueError):
+        recorded = None
+    if recorded is None:
+        raise BadInput(f"{str(out)!r} is a non-empty directory that is not a modelport artifact"
+                       + (f" (its {MANIFEST} is not modelport's)." if MANIFEST in present else "."),
+                       hint="Choose an empty or new -o directory; modelport does not overwrite other files.")
+    extra = sorted(present - set(recorded) - {MANIFEST})
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise BadInput(f"The artifact {str(out)!r} holds files its build did not write: {shown}.",
+                       hint="A rebuild replaces the whole directory: move those files out of it, or choose "
+                            "another -o.")
+
+
+def _refuse_cwd(out: Path) -> None:
+    """The current directory (or one above it) cannot be swapped for a new artifact."""
+    target = Path(os.path.abspath(out))
+    here = Path.cwd()
+    if target == here or target in here.parents:
+        raise BadInput(f"-o {str(out)!r} is the current directory or one above it; a build replaces its whole "
+                       "output directory.", hint=f"Name a new directory, e.g. -o {out / 'artifact'}.")
+
+
 @contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
     """A temporary sibling of `out` that replaces it on success and vanishes on failure."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"{str(out)!r} exists and is not a directory.")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise BadInput(f"{str(out)!r} is a non-empty directory that is not a modelport artifact.",
-                       hint="Choose an empty or new -o directory; modelport does not overwrite other files.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    out = Path(os.path.realpath(out) if Path(out).is_symlink() else os.path.normpath(out))  # build into a link's target
+    _refuse_cwd(out)
+    _refuse_to_replace(out)
+    ensure_dir(out.parent, out)
+    remove_stale(out, "old")
+    tmp = make_sibling_dir(out, "building")
     try:
         yield tmp
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_SWAP_TRIES = 10
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`, moving the artifact there aside first; a concurrent build of the same
+    directory that lands in between is replaced in turn, so `out` always ends one whole artifact."""
+    for _ in range(_SWAP_TRIES):
+        _refuse_to_replace(out)  # again: files may have been added to it while this build ran
+        old = None
+        try:
+            if out.exists():
+                old = sibling_path(out, "old")
+                out.rename(old)
+        except FileNotFoundError:  # a concurrent build moved it aside first
+            continue
+        except OSError as exc:
+            raise os_error(exc, out, "replacing") from exc
+        try:
+            tmp.rename(out)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):  # a concurrent build landed first
+                continue
+            if old is not None:
+                old.rename(out)
+            raise os_error(exc, out, "writing") from exc
+        finally:
+            if old is not None and old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+        return
+    raise StepFailed(f"Could not put the new artifact at {str(out)!r}: other builds kept replacing it.",
+                     hint="Run one build per output directory at a time.")

@@ -19,7 +19,9 @@ from modelport.artifact import (
     MANIFEST_VERSION,
     Artifact,
     build_key,
+    check_intact,
     existing_with_key,
+    file_digests,
     file_sizes,
     staging_dir,
 )
@@ -27,8 +29,9 @@ from modelport.backends import BACKENDS, Runner, get_backend
 from modelport.backends.base import CALIBRATED
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet, warn_if_weak
-from modelport.errors import BadInput, ModelportError, StepFailed
+from modelport.errors import BadInput, ModelportError, StepFailed, os_error
 from modelport.machine import machine_summary
+from modelport.staging import no_space_error, out_of_space
 
 
 def _version() -> str:
@@ -67,7 +70,11 @@ def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: 
             details = backend.build(bundle, recipe, calibration if precision in CALIBRATED else None, tmp)
         except ModelportError:
             raise
+        except OSError as exc:
+            raise os_error(exc, out, f"building {backend_name} {precision} into") from exc
         except Exception as exc:
+            if out_of_space(tmp):  # runtimes report a full disk as a failed serialization, or worse
+                raise no_space_error(out, f"building {backend_name} {precision} into") from exc
             raise StepFailed(f"The {backend_name} {precision} build failed: {type(exc).__name__}: {exc}",
                              hint="Run with --debug for the traceback.") from exc
         seconds = time.perf_counter() - start
@@ -89,9 +96,13 @@ def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: 
             "build_seconds": round(seconds, 3),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "files": file_sizes(tmp),
+            "sha256": file_digests(tmp),
             "details": details,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        try:
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        except OSError as exc:
+            raise os_error(exc, out / MANIFEST) from exc
     return Artifact.open(out), False
 
 
@@ -103,7 +114,7 @@ def _onnx_info(bundle: ModelBundle) -> dict[str, Any]:
 
 def load_artifact(path: str | Path, threads: int | None = None) -> Runner:
     """A Runner for any backend's artifact directory; the manifest says which backend."""
-    artifact = Artifact.open(path)
+    artifact = check_intact(Artifact.open(path))
     if artifact.backend not in BACKENDS:
         raise BadInput(f"{str(path)!r} was built by unknown backend {artifact.backend!r}.")
     backend = get_backend(artifact.backend)

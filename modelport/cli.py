@@ -26,7 +26,7 @@ from modelport.console import (
     print_json,
     status,
 )
-from modelport.errors import BadInput, ModelportError, ModelportWarning
+from modelport.errors import BadInput, ModelportError, ModelportWarning, os_error
 
 
 class _Commands(TyperGroup):
@@ -41,6 +41,9 @@ class _Commands(TyperGroup):
             _fail(f"[bold red]error:[/] {escape(exc.message)}", exc.hint, exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", None, 130)
+        except OSError as exc:  # a file operation no command mapped: still the path and the cause, not a bug
+            error = os_error(exc, doing="accessing")
+            _fail(f"[bold red]error:[/] {escape(error.message)}", error.hint, error.exit_code)
         except Exception as exc:
             _fail(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}",
                   "This is a modelport bug; run again with --debug and report the traceback.", 1)
@@ -84,7 +87,8 @@ _default_showwarning = warnings.showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """modelport's own warnings (weak calibration data...) as one yellow line; others as Python prints them."""
+    """modelport's own warnings (weak calibration data, a damaged artifact rebuilt...) as one yellow line;
+    others as Python prints them."""
     if issubclass(category, ModelportWarning):
         err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
     else:
@@ -260,9 +264,9 @@ def inspect(
     json_out: JsonOpt = False,
 ) -> None:
     """Show what an artifact or ONNX file contains: inputs, outputs, recipe, versions, op counts."""
-    from modelport.artifact import Artifact
+    from modelport.artifact import Artifact, check_intact
 
-    data = _onnx_summary(path) if path.suffix == ".onnx" else Artifact.open(path).manifest
+    data = _onnx_summary(path) if path.suffix == ".onnx" else check_intact(Artifact.open(path)).manifest
     if json_out:
         print_json(data)
         return
@@ -281,6 +285,9 @@ def _onnx_summary(path: Path) -> dict:
 
     if not path.is_file():
         raise BadInput(f"{str(path)!r} does not exist.")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{str(path)!r} is empty (0 bytes): not an ONNX model.",
+                       hint="Export it again with `modelport export MODEL -o FILE.onnx`.")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:

@@ -195,7 +195,9 @@ class OnnxRuntimeBackend(Backend):
         src = bundle.onnx_path
         out = Path(out_dir) / MAIN_FILE
         o = recipe.options
-        with tempfile.TemporaryDirectory(prefix="modelport-ort-") as tmp_name, quiet_ort_tools():
+        # Scratch files live in the artifact's staging directory: on the destination's filesystem, so the
+        # chosen one is renamed into place (never across devices) and a full disk shows where it matters.
+        with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out_dir) as tmp_name, quiet_ort_tools():
             tmp = Path(tmp_name)
             if recipe.precision == "fp32":
                 details = _build_fp32(src, out, o, tmp)

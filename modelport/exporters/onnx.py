@@ -14,7 +14,6 @@ import linecache
 import logging
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -25,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelport.errors import BadInput, StepFailed
+from modelport.errors import BadInput, StepFailed, os_error
 from modelport.exporters.parity import output_error
 from modelport.model import SourceModel, TensorSpec, resize_along
+from modelport.staging import ensure_dir, make_sibling_dir, no_space_error, out_of_space
 
 _TWO_GB = 2**31
 DEFAULT_ATOL = 1e-4
@@ -352,6 +352,12 @@ def onnx_opset(path: Path) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _is_file_error(exc: BaseException) -> bool:
+    """A failed file operation (it has an errno), not an OSError raised for a model (inspect's "could not get
+    source code" has none)."""
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
 def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = None, atol: float = DEFAULT_ATOL,
                 check: bool = True, allow_frozen_trace: bool = False) -> ExportReport:
     """Export, check and validate `source`; the file lands at `out` only when everything passed.
@@ -365,11 +371,11 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
     if opset is not None and not low <= opset <= high:
         raise BadInput(f"--opset {opset} is outside the opsets this install can write, {low} to {high}.",
                        hint="Omit --opset for the exporter's default, or pick one in that range.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out.parent, out)
     start = time.perf_counter()
     args = _export_args(source)
     external = _param_bytes(source.module) >= _TWO_GB - 2**26
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}-", dir=out.parent))
+    tmp = make_sibling_dir(out, "exporting")
     try:
         path = tmp / out.name
         exporter, fallback_reason, notes = "dynamo", None, []
@@ -377,6 +383,8 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
             with _quiet():
                 _dynamo_export(source, args, path, opset, external)
         except Exception as dynamo_exc:
+            if _is_file_error(dynamo_exc):  # the disk, not the model: no fallback would help
+                raise
             fallback_reason = _first_line(dynamo_exc)
             exporter = "torchscript"
             for f in tmp.iterdir():
@@ -385,6 +393,8 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
                 with _quiet() as caught:
                     _torchscript_export(source, args, path, opset)
             except Exception as ts_exc:
+                if _is_file_error(ts_exc):
+                    raise
                 op = _unsupported_op(str(dynamo_exc), str(ts_exc))
                 where = _module_of_op(source, args, op) if op else None
                 what = f"the operator {op!r}" + (f" in module {where}" if where else "") if op else "the model"
@@ -433,6 +443,12 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
         size = sum(f.stat().st_size for f in tmp.iterdir())
         for f in tmp.iterdir():
             f.replace(out.parent / f.name)
+    except OSError as exc:
+        raise os_error(exc, out) from exc
+    except StepFailed as exc:
+        if out_of_space(tmp):  # the checker and shape inference report a failed write as an invalid model
+            raise no_space_error(out) from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportReport(path=out, exporter=exporter, opset=opset_used, seconds=time.perf_counter() - start,

@@ -18,6 +18,7 @@ passes. The Pareto front is the set of rows that no other row beats on both p50 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -27,9 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelport.errors import BadInput
+from modelport.errors import BadInput, os_error
 from modelport.harness import results
 from modelport.harness.latency import speedup
+from modelport.staging import ensure_dir
 
 PYTORCH = "pytorch"
 BUSY_LOAD = 0.5  # a load average above this share of the cores makes latencies noisy
@@ -614,12 +616,20 @@ def render_terminal(report: Mapping[str, Any], console: Any) -> None:
 
 def write_reports(report: Mapping[str, Any], out: Path) -> dict[str, Path]:
     """report.json, report.md and report.html in `out`, each written whole or not at all."""
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_file():
+        raise BadInput(f"-o {str(out)!r} is a file; the reports are written into a directory "
+                       "(report.json, report.md, report.html).", hint="Name a directory with -o.")
+    ensure_dir(out)
     files = {"json": out / "report.json", "markdown": out / "report.md", "html": out / "report.html"}
     texts = {"json": json.dumps(report, indent=2, allow_nan=False) + "\n", "markdown": render_markdown(report),
              "html": render_html(report)}
     for kind, path in files.items():
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(texts[kind], encoding="utf-8")
-        tmp.replace(path)
+        try:
+            tmp.write_text(texts[kind], encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise os_error(exc, path) from exc
     return files

@@ -7,16 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelport.errors import StepFailed
+from modelport.errors import StepFailed, os_error
 from modelport.machine import cache_dir
 from modelport.quantize.algorithms import AlgorithmRun, enabled_algorithms
 from modelport.quantize.files import write_json_atomic
 from modelport.quantize.statistics import measure_sqnr
+from modelport.staging import ensure_dir, make_sibling_dir
 
 if TYPE_CHECKING:
     from modelport.calibration.dataset import CalibrationSet
@@ -106,10 +106,15 @@ def store(key: str, work: Path, record: dict[str, Any]) -> Entry:
     """Move the files made in `work` into the cache as one entry (a whole entry or none)."""
     folder = cache_dir() / "qdq" / key
     write_json_atomic(work / RECORD, record)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
-    for f in work.iterdir():
-        shutil.move(str(f), staging / f.name)
+    ensure_dir(folder.parent)
+    staging = make_sibling_dir(folder, "writing")
+    try:
+        for f in work.iterdir():
+            shutil.move(str(f), staging / f.name)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise os_error(exc, folder, hint="The calibration cache needs a writable directory with free space: fix "
+                                         "that, or point MODELPORT_CACHE at another directory.") from exc
     try:
         staging.rename(folder)
     except OSError:  # another process cached the same entry first; theirs is as good
