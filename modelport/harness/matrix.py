@@ -34,10 +34,10 @@ from modelport.backends.base import CALIBRATED, PRECISIONS
 from modelport.errors import BadInput
 from modelport.harness import fidelity, interleave, isolate, results
 from modelport.harness.reference import Data
+from modelport.harness.results import PYTORCH
 from modelport.machine import machine_summary
 from modelport.model import SourceModel, TensorSpec
 
-PYTORCH = "pytorch"
 CUSTOM = "custom"
 RowFn = Callable[[dict[str, Any]], None]
 
@@ -400,24 +400,20 @@ class MatrixRun:
 
     def _emit(self, item: PlanItem, *, status: str, stage: str | None = None, reason: str | None = None,
               artifact: dict[str, Any] | None = None, fid: dict[str, Any] | None = None,
-              latency: dict[str, Any] | None = None) -> dict[str, Any]:
+              latency: dict[str, Any] | None = None) -> None:
         ctx = self.ctx
         calibration = ctx.data.calibration
-        row = {
-            "type": "row", "key": item.key, "run": ctx.run_id, "time": _now(), "model": _model_json(ctx.source),
-            "backend": item.backend, "title": item.title, "kind": item.kind, "precision": item.precision,
-            "options": item.options, "batch": item.batch, "threads": ctx.settings.threads, "status": status,
-            "stage": stage, "reason": reason, "versions": item.versions, "protocol": ctx.settings.protocol,
-            "calibration": calibration.describe() if calibration is not None and item.precision in CALIBRATED
-            else None,
-            "evaluation": ctx.data.describe()["evaluation"], "artifact": artifact, "fidelity": fid,
-            "latency": latency,
-        }
-        results.append(ctx.results_path, row)
+        row = results.Row(
+            key=item.key, run=ctx.run_id, time=_now(), model=_model_json(ctx.source), backend=item.backend,
+            title=item.title, kind=item.kind, precision=item.precision, options=item.options, batch=item.batch,
+            threads=ctx.settings.threads, status=status, stage=stage, reason=reason, versions=item.versions,
+            protocol=ctx.settings.protocol,
+            calibration=calibration.describe() if calibration is not None and item.precision in CALIBRATED else None,
+            evaluation=ctx.data.describe()["evaluation"], artifact=artifact, fidelity=fid, latency=latency)
+        results.append(ctx.results_path, row.to_json())
         self._advance()
         if ctx.on_row is not None:
-            ctx.on_row(results.clean(row))
-        return row
+            ctx.on_row(results.clean(row.to_json()))
 
     # -- the run --------------------------------------------------------------------------------------
 
