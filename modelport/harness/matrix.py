@@ -32,7 +32,7 @@ from rich.progress import Progress
 from modelport.backends import BACKENDS, get_backend
 from modelport.backends.base import CALIBRATED, PRECISIONS
 from modelport.errors import BadInput
-from modelport.harness import fidelity, interleave, isolate, results
+from modelport.harness import fidelity, interleave, isolate, jobs, results
 from modelport.harness.reference import Data
 from modelport.harness.results import PYTORCH
 from modelport.machine import machine_summary
@@ -208,7 +208,7 @@ def isolated_availability(isolator: isolate.Isolator, timeout: float) -> Availab
     stay out of the process that runs the bench."""
 
     def available(name: str) -> tuple[bool, str]:
-        outcome = isolator.run({"task": "probe", "backend": name}, name=f"{name}-probe", timeout=timeout)
+        outcome = isolator.run(jobs.ProbeJob(name), name=f"{name}-probe", timeout=timeout)
         if not outcome.ok or outcome.result is None:
             return False, f"checking whether {name} works here failed: {outcome.error}"
         return bool(outcome.result["available"]), str(outcome.result["reason"])
@@ -490,11 +490,11 @@ class MatrixRun:
         else:
             self._emit(item, status="ok", artifact=prepared.artifact, fid=prepared.fid, latency=latency)
 
-    def _isolated(self, job: dict[str, Any], name: str, description: str) -> dict[str, Any]:
+    def _isolated(self, job: jobs.Job, name: str, description: str) -> dict[str, Any]:
         outcome = self.isolator.run(job, name=name, timeout=self.ctx.settings.timeout,
                                     progress=self.step(description))
         if not outcome.ok:
-            raise _StageFailed(job["task"], f"{outcome.error} [log: {outcome.log.relative_to(self.ctx.out)}]")
+            raise _StageFailed(job.task, f"{outcome.error} [log: {outcome.log.relative_to(self.ctx.out)}]")
         assert outcome.result is not None
         return outcome.result
 
@@ -503,9 +503,9 @@ class MatrixRun:
         if BACKENDS[item.backend].consumes == "onnx":
             self._export()
         rel = Path("artifacts") / item.slug
-        job = {"task": "build", "model": model_spec(ctx.source), "onnx_dir": str(ctx.out / "onnx"),
-               "backend": item.backend, "precision": item.precision, "options": item.given, "out": str(ctx.out / rel),
-               "calibration": ctx.calib_job if item.precision in CALIBRATED else None}
+        job = jobs.BuildJob(model=model_spec(ctx.source), onnx_dir=str(ctx.out / "onnx"), backend=item.backend,
+                            precision=item.precision, options=item.given, out=str(ctx.out / rel),
+                            calibration=ctx.calib_job if item.precision in CALIBRATED else None)
         built = self._isolated(job, f"{item.slug}-build", f"building {label}")
         return {"path": str(rel), "size_bytes": built["size_bytes"], "build_seconds": built["build_seconds"],
                 "reused": built["reused"], "manifest_key": built["manifest_key"], "details": built["details"]}
@@ -516,7 +516,7 @@ class MatrixRun:
             raise self._export_error
         if self._exported:
             return
-        job = {"task": "export", "model": model_spec(self.ctx.source), "onnx_dir": str(self.ctx.out / "onnx")}
+        job = jobs.ExportJob(model=model_spec(self.ctx.source), onnx_dir=str(self.ctx.out / "onnx"))
         try:
             self._isolated(job, "export", f"exporting {self.ctx.source.name} to ONNX")
         except _StageFailed as exc:
@@ -534,8 +534,8 @@ class MatrixRun:
         if cached.is_file():
             return json.loads(cached.read_text())
         outputs_path = ctx.work / f"{item.slug}-outputs.npz"
-        job = {"task": "fidelity", "runner": runner_spec, "inputs": str(ctx.data.inputs_path),
-               "chunk": ctx.settings.fidelity_batch, "outputs": str(outputs_path)}
+        job = jobs.FidelityJob(runner=runner_spec, inputs=str(ctx.data.inputs_path), chunk=ctx.settings.fidelity_batch,
+                               outputs=str(outputs_path))
         result = self._isolated(job, f"{item.slug}-fidelity", f"fidelity {label}")
         with np.load(outputs_path) as saved:
             outputs = {name: saved[f"arr_{i}"] for i, name in enumerate(result["output_names"])}
@@ -551,8 +551,9 @@ class MatrixRun:
 
     def _latency(self, item: PlanItem, prepared: Prepared) -> dict[str, Any]:
         ctx = self.ctx
-        job = {"task": "latency", "runner": prepared.runner_spec, "inputs": str(ctx.data.inputs_path),
-               "batch": item.batch, **ctx.settings.protocol}
+        settings = ctx.settings
+        job = jobs.LatencyJob(runner=prepared.runner_spec, inputs=str(ctx.data.inputs_path), batch=item.batch,
+                              iterations=settings.iterations, duration=settings.duration, warmup=settings.warmup)
         start = time.perf_counter()
         result = self._isolated(job, f"{item.slug}-b{item.batch}-latency",
                                 f"timing {prepared.label} at batch {item.batch}")
