@@ -23,6 +23,7 @@ from modelport.console import (
     console,
     err_console,
     human_bytes,
+    parse_pairs,
     print_json,
     status,
 )
@@ -89,16 +90,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
-
-
-def _parse_options(pairs: list[str] | None) -> dict[str, str]:
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadInput(f"Cannot parse --option {pair!r}.", hint="Write --option key=value.")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _parity_rows(parity: list[dict]) -> str:
@@ -170,7 +161,8 @@ def build(
     from modelport.model import load_model
 
     backend_impl = get_backend(backend)
-    backend_impl.recipe(precision, _parse_options(option))  # bad options fail before any slow work
+    options = parse_pairs(option, "--option", "key=value")
+    backend_impl.recipe(precision, options)  # bad options fail before any slow work
     backend_impl.require()
     with status(f"Loading {model}", not json_out):
         source = load_model(model, inputs or (), dynamic or ())
@@ -180,7 +172,7 @@ def build(
     out = output or Path(f"{source.name}-{backend}-{precision}")
     with status(f"Building {backend} {precision}", not json_out):
         artifact, reused = build_artifact(ModelBundle(source), backend, precision, out,
-                                          options=_parse_options(option), calibration=calibration, force=force)
+                                          options=options, calibration=calibration, force=force)
     manifest = artifact.manifest
     if json_out:
         print_json({"path": str(artifact.path), "reused": reused, "manifest": manifest})
