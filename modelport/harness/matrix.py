@@ -270,21 +270,21 @@ def prepare_model(source: SourceModel, batches: Sequence[int], user_dynamic: boo
     A model that cannot run at another batch size stays static, which is fine when every requested
     batch size is its static one and an error otherwise.
     """
-    static = [s for s in source.inputs if s.shape and isinstance(s.shape[0], int)]
+    static = [s for s in source.inputs if s.static_batch is not None]
     if static and not user_dynamic:
         try:
             source = source.with_dynamic([(s.name, 0, "batch") for s in static])
         except BadInput as exc:
-            sizes = {s.shape[0] for s in static}
+            sizes = {s.static_batch for s in static}
             if not set(batches) <= sizes:
                 raise BadInput(f"--batch {','.join(map(str, batches))}: {source.name} does not run with another batch "
                                f"size ({exc.message})", hint=f"Bench at its static batch (--batch "
                                f"{','.join(map(str, sorted(sizes)))}).") from exc
     for spec in source.inputs:
-        if spec.shape and isinstance(spec.shape[0], int) and set(batches) != {spec.shape[0]}:
-            raise BadInput(f"Input {spec.name!r} has a static batch of {spec.shape[0]}, so it cannot be benched at "
-                           f"batch {','.join(map(str, batches))}.",
-                           hint=f"Add --dynamic {spec.name}:0=batch, or pass --batch {spec.shape[0]}.")
+        if spec.static_batch is not None and set(batches) != {spec.static_batch}:
+            raise BadInput(f"Input {spec.name!r} has a static batch of {spec.static_batch}, so it cannot be benched "
+                           f"at batch {','.join(map(str, batches))}.",
+                           hint=f"Add --dynamic {spec.name}:0=batch, or pass --batch {spec.static_batch}.")
     return source
 
 
