@@ -23,6 +23,7 @@ from modelport.console import (
     console,
     err_console,
     human_bytes,
+    parse_pairs,
     print_json,
     status,
 )
@@ -95,16 +96,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
-def _parse_options(pairs: list[str] | None) -> dict[str, str]:
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadInput(f"Cannot parse --option {pair!r}.", hint="Write --option key=value.")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _parity_rows(parity: list[dict]) -> str:
     return ", ".join(f"{p['name']} {p['max_abs']:.2e} abs / {p['max_rel']:.2e} rel" for p in parity) or "not checked"
 
@@ -174,7 +165,8 @@ def build(
     from modelport.model import load_model
 
     backend_impl = get_backend(backend)
-    backend_impl.recipe(precision, _parse_options(option))  # bad options fail before any slow work
+    options = parse_pairs(option, "--option", "key=value")
+    backend_impl.recipe(precision, options)  # bad options fail before any slow work
     backend_impl.require()
     with status(f"Loading {model}", not json_out):
         source = load_model(model, inputs or (), dynamic or ())
@@ -184,7 +176,7 @@ def build(
     out = output or Path(f"{source.name}-{backend}-{precision}")
     with status(f"Building {backend} {precision}", not json_out):
         artifact, reused = build_artifact(ModelBundle(source), backend, precision, out,
-                                          options=_parse_options(option), calibration=calibration, force=force)
+                                          options=options, calibration=calibration, force=force)
     manifest = artifact.manifest
     if json_out:
         print_json({"path": str(artifact.path), "reused": reused, "manifest": manifest})

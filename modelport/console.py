@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from modelport.errors import BadInput
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -29,6 +31,17 @@ CalibOpt = Annotated[str | None, typer.Option(
 CalibSizeOpt = Annotated[int | None, typer.Option("--calib-size", help="Samples drawn from the calibration source.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling the calibration data.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def parse_pairs(values: list[str] | None, flag: str, example: str) -> dict[str, str]:
+    """KEY=VALUE flags (repeatable) as a dict; one without `=` or a key is a BadInput showing `example`."""
+    out = {}
+    for text in values or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"Cannot parse {flag} {text!r}.", hint=f"Write {flag} {example}.")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def print_json(data: Any) -> None:

@@ -69,6 +69,11 @@ class TensorSpec:
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
+    @property
+    def static_batch(self) -> int | None:
+        """The size of axis 0 where it is fixed; None where it is symbolic (or the tensor is a scalar)."""
+        return self.shape[0] if self.shape and isinstance(self.shape[0], int) else None
+
     def concrete(self, sizes: Mapping[str, int] | None = None, default: int = 1) -> tuple[int, ...]:
         """The shape with symbolic dims set from `sizes` (or `default`)."""
         sizes = sizes or {}

@@ -11,7 +11,7 @@ import pytest
 
 from modelport.backends import BACKENDS, get_backend
 from modelport.errors import BadInput
-from modelport.harness import bench, isolate, matrix, results
+from modelport.harness import bench, isolate, jobs, matrix, results
 from modelport.model import load_model
 from tests.models import MLP
 
@@ -203,9 +203,9 @@ def test_a_hung_measurement_is_killed_at_the_timeout(runners, tmp_path):
     import numpy as np
 
     np.savez(tmp_path / "inputs.npz", x=np.zeros((2, 10), np.float32))
-    job = {"task": "latency", "runner": _user_runner(f"{runners}:hang"), "threads": 1,
-           "inputs": str(tmp_path / "inputs.npz"), "batch": 1, "iterations": 5, "duration": None, "warmup": 1}
-    outcome = isolate.run_isolated(job, workdir=tmp_path / "work", name="hang", timeout=6)
+    job = jobs.LatencyJob(runner=_user_runner(f"{runners}:hang"), inputs=str(tmp_path / "inputs.npz"), batch=1,
+                          iterations=5, duration=None, warmup=1)
+    outcome = isolate.run_isolated(job, threads=1, workdir=tmp_path / "work", name="hang", timeout=6)
     assert not outcome.ok and outcome.error == "timed out after 6 s and was killed"
     assert outcome.seconds < 30
 
@@ -215,9 +215,9 @@ def test_thread_count_is_pinned_in_the_measuring_process(runners, tmp_path, fork
     import numpy as np
 
     np.savez(tmp_path / "inputs.npz", x=np.zeros((3, 10), np.float32))
-    job = {"task": "fidelity", "runner": _user_runner(f"{runners}:probe"), "threads": 3,
-           "inputs": str(tmp_path / "inputs.npz"), "chunk": 2, "outputs": str(tmp_path / "out.npz")}
-    outcome = isolate.run_isolated(job, workdir=tmp_path / "work", name="probe", timeout=120, fork=fork)
+    job = jobs.FidelityJob(runner=_user_runner(f"{runners}:probe"), inputs=str(tmp_path / "inputs.npz"), chunk=2,
+                           outputs=str(tmp_path / "out.npz"))
+    outcome = isolate.run_isolated(job, threads=3, workdir=tmp_path / "work", name="probe", timeout=120, fork=fork)
     assert outcome.ok, outcome.error
     assert outcome.result["threads"] == 3 and outcome.result["samples"] == 3
     with np.load(tmp_path / "out.npz") as saved:
@@ -237,8 +237,8 @@ def test_the_model_factory_module_is_imported_once_for_all_the_jobs_that_load_th
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     source = load_model("warmpkg.factory:tiny")
-    job = {"task": "export", "model": matrix.model_spec(source), "onnx_dir": str(tmp_path / "onnx")}
-    assert isolate.factory_modules(job) == ("warmpkg.factory",)
+    job = jobs.ExportJob(model=matrix.model_spec(source), onnx_dir=str(tmp_path / "onnx"))
+    assert isolate.factory_modules(job.to_json()) == ("warmpkg.factory",)
     with isolate.Isolator(tmp_path / "work", threads=1, fork=True) as isolator:
         outcomes = [isolator.run(job, name=f"export-{i}", timeout=300) for i in range(2)]
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]

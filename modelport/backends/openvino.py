@@ -317,7 +317,7 @@ class _CalibrationFeeds:
 
     def __init__(self, calibration: CalibrationSet) -> None:
         self.calibration = calibration
-        static = {s.shape[0] for s in calibration.specs if s.shape and isinstance(s.shape[0], int)}
+        static = {s.static_batch for s in calibration.specs if s.static_batch is not None}
         self.batch = static.pop() if len(static) == 1 else 1
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

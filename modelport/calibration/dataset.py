@@ -174,7 +174,7 @@ class CalibrationSet:
 
     def batch_size(self, batch_size: int | None = None) -> int:
         """The batch size `batches()` uses: the model's static batch, else `batch_size`, else 1."""
-        static = {s.shape[0] for s in self.specs if s.shape and isinstance(s.shape[0], int)}
+        static = {s.static_batch for s in self.specs if s.static_batch is not None}
         if len(static) > 1:
             raise BadInput(f"The model's inputs have different static batch sizes {sorted(static)}.")
         if batch_size is not None and batch_size < 1:
@@ -198,7 +198,7 @@ class CalibrationSet:
         shape differs (a dynamic sequence length).
         """
         size = self.batch_size(batch_size)
-        static = any(s.shape and isinstance(s.shape[0], int) for s in self.specs)
+        static = any(s.static_batch is not None for s in self.specs)
         names = self.input_names
         buffer: list[dict[str, np.ndarray]] = []
         for sample in self.samples():

@@ -17,6 +17,7 @@ from modelport.console import (
     SeedOpt,
     console,
     err_console,
+    parse_pairs,
     print_json,
 )
 from modelport.errors import BadInput, StepFailed
@@ -28,16 +29,6 @@ MinSqnrOpt = Annotated[float, typer.Option(
     "--min-sqnr", help="Budget without labels: the least SQNR (dB) against PyTorch FP32 on the worst output.")]
 MinCosineOpt = Annotated[float, typer.Option(
     "--min-cosine", help="Budget without labels: the least mean cosine similarity to PyTorch FP32.")]
-
-
-def _pairs(values: list[str] | None, flag: str, example: str) -> dict[str, str]:
-    out = {}
-    for text in values or []:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise BadInput(f"Cannot parse {flag} {text!r}.", hint=f"Write {flag} {example}.")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _batches(text: str) -> list[int]:
@@ -116,8 +107,8 @@ def bench(
                            threads=threads, iterations=iterations, duration=duration, warmup=warmup, rounds=rounds,
                            calib=calib, evaluation=evaluation, calib_size=calib_size, eval_size=eval_size, seed=seed,
                            inputs=inputs or (), dynamic=dynamic or (),
-                           options=_pairs(option, "--option", "KEY=VALUE or BACKEND.KEY=VALUE"),
-                           runners=_pairs(runner, "--runner", "NAME=file.py:fn"), metric=metric, timeout=timeout,
+                           options=parse_pairs(option, "--option", "KEY=VALUE or BACKEND.KEY=VALUE"),
+                           runners=parse_pairs(runner, "--runner", "NAME=file.py:fn"), metric=metric, timeout=timeout,
                            budget=budget, show_progress=not json_out)
     except KeyboardInterrupt:
         err_console.print(f"interrupted: the rows measured so far are in {out / 'results.jsonl'}; run the same "

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from modelport.harness.isolate import ChildGone, LiveChild
+from modelport.harness.jobs import RoundsJob
 from modelport.harness.latency import MAX_ITERATIONS, MIN_ITERATIONS
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class Rounds:
     def _spawn(self, i: int) -> None:
         prepared = self.prepared[i]
         self.run.step(f"loading {prepared.label}")
-        job = {"task": "rounds", "runner": prepared.runner_spec, "inputs": str(self.run.ctx.data.inputs_path)}
+        job = RoundsJob(runner=prepared.runner_spec, inputs=str(self.run.ctx.data.inputs_path))
         self.children[i] = LiveChild(job, workdir=self.run.ctx.work, name=f"{prepared.items[0].slug}-rounds",
                                      threads=self.settings.threads)
 

@@ -18,11 +18,8 @@ For interleaved timing (`--rounds`), a LiveChild is a fresh process that loads i
 answers one command at a time on its stdin (`@@modelport-reply JSON` lines back), so many runners can
 stay loaded, each in its own process, while only one of them runs.
 
-Job (JSON, written by the parent): `task` ("export", "build", "fidelity" or "latency"), `runner` (how to load it: an
-artifact directory, the PyTorch source model, or a user's `file.py:fn` runner factory), `threads`,
-`inputs` (an .npz of evaluation inputs), and per task `chunk`/`outputs` or
-`batch`/`iterations`/`duration`/`warmup`, or for builds `model`/`backend`/`precision`/`options`/`out`/
-`calibration`. The child (worker.py) writes its result JSON to `result`.
+The job file is a `Job` (jobs.py) as JSON, with the `threads` to pin and the `result` path the child
+(worker.py) writes its result JSON to.
 """
 
 from __future__ import annotations
@@ -41,6 +38,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from modelport.harness.jobs import Job
 
 PROGRESS_PREFIX = "@@modelport-progress "
 STARTED_PREFIX = "@@modelport-started "
@@ -125,6 +124,13 @@ def _outcome(returncode: int | None, timed_out: bool, timeout: float, result_pat
     return Outcome(True, result, None, returncode, seconds, log)
 
 
+def _write_job(path: Path, job: Job, threads: int, result_path: Path) -> dict[str, Any]:
+    """The job file a child reads: the job, the threads to pin, where to write the result."""
+    data = {**job.to_json(), "threads": threads, "result": str(result_path)}
+    path.write_text(json.dumps(data, default=str))
+    return data
+
+
 def _progress_line(line: str, progress: Callable[[float, float], None] | None) -> None:
     if progress:
         done, total = line[len(PROGRESS_PREFIX):].split()
@@ -132,7 +138,7 @@ def _progress_line(line: str, progress: Callable[[float, float], None] | None) -
 
 
 def factory_modules(job: Mapping[str, Any]) -> tuple[str, ...]:
-    """The module of the model's factory (`package.module:fn`) for a job that loads the model, else ()."""
+    """The module of the model's factory (`package.module:fn`) for a job (as JSON) that loads the model, else ()."""
     module, colon, _ = str((job.get("model") or {}).get("origin", "")).rpartition(":")  # split as the loader does
     if colon and all(part.isidentifier() for part in module.split(".")):
         return (module,)
@@ -171,17 +177,17 @@ class Isolator:
             server.kill()
             server.wait()
 
-    def run(self, job: Mapping[str, Any], *, name: str, timeout: float,
+    def run(self, job: Job, *, name: str, timeout: float,
             progress: Callable[[float, float], None] | None = None) -> Outcome:
         """Run `job` in a fresh process and wait for it (at most `timeout` seconds)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         job_path, result_path = self.workdir / f"{name}.job.json", self.workdir / f"{name}.result.json"
         log = self.workdir / f"{name}.log"
         result_path.unlink(missing_ok=True)
-        job_path.write_text(json.dumps({**job, "threads": self.threads, "result": str(result_path)}, default=str))
+        data = _write_job(job_path, job, self.threads, result_path)
         start = time.perf_counter()
         if self.fork:
-            returncode, timed_out = self._forked(job_path, log, timeout, progress, factory_modules(job))
+            returncode, timed_out = self._forked(job_path, log, timeout, progress, factory_modules(data))
         else:
             returncode, timed_out = self._spawned(job_path, log, timeout, progress)
         outcome = _outcome(returncode, timed_out, timeout, result_path, job_path, log, time.perf_counter() - start)
@@ -276,12 +282,12 @@ class LiveChild:
     dies or overruns is killed and `ask` raises ChildGone with the reason, as `Isolator.run` words it.
     """
 
-    def __init__(self, job: Mapping[str, Any], *, workdir: Path, name: str, threads: int) -> None:
+    def __init__(self, job: Job, *, workdir: Path, name: str, threads: int) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.job_path, self.result_path = workdir / f"{name}.job.json", workdir / f"{name}.result.json"
         self.log = workdir / f"{name}.log"
         self.result_path.unlink(missing_ok=True)
-        self.job_path.write_text(json.dumps({**job, "threads": threads, "result": str(self.result_path)}, default=str))
+        _write_job(self.job_path, job, threads, self.result_path)
         self._start = time.perf_counter()
         self._log_file = open(self.log, "w")  # noqa: SIM115 - open as long as the child lives
         self.proc = subprocess.Popen([sys.executable, "-m", "modelport.harness.worker", str(self.job_path)],
@@ -356,8 +362,8 @@ class ChildGone(Exception):
         self.outcome = outcome
 
 
-def run_isolated(job: Mapping[str, Any], *, workdir: Path, name: str, timeout: float,
+def run_isolated(job: Job, *, threads: int, workdir: Path, name: str, timeout: float,
                  progress: Callable[[float, float], None] | None = None, fork: bool | None = None) -> Outcome:
     """Run one job in its own process (for a series of jobs, keep an Isolator open instead)."""
-    with Isolator(workdir, int(job["threads"]), fork=fork) as isolator:
+    with Isolator(workdir, threads, fork=fork) as isolator:
         return isolator.run(job, name=name, timeout=timeout, progress=progress)

@@ -32,12 +32,12 @@ from rich.progress import Progress
 from modelport.backends import BACKENDS, get_backend
 from modelport.backends.base import CALIBRATED, PRECISIONS
 from modelport.errors import BadInput
-from modelport.harness import fidelity, interleave, isolate, results
+from modelport.harness import fidelity, interleave, isolate, jobs, results
 from modelport.harness.reference import Data
+from modelport.harness.results import PYTORCH
 from modelport.machine import machine_summary
 from modelport.model import SourceModel, TensorSpec
 
-PYTORCH = "pytorch"
 CUSTOM = "custom"
 RowFn = Callable[[dict[str, Any]], None]
 
@@ -208,7 +208,7 @@ def isolated_availability(isolator: isolate.Isolator, timeout: float) -> Availab
     stay out of the process that runs the bench."""
 
     def available(name: str) -> tuple[bool, str]:
-        outcome = isolator.run({"task": "probe", "backend": name}, name=f"{name}-probe", timeout=timeout)
+        outcome = isolator.run(jobs.ProbeJob(name), name=f"{name}-probe", timeout=timeout)
         if not outcome.ok or outcome.result is None:
             return False, f"checking whether {name} works here failed: {outcome.error}"
         return bool(outcome.result["available"]), str(outcome.result["reason"])
@@ -270,21 +270,21 @@ def prepare_model(source: SourceModel, batches: Sequence[int], user_dynamic: boo
     A model that cannot run at another batch size stays static, which is fine when every requested
     batch size is its static one and an error otherwise.
     """
-    static = [s for s in source.inputs if s.shape and isinstance(s.shape[0], int)]
+    static = [s for s in source.inputs if s.static_batch is not None]
     if static and not user_dynamic:
         try:
             source = source.with_dynamic([(s.name, 0, "batch") for s in static])
         except BadInput as exc:
-            sizes = {s.shape[0] for s in static}
+            sizes = {s.static_batch for s in static}
             if not set(batches) <= sizes:
                 raise BadInput(f"--batch {','.join(map(str, batches))}: {source.name} does not run with another batch "
                                f"size ({exc.message})", hint=f"Bench at its static batch (--batch "
                                f"{','.join(map(str, sorted(sizes)))}).") from exc
     for spec in source.inputs:
-        if spec.shape and isinstance(spec.shape[0], int) and set(batches) != {spec.shape[0]}:
-            raise BadInput(f"Input {spec.name!r} has a static batch of {spec.shape[0]}, so it cannot be benched at "
-                           f"batch {','.join(map(str, batches))}.",
-                           hint=f"Add --dynamic {spec.name}:0=batch, or pass --batch {spec.shape[0]}.")
+        if spec.static_batch is not None and set(batches) != {spec.static_batch}:
+            raise BadInput(f"Input {spec.name!r} has a static batch of {spec.static_batch}, so it cannot be benched "
+                           f"at batch {','.join(map(str, batches))}.",
+                           hint=f"Add --dynamic {spec.name}:0=batch, or pass --batch {spec.static_batch}.")
     return source
 
 
@@ -400,24 +400,20 @@ class MatrixRun:
 
     def _emit(self, item: PlanItem, *, status: str, stage: str | None = None, reason: str | None = None,
               artifact: dict[str, Any] | None = None, fid: dict[str, Any] | None = None,
-              latency: dict[str, Any] | None = None) -> dict[str, Any]:
+              latency: dict[str, Any] | None = None) -> None:
         ctx = self.ctx
         calibration = ctx.data.calibration
-        row = {
-            "type": "row", "key": item.key, "run": ctx.run_id, "time": _now(), "model": _model_json(ctx.source),
-            "backend": item.backend, "title": item.title, "kind": item.kind, "precision": item.precision,
-            "options": item.options, "batch": item.batch, "threads": ctx.settings.threads, "status": status,
-            "stage": stage, "reason": reason, "versions": item.versions, "protocol": ctx.settings.protocol,
-            "calibration": calibration.describe() if calibration is not None and item.precision in CALIBRATED
-            else None,
-            "evaluation": ctx.data.describe()["evaluation"], "artifact": artifact, "fidelity": fid,
-            "latency": latency,
-        }
-        results.append(ctx.results_path, row)
+        row = results.Row(
+            key=item.key, run=ctx.run_id, time=_now(), model=_model_json(ctx.source), backend=item.backend,
+            title=item.title, kind=item.kind, precision=item.precision, options=item.options, batch=item.batch,
+            threads=ctx.settings.threads, status=status, stage=stage, reason=reason, versions=item.versions,
+            protocol=ctx.settings.protocol,
+            calibration=calibration.describe() if calibration is not None and item.precision in CALIBRATED else None,
+            evaluation=ctx.data.describe()["evaluation"], artifact=artifact, fidelity=fid, latency=latency)
+        results.append(ctx.results_path, row.to_json())
         self._advance()
         if ctx.on_row is not None:
-            ctx.on_row(results.clean(row))
-        return row
+            ctx.on_row(results.clean(row.to_json()))
 
     # -- the run --------------------------------------------------------------------------------------
 
@@ -494,11 +490,11 @@ class MatrixRun:
         else:
             self._emit(item, status="ok", artifact=prepared.artifact, fid=prepared.fid, latency=latency)
 
-    def _isolated(self, job: dict[str, Any], name: str, description: str) -> dict[str, Any]:
+    def _isolated(self, job: jobs.Job, name: str, description: str) -> dict[str, Any]:
         outcome = self.isolator.run(job, name=name, timeout=self.ctx.settings.timeout,
                                     progress=self.step(description))
         if not outcome.ok:
-            raise _StageFailed(job["task"], f"{outcome.error} [log: {outcome.log.relative_to(self.ctx.out)}]")
+            raise _StageFailed(job.task, f"{outcome.error} [log: {outcome.log.relative_to(self.ctx.out)}]")
         assert outcome.result is not None
         return outcome.result
 
@@ -507,9 +503,9 @@ class MatrixRun:
         if BACKENDS[item.backend].consumes == "onnx":
             self._export()
         rel = Path("artifacts") / item.slug
-        job = {"task": "build", "model": model_spec(ctx.source), "onnx_dir": str(ctx.out / "onnx"),
-               "backend": item.backend, "precision": item.precision, "options": item.given, "out": str(ctx.out / rel),
-               "calibration": ctx.calib_job if item.precision in CALIBRATED else None}
+        job = jobs.BuildJob(model=model_spec(ctx.source), onnx_dir=str(ctx.out / "onnx"), backend=item.backend,
+                            precision=item.precision, options=item.given, out=str(ctx.out / rel),
+                            calibration=ctx.calib_job if item.precision in CALIBRATED else None)
         built = self._isolated(job, f"{item.slug}-build", f"building {label}")
         return {"path": str(rel), "size_bytes": built["size_bytes"], "build_seconds": built["build_seconds"],
                 "reused": built["reused"], "manifest_key": built["manifest_key"], "details": built["details"]}
@@ -520,7 +516,7 @@ class MatrixRun:
             raise self._export_error
         if self._exported:
             return
-        job = {"task": "export", "model": model_spec(self.ctx.source), "onnx_dir": str(self.ctx.out / "onnx")}
+        job = jobs.ExportJob(model=model_spec(self.ctx.source), onnx_dir=str(self.ctx.out / "onnx"))
         try:
             self._isolated(job, "export", f"exporting {self.ctx.source.name} to ONNX")
         except _StageFailed as exc:
@@ -538,8 +534,8 @@ class MatrixRun:
         if cached.is_file():
             return json.loads(cached.read_text())
         outputs_path = ctx.work / f"{item.slug}-outputs.npz"
-        job = {"task": "fidelity", "runner": runner_spec, "inputs": str(ctx.data.inputs_path),
-               "chunk": ctx.settings.fidelity_batch, "outputs": str(outputs_path)}
+        job = jobs.FidelityJob(runner=runner_spec, inputs=str(ctx.data.inputs_path), chunk=ctx.settings.fidelity_batch,
+                               outputs=str(outputs_path))
         result = self._isolated(job, f"{item.slug}-fidelity", f"fidelity {label}")
         with np.load(outputs_path) as saved:
             outputs = {name: saved[f"arr_{i}"] for i, name in enumerate(result["output_names"])}
@@ -555,8 +551,9 @@ class MatrixRun:
 
     def _latency(self, item: PlanItem, prepared: Prepared) -> dict[str, Any]:
         ctx = self.ctx
-        job = {"task": "latency", "runner": prepared.runner_spec, "inputs": str(ctx.data.inputs_path),
-               "batch": item.batch, **ctx.settings.protocol}
+        settings = ctx.settings
+        job = jobs.LatencyJob(runner=prepared.runner_spec, inputs=str(ctx.data.inputs_path), batch=item.batch,
+                              iterations=settings.iterations, duration=settings.duration, warmup=settings.warmup)
         start = time.perf_counter()
         result = self._isolated(job, f"{item.slug}-b{item.batch}-latency",
                                 f"timing {prepared.label} at batch {item.batch}")

@@ -1,7 +1,8 @@
 """DIR/results.jsonl: one JSON object per line, appended as each row finishes.
 
 Two record types: `run` (once per `modelport bench` invocation: the model, the machine, package
-versions, the settings and the plan's keys) and `row` (one backend x precision x batch measurement).
+versions, the settings and the plan's keys) and `row` (one backend x precision x batch measurement,
+typed as `Row`). Both are checked against `_SCHEMAS` as they are read.
 A row's `key` hashes everything its numbers depend on; a re-run skips plan items whose key already
 has an `ok` row, and re-measures failed ones. Readers take the last row per key, so the file is an
 append-only log that an interrupted run leaves valid (a torn last line is skipped).
@@ -15,6 +16,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from modelport.errors import BadInput, ModelportWarning
 
 RESULTS = "results.jsonl"
 SCHEMA = 1
+PYTORCH = "pytorch"  # the backend name of the baseline rows
 
 
 def row_key(parts: Mapping[str, Any]) -> str:
@@ -146,17 +149,63 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    """One backend x precision x batch measurement: a `row` record, as the bench writes it and reports read it.
+
+    `latency`, `fidelity` and `artifact` stay the JSON objects they are on disk (fidelity.py and latency.py
+    define them); fields are in the order the lines have always had.
+    """
+
+    key: str
+    run: str | None = None
+    time: str | None = None
+    model: dict[str, Any]
+    backend: str
+    title: str | None
+    kind: str | None = None  # "torch", "artifact" or "python"
+    precision: str
+    options: dict[str, Any] | None = None
+    batch: int
+    threads: int
+    status: str  # ok, failed, skipped or unavailable
+    stage: str | None = None  # where a failed row failed
+    reason: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    artifact: dict[str, Any] | None = None
+    fidelity: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Row:
+        """The row a parsed `row` record holds; ValueError says what is wrong with one that is not (see _SCHEMAS).
+
+        Fields it does not know are dropped; a row without a title (older files) is titled by its backend.
+        """
+        if record.get("type") != "row" or (problem := record_problem(record)) is not None:
+            raise ValueError(f"not a row record: {problem or 'its type is not row'}")
+        known = {f.name for f in fields(cls)}
+        given = {k: v for k, v in record.items() if k in known}
+        return cls(**{**given, "title": record.get("title", record["backend"])})
+
+    def to_json(self) -> dict[str, Any]:
+        """The record `append` writes."""
+        return {"type": "row", **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    def fidelity_part(self, name: str) -> dict[str, Any]:
+        """`summary` or `metric` of the fidelity record, {} where there is none."""
+        return (self.fidelity or {}).get(name) or {}
+
+
 def _skipped(path: Path, number: int, why: str) -> None:
     warnings.warn(f"{path}:{number} {why}; skipped.", ModelportWarning, stacklevel=3)
-
-
-def latest_rows(path: Path) -> dict[str, dict[str, Any]]:
-    """The last row written for each key."""
-    return {r["key"]: r for r in read(path) if r["type"] == "row"}
 
 
 def measured_keys(path: Path) -> set[str]:
     """Keys that already have an `ok` row: what a re-run skips."""
     if not path.is_file():
         return set()
-    return {r["key"] for r in read(path) if r["type"] == "row" and r.get("status") == "ok"}
+    return {r["key"] for r in read(path) if r["type"] == "row" and r["status"] == "ok"}

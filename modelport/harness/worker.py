@@ -1,8 +1,9 @@
 """The measuring process: `python -m modelport.harness.worker JOB.json`, or forked by `--serve` (isolate.py).
 
-A child pins torch's threads, loads one runner (or builds one artifact), does one task, and writes its
-result JSON; progress goes to stdout as `@@modelport-progress DONE TOTAL` lines. faulthandler is on, so
-a segfault leaves the Python stack in the log the parent keeps.
+A child pins torch's threads, reads its job (jobs.py), runs the handler HANDLERS registers for the
+job's type (probe, export, build, or load one runner and measure it), and writes its result JSON;
+progress goes to stdout as `@@modelport-progress DONE TOTAL` lines. faulthandler is on, so a segfault
+leaves the Python stack in the log the parent keeps.
 
 The server (`--serve [MODULE...]`) imports what every child needs once (and the modules named: the model
 factory's, for the children that load the model), then for each `JOB<TAB>LOG` line on stdin
@@ -15,7 +16,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import numpy as np
 from modelport.backends.base import Runner
 from modelport.errors import StepFailed
 from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX
+from modelport.harness.jobs import BuildJob, ExportJob, FidelityJob, Job, LatencyJob, ProbeJob, RoundsJob, RunnerJob
 from modelport.harness.reference import batch_of
 
 
@@ -95,32 +98,37 @@ class UserRunner(Runner):
             close()
 
 
-def _export(job: Mapping[str, Any]) -> dict[str, Any]:
-    """The validated ONNX export every ONNX-consuming build then reads from `onnx_dir`."""
+def _probe(job: ProbeJob, threads: int) -> dict[str, Any]:
+    from modelport.backends import get_backend
+
+    ok, reason = get_backend(job.backend).available()
+    return {"available": ok, "reason": reason}
+
+
+def _export(job: ExportJob, threads: int) -> dict[str, Any]:
     from modelport.bundle import ModelBundle
 
-    bundle = ModelBundle(load_source(job["model"]), onnx_dir=Path(job["onnx_dir"]))
+    bundle = ModelBundle(load_source(job.model), onnx_dir=Path(job.onnx_dir))
     return {"path": str(bundle.onnx_path), "export": bundle.export_info}
 
 
-def _build(job: Mapping[str, Any]) -> dict[str, Any]:
-    """Build (or reuse) one artifact with the shared calibration samples, reopened by their indices."""
+def _build(job: BuildJob, threads: int) -> dict[str, Any]:
     from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
     from modelport.calibration import CalibrationSet, open_source
 
-    source = load_source(job["model"])
+    source = load_source(job.model)
     calibration = None
-    if job.get("calibration"):
-        spec = job["calibration"]
+    if job.calibration:
+        spec = job.calibration
         calibration = CalibrationSet(open_source(spec["text"], source.inputs), source.inputs, indices=spec["indices"],
                                      seed=spec["seed"])
         if calibration.fingerprint != spec["fingerprint"]:
             raise RuntimeError(f"the calibration source {spec['text']} gave different samples when read again "
                                f"(fingerprint {calibration.fingerprint}, expected {spec['fingerprint']}); "
                                "a calibration source must be deterministic")
-    artifact, reused = build_artifact(ModelBundle(source, onnx_dir=Path(job["onnx_dir"])), job["backend"],
-                                      job["precision"], job["out"], options=job["options"], calibration=calibration)
+    artifact, reused = build_artifact(ModelBundle(source, onnx_dir=Path(job.onnx_dir)), job.backend,
+                                      job.precision, job.out, options=job.options, calibration=calibration)
     return {"reused": reused, "build_seconds": artifact.manifest["build_seconds"], "size_bytes": artifact.size_bytes,
             "manifest_key": artifact.manifest["key"], "details": artifact.details}
 
@@ -151,9 +159,20 @@ def _peak_rss() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _fidelity(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+@dataclass
+class _Loaded:
+    """A runner job's runner, loaded, and what loading it took."""
+
+    runner: Runner
+    inputs: dict[str, np.ndarray]
+    load_seconds: float
+    rss_before: int
+
+
+def _fidelity(job: FidelityJob, loaded: _Loaded) -> dict[str, Any]:
+    runner, inputs = loaded.runner, loaded.inputs
     n = len(next(iter(inputs.values())))
-    chunk = int(job["chunk"])
+    chunk = int(job.chunk)
     collected: dict[str, list[np.ndarray]] = {}
     every = max(1, n // chunk // 50)  # at most ~50 progress lines
     for step, start in enumerate(range(0, n, chunk)):
@@ -164,18 +183,18 @@ def _fidelity(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.nd
         if step % every == 0 or start + chunk >= n:
             _report_progress(min(start + chunk, n), n)
     names = list(collected)
-    np.savez(job["outputs"], *[np.concatenate(collected[k]) for k in names])
+    np.savez(job.outputs, *[np.concatenate(collected[k]) for k in names])
     return {"output_names": names, "samples": n}
 
 
-def _latency(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _latency(job: LatencyJob, loaded: _Loaded) -> dict[str, Any]:
     from modelport.harness.latency import summarize, timed_runs
 
-    batch = int(job["batch"])
-    feeds = batch_of(inputs, 0, batch)
-    times = timed_runs(runner.run, feeds, iterations=job.get("iterations"), duration=job.get("duration"),
-                       warmup=int(job["warmup"]), progress=_report_progress)
-    return {**summarize(times, batch), "warmup": int(job["warmup"])}
+    batch = int(job.batch)
+    feeds = batch_of(loaded.inputs, 0, batch)
+    times = timed_runs(loaded.runner.run, feeds, iterations=job.iterations, duration=job.duration,
+                       warmup=int(job.warmup), progress=_report_progress)
+    return {**summarize(times, batch), "warmup": int(job.warmup)}
 
 
 def _reply(message: Mapping[str, Any]) -> None:
@@ -183,7 +202,7 @@ def _reply(message: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _rounds(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _rounds(job: RoundsJob, loaded: _Loaded) -> dict[str, Any]:
     """Stay loaded and time on request: the parent hands each loaded runner a share of every round in turn.
 
     Commands, one JSON line each on stdin: `warm` (batch, warmup: replies the median ns per run), `time`
@@ -196,7 +215,8 @@ def _rounds(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndar
     times: dict[int, list[int]] = {}
     rounds: dict[int, list[float]] = {}
     warmups: dict[int, int] = {}
-    _reply({"ready": True, **job["loaded"]})
+    runner, inputs = loaded.runner, loaded.inputs
+    _reply({"ready": True, "load_seconds": loaded.load_seconds, "rss_before": loaded.rss_before})
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "finish":
@@ -206,7 +226,7 @@ def _rounds(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndar
             peak = _peak_rss()  # the batches run in order, so this is the peak up to and including this one
             _reply({**summarize(np.asarray(times[batch], dtype=np.int64), batch), "warmup": warmups[batch],
                     "rounds": len(rounds[batch]), "round_ms": rounds[batch], "peak_rss_bytes": peak,
-                    "runner_rss_bytes": max(0, peak - job["loaded"]["rss_before"])})
+                    "runner_rss_bytes": max(0, peak - loaded.rss_before)})
             continue
         feeds = batch_of(inputs, 0, batch)
         if command["cmd"] == "warm":
@@ -222,36 +242,43 @@ def _rounds(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndar
     return {"batches": sorted(times)}
 
 
+Handler = Callable[[Any, int], dict[str, Any]]  # (job, threads) -> result
+
+
+def _measuring(measure: Callable[[Any, _Loaded], dict[str, Any]]) -> Handler:
+    """A runner job's handler: load the inputs and the runner, measure, add what loading it cost."""
+
+    def handler(job: RunnerJob, threads: int) -> dict[str, Any]:
+        with np.load(job.inputs) as data:
+            inputs = {k: data[k] for k in data.files}
+        rss_before = _rss()
+        start = time.perf_counter()
+        runner = _load_runner(job.runner, threads)
+        load_seconds = time.perf_counter() - start
+        measured = measure(job, _Loaded(runner, inputs, load_seconds, rss_before))
+        peak = _peak_rss()
+        return {**measured, "threads": threads, "load_seconds": load_seconds, "peak_rss_bytes": peak,
+                "runner_rss_bytes": max(0, peak - rss_before)}
+
+    return handler
+
+
+HANDLERS: dict[type[Job], Handler] = {
+    ProbeJob: _probe, ExportJob: _export, BuildJob: _build, FidelityJob: _measuring(_fidelity),
+    LatencyJob: _measuring(_latency), RoundsJob: _measuring(_rounds),
+}
+
+
 def _child(job_path: str) -> int:
-    job = json.loads(Path(job_path).read_text())
-    result_path = Path(job["result"])
-    threads = int(job["threads"])
+    envelope = json.loads(Path(job_path).read_text())
+    result_path = Path(envelope["result"])
+    threads = int(envelope["threads"])
     try:
         import torch
 
         torch.set_num_threads(threads)
-        if job["task"] == "probe":
-            from modelport.backends import get_backend
-
-            ok, reason = get_backend(job["backend"]).available()
-            result = {"ok": True, "available": ok, "reason": reason}
-        elif job["task"] == "export":
-            result = {"ok": True, **_export(job)}
-        elif job["task"] == "build":
-            result = {"ok": True, **_build(job)}
-        else:
-            with np.load(job["inputs"]) as data:
-                inputs = {k: data[k] for k in data.files}
-            rss_before = _rss()
-            start = time.perf_counter()
-            runner = _load_runner(job["runner"], threads)
-            load_seconds = time.perf_counter() - start
-            task = {"fidelity": _fidelity, "latency": _latency, "rounds": _rounds}[job["task"]]
-            measured = task(runner, {**job, "loaded": {"load_seconds": load_seconds, "rss_before": rss_before}},
-                            inputs)
-            peak = _peak_rss()
-            result = {"ok": True, **measured, "threads": threads, "load_seconds": load_seconds,
-                      "peak_rss_bytes": peak, "runner_rss_bytes": max(0, peak - rss_before)}
+        job = Job.from_json(envelope)
+        result = {"ok": True, **HANDLERS[type(job)](job, threads)}
         code = 0
     except Exception as exc:
         import traceback

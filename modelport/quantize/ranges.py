@@ -26,7 +26,7 @@ HISTOGRAM_CHUNK_SAMPLES = 4  # histogram calibrators hold every float tensor of 
 
 def batch_size(calibration: CalibrationSet, wanted: int | None) -> int | None:
     """The model's static batch, else `wanted`, else 8 (1 where another axis is dynamic: samples differ)."""
-    if any(isinstance(s.shape[0], int) for s in calibration.specs if s.shape):
+    if any(s.static_batch is not None for s in calibration.specs):
         return None
     if wanted:
         return int(wanted)
@@ -92,9 +92,6 @@ class Reader:
         self.batches += 1
         self.samples += len(next(iter(batch.values())))
         return {n: batch[n] for n in self._names}
-
-    def rewind(self) -> None:  # the ORT interface; a stream is read once
-        raise StepFailed("The calibration stream cannot be rewound.")
 
 
 def _as_ort_reader(reader: Reader):

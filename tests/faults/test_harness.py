@@ -33,6 +33,11 @@ def says(text: str, *parts: str) -> bool:
     return all("".join(part.split()) in flat for part in parts)
 
 
+def latest_rows(path: Path) -> dict[str, dict]:
+    """The last row written for each key."""
+    return {r["key"]: r for r in results.read(path) if r["type"] == "row"}
+
+
 def report_rows(out: Path) -> list[tuple[str, str, str]]:
     return [(r["backend"], r["precision"], r["status"]) for r in json.loads((out / "report.json").read_text())["rows"]]
 
@@ -99,7 +104,7 @@ def test_a_factory_that_depends_on_random_state_fails_its_rows_saying_so(tmp_pat
     out = tmp_path / "bench"
     result = invoke("bench", ref, *TINY, "-o", str(out))
     assert result.exit_code == 1, result.output  # no row could be measured on the model being benched
-    rows = {r["backend"]: r for r in results.latest_rows(out / results.RESULTS).values()}
+    rows = {r["backend"]: r for r in latest_rows(out / results.RESULTS).values()}
     assert rows["pytorch"]["status"] == "failed" and "depend on random state" in rows["pytorch"]["reason"]
     assert rows["onnxruntime"]["status"] == "failed" and "depend on random state" in rows["onnxruntime"]["reason"]
 
@@ -189,11 +194,11 @@ def test_a_bench_killed_mid_run_resumes_keeping_what_it_measured(tmp_path, write
     assert bench.poll() is None, "the bench ended before it could be killed"
     os.kill(bench.pid, signal.SIGKILL)
     bench.wait()
-    before = {k: r for k, r in results.latest_rows(out / results.RESULTS).items() if r["status"] == "ok"}
+    before = {k: r for k, r in latest_rows(out / results.RESULTS).items() if r["status"] == "ok"}
     assert len(before) >= 2
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    after = results.latest_rows(out / results.RESULTS)
+    after = latest_rows(out / results.RESULTS)
     assert all(after[k]["run"] == r["run"] for k, r in before.items())  # kept, not measured again
     assert sorted(report_rows(out)) == [("onnxruntime", "fp32", "ok"), ("onnxruntime", "int8-dynamic", "ok"),
                                         ("pytorch", "fp32", "ok")]
