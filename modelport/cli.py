@@ -301,6 +301,10 @@ from modelport.harness.commands import register as _register_harness  # noqa: E4
 app.add_typer(calib_app, name="calib")
 _register_harness(app)
 
+from modelport.debug.cli import debug as _debug  # noqa: E402
+
+app.command("debug")(_debug)
+
 
 def main() -> None:
     """Entry point of the `modelport` console script."""
