@@ -300,6 +300,10 @@ app.add_typer(calib_app, name="calib")
 _register_harness(app)
 _register_compress(app)
 
+from modelport.debug.cli import debug as _debug  # noqa: E402
+
+app.command("debug")(_debug)
+
 
 def main() -> None:
     """Entry point of the `modelport` console script."""

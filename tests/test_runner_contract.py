@@ -141,9 +141,21 @@ def test_loading_needs_only_the_artifact_directory(built, runner, tmp_path):
             np.testing.assert_array_equal(out, runner.run(feeds(3))[name])
 
 
-def test_intermediates_are_declared_but_no_runtime_exposes_them_yet(runner):
-    with pytest.raises(Unavailable, match=f"The {runner.name} runner cannot expose intermediate tensors"):
-        runner.intermediates(feeds(1), ["x"])
+def test_intermediates_read_every_listed_tensor_or_say_they_cannot(runner):
+    try:
+        names = runner.tensor_names()
+    except Unavailable as exc:  # TensorRT keeps the base's default
+        assert f"The {runner.name} runner cannot expose intermediate tensors" in exc.message
+        with pytest.raises(Unavailable, match="cannot expose intermediate tensors"):
+            runner.intermediates(feeds(1), ["x"])
+        return
+    values = runner.intermediates(feeds(3), names)
+    assert list(values) == names and len(names) > len(runner.outputs)
+    assert all(v.dtype == np.float32 for v in values.values() if v.dtype.kind == "f")
+    for name, out in runner.run(feeds(3)).items():  # the outputs are among them, read in the same runtime
+        np.testing.assert_allclose(values[name], out, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BadInput, match="no tensor"):
+        runner.intermediates(feeds(1), ["not-a-tensor"])
 
 
 def test_run_many_gives_what_run_gives_in_order(runner):

@@ -103,7 +103,8 @@ class Runner(ABC):
     dims, symbolic dims shared between inputs, dtype with exact or standard casts only), so a wrong feed
     is a BadInput naming the input rather than a runtime's traceback, then calls the backend's `_run`.
     Layout (NCHW/NHWC), dtype and quantized-I/O conversions the runtime needs happen in `_run`, never in
-    the caller. The optional capabilities (`run_many`, `runtime_ops`, `intermediates`) have defaults here.
+    the caller. The optional capabilities (`run_many`, `runtime_ops`, `tensor_names` with `intermediates`) have
+    defaults here.
     """
 
     name: str = "custom"  # in messages: "the openvino runner"
@@ -126,10 +127,17 @@ class Runner(ABC):
         """The ops the runtime compiled, with the precision each really runs in."""
         raise Unavailable(f"The {self.name} runner cannot read back the ops and precisions its runtime compiled.")
 
-    def intermediates(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The tensors `names` (ONNX/IR tensor names) computed on `feeds`, for per-layer debugging."""
+    def tensor_names(self) -> list[str]:
+        """The intermediate tensors `intermediates` can read, in execution order, named as the runtime names them
+        (ONNX tensor names where the artifact keeps them; a tensor the runtime fused away is not listed)."""
         raise Unavailable(f"The {self.name} runner cannot expose intermediate tensors.",
-                          hint="Debug this artifact's layers on a runtime that can (none does yet).")
+                          hint="Debug this artifact's layers on ONNX Runtime, OpenVINO or TFLite.")
+
+    def intermediates(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The tensors `names` (from `tensor_names`) computed on `feeds` in the runtime itself, for per-layer
+        debugging: float32, quantized tensors dequantized, in the runtime's own layout (TFLite: NHWC)."""
+        raise Unavailable(f"The {self.name} runner cannot expose intermediate tensors.",
+                          hint="Debug this artifact's layers on ONNX Runtime, OpenVINO or TFLite.")
 
     def checked(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds as `_run` takes them, or a BadInput naming the input, what the model takes and what was given.

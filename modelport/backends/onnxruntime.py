@@ -14,13 +14,14 @@ What users meet with ORT's tools by hand, and what this backend does instead:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
 import re
 import tempfile
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,7 +113,7 @@ def _providers() -> list[str]:
     return [*gpu, "CPUExecutionProvider"]
 
 
-def _session(path: Path, threads: int | None = None, level: str = "all", providers: list[str] | None = None):
+def _session(path: Path | bytes, threads: int | None = None, level: str = "all", providers: list[str] | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -121,7 +122,8 @@ def _session(path: Path, threads: int | None = None, level: str = "all", provide
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
 
 
 def _level(name: str):
@@ -153,12 +155,73 @@ class OnnxRuntimeRunner(Runner):
             raise StepFailed(f"{path} takes inputs {_listing(session_inputs)}, but its manifest says "
                              f"{_listing(manifest)}.", hint="Rebuild the artifact with --force.")
         self._output_names = [o.name for o in self.session.get_outputs()]
+        self._path = path
+        self._exposing: dict[frozenset[str], Any] = {}  # a session per set of exposed tensors, made once
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds), strict=True))
 
+    def tensor_names(self) -> list[str]:
+        return list(self._tensors)
+
+    def intermediates(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Read as extra graph outputs of a copy of the artifact (its own QDQ graph, this runner's providers).
+
+        Exposing a tensor keeps ORT from fusing past it, so a quantized tensor is read as the dequantized
+        value its consumers take (DequantizeLinear's output), computed in float from the same int8 values.
+        """
+        checked = self.checked(feeds)
+        unknown = [n for n in names if n not in self._tensors]
+        if unknown:
+            raise BadInput(f"The {self.name} artifact {self._path} has no tensor(s) {', '.join(unknown[:5])}.",
+                           hint="Ask for names that tensor_names() lists.")
+        wanted = frozenset(self._tensors[n] for n in names)
+        if wanted not in self._exposing:
+            import onnx
+
+            model = onnx.load(str(self._path))
+            present = {o.name for o in model.graph.output}
+            model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in sorted(wanted - present))
+            self._exposing[wanted] = _session(model.SerializeToString(), self.threads, "all", self.providers)
+        session = self._exposing[wanted]
+        order = sorted(wanted)
+        values = dict(zip(order, session.run(order, checked), strict=True))
+        return {n: _as_float(values[self._tensors[n]]) for n in names}
+
+    @functools.cached_property
+    def _tensors(self) -> dict[str, str]:
+        """Each activation the artifact computes, by its ONNX name, and the tensor holding the value its consumers
+        read: the DequantizeLinear output where it is quantized (T -> Q -> DQ), else T itself."""
+        import onnx
+
+        graph = onnx.load(str(self._path), load_external_data=False).graph
+        users: dict[str, list[Any]] = defaultdict(list)
+        for node in graph.node:
+            for name in node.input:
+                users[name].append(node)
+        outputs = {o.name for o in graph.output}
+
+        def read(tensor: str) -> str:
+            q = users.get(tensor, [])
+            dq = users.get(q[0].output[0], []) if len(q) == 1 and q[0].op_type == "QuantizeLinear" else []
+            return dq[0].output[0] if len(dq) == 1 and dq[0].op_type == "DequantizeLinear" else tensor
+
+        constants = {i.name for i in graph.initializer}
+        found = {i.name: read(i.name) for i in graph.input if i.name not in constants}
+        for node in graph.node:
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Constant"):
+                for tensor in filter(None, node.output):
+                    value = read(tensor)  # a quantized graph output keeps its name on the DequantizeLinear
+                    found[value if value in outputs else tensor] = value
+        return found
+
     def _release(self) -> None:
         self.session = None
+        self._exposing.clear()
+
+
+def _as_float(value: np.ndarray) -> np.ndarray:
+    return value.astype(np.float32, copy=False) if value.dtype.kind == "f" else value
 
 
 def _listing(dtypes: Mapping[str, np.dtype]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import logging
 import tempfile
 import warnings
@@ -415,12 +416,13 @@ def _device_name(core: Any, device: str) -> str:
     return device.upper()
 
 
-def _compile(core: Any, path: Path | str, device: str, hint: str, threads: int | None) -> Any:
+def _compile(core: Any, path: Path | str, device: str, hint: str, threads: int | None, model: Any = None) -> Any:
+    """Compile the IR at `path` (or `model`, an edited copy of it) for `device`."""
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
     if threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
-        return core.compile_model(str(path), device, config)
+        return core.compile_model(str(path) if model is None else model, device, config)
     except Exception as exc:
         raise StepFailed(f"OpenVINO could not compile {path} for {device}: {_first_line(exc)}") from exc
 
@@ -479,6 +481,7 @@ class OpenVinoRunner(Runner):
         self._request = self.compiled.create_infer_request()
         self._ports = self._output_ports(self.compiled)
         self._throughput: Any = None
+        self._exposing: dict[frozenset[str], tuple[Any, dict[str, int]]] = {}  # compiled once per set of tensors
 
     def _output_ports(self, compiled: Any) -> dict[str, int]:
         index = {name: i for i, port in enumerate(compiled.outputs) for name in port.get_names()}
@@ -538,5 +541,51 @@ class OpenVinoRunner(Runner):
         """The number of parallel requests `run_many` uses (None before its first call)."""
         return len(self._throughput[1]) if self._throughput is not None else None
 
+    def tensor_names(self) -> list[str]:
+        return list(self._tensors)
+
+    def intermediates(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Read as extra results (`Model.add_outputs`) of the quantized IR, compiled once per set of names.
+
+        A tensor NNCF quantized is read after its FakeQuantize: the value its consumers take. Extra results
+        keep the plugin from fusing past those tensors, so the rest of the graph compiles as it ships.
+        """
+        checked = self.checked(feeds)
+        unknown = [n for n in names if n not in self._tensors]
+        if unknown:
+            raise BadInput(f"The IR {self._xml} has no tensor(s) {', '.join(unknown[:5])}.",
+                           hint="Ask for names that tensor_names() lists.")
+        wanted = frozenset(names)
+        if wanted not in self._exposing:
+            model = self._core.read_model(str(self._xml))
+            ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+            targets = sorted({self._tensors[n] for n in wanted})
+            added = model.add_outputs([ops[op].output(index) for op, index in targets])
+            compiled = _compile(self._core, self._xml, self.device, "LATENCY", self.threads, model)
+            index = {name: i for i, port in enumerate(compiled.outputs) for name in port.get_names()}
+            where = dict(zip(targets, (index[port.get_any_name()] for port in added), strict=True))
+            self._exposing[wanted] = compiled.create_infer_request(), {n: where[self._tensors[n]] for n in wanted}
+        request, ports = self._exposing[wanted]
+        result = request.infer(checked, share_inputs=True)
+        return {n: np.asarray(result[ports[n]], dtype=np.float32) if result[ports[n]].dtype.kind == "f"
+                else result[ports[n]] for n in names}
+
+    @functools.cached_property
+    def _tensors(self) -> dict[str, tuple[str, int]]:
+        """Each named activation of the IR (the ONNX tensor names its ports keep) and the op output holding the
+        value its consumers read: the FakeQuantize after it where NNCF quantized it, else the op's own."""
+        found: dict[str, tuple[str, int]] = {}
+        for op in self._core.read_model(str(self._xml)).get_ordered_ops():
+            if op.get_type_name() in ("Constant", "Result", "FakeQuantize") or _is_constant_path(op):
+                continue
+            for port in op.outputs():
+                users = [t.get_node() for t in port.get_target_inputs()]
+                quantized = len(users) == 1 and users[0].get_type_name() == "FakeQuantize"
+                read = (users[0].get_friendly_name(), 0) if quantized else (op.get_friendly_name(), port.get_index())
+                for name in sorted(port.get_names()):
+                    found.setdefault(name, read)
+        return found
+
     def _release(self) -> None:
         self._request = self.compiled = self._throughput = None
+        self._exposing.clear()

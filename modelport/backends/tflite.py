@@ -11,10 +11,11 @@ and dequantization of outputs itself.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import platform
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -330,6 +331,53 @@ def _quantize(array: np.ndarray, dtype: np.dtype, scale: float, zero: int) -> np
     return np.clip(np.round(array / scale) + zero, info.min, info.max).astype(dtype)
 
 
+class _Interpreter:
+    """One LiteRT interpreter and the input shapes it is allocated for: a resize re-plans XNNPACK, so it happens
+    only when the fed shape changes. `preserve_all` keeps every intermediate tensor readable after invoke."""
+
+    def __init__(self, path: Path, threads: int, preserve_all: bool = False) -> None:
+        extra = {"experimental_preserve_all_tensors": True} if preserve_all else {}
+        with quiet_native():  # XNNPACK announces itself on stderr when the delegate is applied
+            self.interpreter = _interpreter_class()(model_path=str(path), num_threads=threads, **extra)
+            self.interpreter.allocate_tensors()
+        self.shapes: dict[int, tuple[int, ...]] = {}
+        self.allocated = True
+
+    def invoke(self, arrays: Mapping[int, np.ndarray], details: Mapping[int, Mapping[str, Any]]) -> None:
+        """Set the inputs (by tensor index) and invoke; a shape the .tflite cannot take is a BadInput."""
+        interpreter = self.interpreter
+        for index, array in arrays.items():
+            if tuple(array.shape) != self.shapes.setdefault(index, tuple(int(x) for x in details[index]["shape"])):
+                try:
+                    interpreter.resize_tensor_input(index, list(array.shape), strict=True)
+                except (ValueError, RuntimeError) as exc:
+                    raise BadInput(f"Input {details[index]['name']!r} of shape {array.shape} does not fit the .tflite "
+                                   f"input {details[index]['shape_signature'].tolist()} (model layout): {exc}",
+                                   hint="Feed the shape the artifact was built for (see its manifest's "
+                                        "input_shapes), or rebuild with dynamic=auto.") from None
+                self.shapes[index] = tuple(array.shape)
+                self.allocated = False
+        if not self.allocated:
+            interpreter.allocate_tensors()
+            self.allocated = True
+        for index, array in arrays.items():
+            interpreter.set_tensor(index, array)
+        interpreter.invoke()
+
+
+def _dequantized(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    """An integer tensor as float32 through its scale(s) and zero point(s) (per tensor or per channel)."""
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", ()), dtype=np.float32)
+    if value.dtype.kind not in "iu" or not scales.size:
+        return value.astype(np.float32, copy=False) if value.dtype.kind == "f" else value
+    zeros = np.asarray(params.get("zero_points", ()), dtype=np.float32)
+    shape = [1] * value.ndim
+    if scales.size > 1:
+        shape[int(params.get("quantized_dimension", 0))] = scales.size
+    return (value.astype(np.float32) - zeros.reshape(shape)) * scales.reshape(shape)
+
+
 class TFLiteRunner(Runner):
     """Runs a .tflite with the LiteRT interpreter and XNNPACK on `threads` threads (default: every core).
 
@@ -346,15 +394,13 @@ class TFLiteRunner(Runner):
         self.threads = threads or os.cpu_count() or 1
         self.layouts: dict[str, str] = dict(details.get("layouts", {}))
         signature = details["signature"]
-        with quiet_native():  # XNNPACK announces itself on stderr when the delegate is applied
-            self._interpreter = _interpreter_class()(model_path=str(path), num_threads=self.threads)
-            self._interpreter.allocate_tensors()
-            runner = self._interpreter.get_signature_runner(signature["key"])
+        self._path = path
+        self._main = _Interpreter(path, self.threads)
+        runner = self._main.interpreter.get_signature_runner(signature["key"])
         in_details, out_details = runner.get_input_details(), runner.get_output_details()
         self._in = {name: in_details[sig] for name, sig in signature["inputs"].items()}
         self._out = {name: out_details[sig] for name, sig in signature["outputs"].items()}
-        self._shapes = {name: tuple(int(x) for x in d["shape"]) for name, d in self._in.items()}
-        self._allocated = True
+        self._by_index = {d["index"]: d for d in self._in.values()}
         self._loop_batches = self._per_sample_batches(details)
 
     def _per_sample_batches(self, details: Mapping[str, Any]) -> bool:
@@ -378,44 +424,80 @@ class TFLiteRunner(Runner):
             array = cast
         return np.ascontiguousarray(array)
 
-    def _invoke(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        interpreter = self._interpreter
-        for name, array in arrays.items():
-            if tuple(array.shape) != self._shapes[name]:
-                try:
-                    interpreter.resize_tensor_input(self._in[name]["index"], list(array.shape), strict=True)
-                except (ValueError, RuntimeError) as exc:
-                    raise BadInput(f"Input {name!r} of shape {array.shape} does not fit the .tflite input "
-                                   f"{self._in[name]['shape_signature'].tolist()} (model layout): {exc}",
-                                   hint="Feed the shape the artifact was built for (see its manifest's "
-                                        "input_shapes), or rebuild with dynamic=auto.") from None
-                self._shapes[name] = tuple(array.shape)
-                self._allocated = False
-        if not self._allocated:
-            interpreter.allocate_tensors()
-            self._allocated = True
-        for name, array in arrays.items():
-            interpreter.set_tensor(self._in[name]["index"], array)
-        interpreter.invoke()
+    def _invoke(self, on: _Interpreter, feeds: Mapping[str, np.ndarray]) -> None:
+        on.invoke({self._in[s.name]["index"]: self._model_array(s, feeds[s.name]) for s in self.inputs}, self._by_index)
+
+    def _outputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._invoke(self._main, feeds)
         out = {}
         for spec in self.outputs:
             d = self._out[spec.name]
-            value = interpreter.get_tensor(d["index"])
+            value = self._main.interpreter.get_tensor(d["index"])
             scale, zero = d["quantization"]
             if scale and value.dtype.kind in "iu" and spec.dtype.startswith("float"):
                 value = (value.astype(np.float32) - zero) * np.float32(scale)
             out[spec.name] = value.astype(spec.dtype, copy=False)
         return out
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _batched(self, feeds: dict[str, np.ndarray],
+                 fn: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """`fn` on the feeds, or per sample with the results concatenated where batches loop."""
         batch = {a.shape[0] for a in feeds.values() if a.ndim}  # one size where batches loop: `checked` saw to it
         if self._loop_batches and batch and batch != {1}:
             if 0 in batch:
                 raise BadInput("The inputs have batch size 0; feed a batch of at least 1.")
-            parts = [self._invoke({s.name: self._model_array(s, feeds[s.name][i:i + 1]) for s in self.inputs})
-                     for i in range(batch.pop())]
-            return {s.name: np.concatenate([p[s.name] for p in parts]) for s in self.outputs}
-        return self._invoke({s.name: self._model_array(s, feeds[s.name]) for s in self.inputs})
+            parts = [fn({n: a[i:i + 1] for n, a in feeds.items()}) for i in range(batch.pop())]
+            return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        return fn(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._batched(feeds, self._outputs)
+
+    def tensor_names(self) -> list[str]:
+        return list(self._tensors)
+
+    def intermediates(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Read from a second interpreter with `experimental_preserve_all_tensors` (XNNPACK then delegates op by
+        op, so every op's output is kept), dequantized, in the .tflite's layout (NHWC where it converted so).
+
+        litert-torch names tensors by the torch modules they come from (`..._Conv2d_stem;2`), not by ONNX names.
+        """
+        checked = self.checked(feeds)
+        unknown = [n for n in names if n not in self._tensors]
+        if unknown:
+            raise BadInput(f"The .tflite {self._path} has no tensor(s) {', '.join(unknown[:5])}.",
+                           hint="Ask for names that tensor_names() lists.")
+        debug = self._debugging
+        details = {d["index"]: d for d in debug.interpreter.get_tensor_details()}
+
+        def read(part: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            self._invoke(debug, part)
+            return {n: _dequantized(debug.interpreter.get_tensor(self._tensors[n]), details[self._tensors[n]])
+                    for n in names}
+
+        return self._batched(checked, read)
+
+    @functools.cached_property
+    def _debugging(self) -> _Interpreter:
+        return _Interpreter(self._path, self.threads, preserve_all=True)
+
+    @functools.cached_property
+    def _tensors(self) -> dict[str, int]:
+        """The model's inputs and outputs under their own names (an input as its QUANTIZE op's output where the
+        model quantizes it: the value its consumers read), then every other op output by its .tflite name, in
+        execution order."""
+        interpreter = self._debugging.interpreter
+        names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+        ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]  # LiteRT's only op list
+        quantized = {int(op["inputs"][0]): int(op["outputs"][0]) for op in ops if op["op_name"] == "QUANTIZE"}
+        found = {name: quantized.get(d["index"], d["index"]) for name, d in self._in.items()}
+        outputs = {int(d["index"]): name for name, d in self._out.items()}
+        for op in ops:
+            for index in (int(i) for i in op["outputs"] if i >= 0):
+                if index not in found.values():
+                    found[outputs.get(index, names[index])] = index
+        return found
 
     def _release(self) -> None:
-        self._interpreter = None
+        self._main = None  # type: ignore[assignment]
+        self.__dict__.pop("_debugging", None)

@@ -33,6 +33,24 @@ def is_classifier(ref: np.ndarray) -> bool:
     return ref.ndim == 2 and ref.shape[1] >= 2 and ref.dtype.kind == "f"
 
 
+def row_cosines(o: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row (sample) of two N x D float64 arrays, in [-1, 1]; two all-zero rows agree."""
+    dots = np.einsum("ij,ij->i", o, r)
+    norm_o, norm_r = np.linalg.norm(o, axis=1), np.linalg.norm(r, axis=1)
+    norms = norm_o * norm_r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where((norm_o == 0) & (norm_r == 0), 1, 0))
+    return np.clip(cos, -1, 1)
+
+
+def sqnr_db(signal: float, noise: float) -> float | None:
+    """Signal-to-quantization-noise ratio in dB from summed squares; None where there is no noise (identical)
+    or the ratio is not finite (a zero reference with noise)."""
+    if noise == 0:
+        return None
+    return _finite(10 * math.log10(signal / noise)) if signal > 0 else None
+
+
 def compare_output(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     """Error metrics of one output against its reference (same shape; samples on axis 0)."""
     out = np.asarray(out)
@@ -48,17 +66,10 @@ def compare_output(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     else:
         err = o - r
         abs_err = np.abs(err)
-        dots = np.einsum("ij,ij->i", o, r)
-        norms = np.linalg.norm(o, axis=1) * np.linalg.norm(r, axis=1)
-        both_zero = (np.linalg.norm(o, axis=1) == 0) & (np.linalg.norm(r, axis=1) == 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
-        noise = float(np.sum(err * err))
-        signal = float(np.sum(r * r))
-        sqnr = None if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+        cos = row_cosines(o, r)
         result.update(max_abs=float(abs_err.max(initial=0.0)), mean_abs=float(abs_err.mean()) if abs_err.size else 0.0,
-                      cosine=float(np.clip(cos, -1, 1).mean()), cosine_min=float(np.clip(cos, -1, 1).min()),
-                      sqnr_db=None if sqnr is None else _finite(sqnr))
+                      cosine=float(cos.mean()), cosine_min=float(cos.min()),
+                      sqnr_db=sqnr_db(float(np.sum(r * r)), float(np.sum(err * err))))
     if is_classifier(ref):
         result["top1_agreement"] = float(np.mean(np.argmax(out, axis=1) == np.argmax(ref, axis=1)))
     return result

@@ -1,0 +1,98 @@
+"""Which tensor is which: the FP32 ONNX export's tensors in topological order, the torch module that produced
+each, and the name each runtime gives it.
+
+The dynamo exporter records every node's module scopes (`pkg.torch.onnx.name_scopes`, cumulative paths such
+as ['', 'features', 'features.1', 'conv2d']), so a tensor is reported under the user's own module path.
+ONNX Runtime and OpenVINO artifacts keep the ONNX tensor names; litert-torch names TFLite tensors by module
+location instead (`.../torch.nn.modules.conv.Conv2d_stem;2`), so those are matched module by module.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One tensor of the reference graph: the node that makes it, its torch module, the activations it reads."""
+
+    tensor: str
+    onnx_node: str | None
+    module: str | None
+    op_type: str
+    inputs: tuple[str, ...]
+
+
+def module_path(node: Any) -> str | None:
+    """The torch module path a node came from (None for ops in the model's own forward, or no metadata)."""
+    scopes = next((p.value for p in node.metadata_props if p.key == SCOPES_KEY), None)
+    if not scopes:
+        return None
+    try:
+        parsed = ast.literal_eval(scopes)
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(parsed, list) or len(parsed) < 2:
+        return None
+    return str(parsed[-2]) or None  # the last scope is the node itself
+
+
+def reference_layers(onnx_path: Path) -> list[Layer]:
+    """The graph inputs, then every node output (Constants aside) in the graph's topological order."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    layers = [Layer(i.name, None, None, "Input", ()) for i in graph.input if i.name not in constants]
+    activations = {layer.tensor for layer in layers}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            continue
+        reads = tuple(i for i in node.input if i in activations)
+        module = module_path(node)
+        for out in filter(None, node.output):
+            layers.append(Layer(out, node.name or None, module, node.op_type, reads))
+            activations.add(out)
+    return layers
+
+
+def map_tensors(layers: Sequence[Layer], names: Iterable[str], *, by_module: bool) -> dict[str, str]:
+    """Reference tensor -> the runtime's name for it: the same name where the runtime keeps it; with
+    `by_module` (litert-torch's location names), each module's last runtime tensor stands for that module's
+    last reference tensor (where a tensor carries several fused modules, the latest of their tensors)."""
+    names = list(names)
+    present = set(names)
+    found = {layer.tensor: layer.tensor for layer in layers if layer.tensor in present}
+    if not by_module:
+        return found
+    modules = {layer.module for layer in layers if layer.module}
+    order = {layer.tensor: i for i, layer in enumerate(layers)}
+    last_reference = {layer.module: layer.tensor for layer in layers}
+    last_runtime: dict[str | None, str] = {}
+    for name in names:
+        if name not in found.values():
+            for location in (part for part in name.split(";") if "/" in part):
+                last_runtime[_location_module(location, modules)] = name
+    for name in dict.fromkeys(last_runtime.values()):
+        candidates = [last_reference[m] for m, n in last_runtime.items()
+                      if n == name and m in last_reference and last_reference[m] not in found]
+        if candidates:
+            found[max(candidates, key=order.__getitem__)] = name
+    return found
+
+
+def _location_module(location: str, modules: set[str]) -> str | None:
+    """The module path in a litert-torch location (`pkg.Class_attr/pkg.Class_attr/...`): the longest tail of
+    its attribute names that is a module path of the model; None (the model's own forward) where none is."""
+    attrs = [part.rsplit(".", 1)[-1].partition("_")[2] for part in location.split("/")]
+    for start in range(len(attrs)):
+        path = ".".join(attrs[start:])
+        if path in modules:
+            return path
+    return None

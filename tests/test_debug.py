@@ -1,0 +1,229 @@
+"""`modelport debug`: per-layer divergence read in each runtime, mapped to torch modules, culprits ranked.
+
+The model plants an outlier: `wide`'s output has one channel 100x wider than the others, and `head`'s
+weights on that channel are scaled down by as much, so the function is unchanged. One per-tensor INT8
+range for that activation leaves the seven ordinary channels a handful of levels: the error appears where
+`wide`'s output is quantized (`wide`, or `act` where the ReLU is fused into it) and shows in what `head`
+computes from it. Every INT8 artifact is built once, on synthetic normal calibration data.
+"""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from modelport.backends import get_backend
+from modelport.backends.base import Runner
+from modelport.backends.onnxruntime import OnnxRuntimeRunner
+from modelport.builder import build_artifact
+from modelport.bundle import ModelBundle
+from modelport.calibration import CalibrationSet
+from modelport.cli import app
+from modelport.debug import rank_layers
+from modelport.debug.compare import jumps
+from modelport.debug.mapping import Layer, map_tensors
+from modelport.debug.run import debug_artifact
+
+OUTLIER = '''import torch
+from torch import nn
+
+
+class Outlier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.wide = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.head(self.act(self.wide(self.stem(x)))).mean((2, 3)))
+
+
+def make(scale=100.0, seed=0):
+    torch.manual_seed(seed)
+    net = Outlier()
+    with torch.no_grad():
+        net.wide.weight[0] *= scale
+        net.wide.bias[0] *= scale
+        net.head.weight[:, 0] /= scale
+    return net.eval(), (torch.randn(1, 3, 16, 16),)
+
+
+def other():
+    return make(seed=1)
+'''
+OUTLIER_MODULES = {"wide", "act", "head"}
+BACKENDS = ("onnxruntime", "openvino", "tflite")
+cli = CliRunner()
+
+
+def normal(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("outlier") / "outlier.py"
+    path.write_text(OUTLIER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def source(model_file):
+    from modelport.model import load_model
+
+    return load_model(f"{model_file}:make", dynamic=["x:0=batch"])
+
+
+@pytest.fixture(scope="module")
+def int8(source, tmp_path_factory):
+    """The INT8 artifact of a backend, built on first use; a backend unavailable here is skipped with its reason."""
+    out, built = tmp_path_factory.mktemp("artifacts"), {}
+    calibration = CalibrationSet.from_arrays({"x": normal(128, 0)}, source.inputs)
+
+    def get(backend: str):
+        ok, reason = get_backend(backend).available()
+        if not ok:
+            pytest.skip(reason)
+        if backend not in built:
+            built[backend] = build_artifact(ModelBundle(source), backend, "int8", out / f"{backend}-int8",
+                                            calibration=calibration)[0].path
+        return built[backend]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def eval_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "eval.npz"
+    np.savez(path, x=normal(16, 1))
+    return path
+
+
+def evaluation(source, n: int) -> CalibrationSet:
+    return CalibrationSet.from_arrays({"x": normal(n, 1)}, source.inputs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_planted_outlier_ranks_first_with_its_torch_module(backend, int8, source):
+    record = debug_artifact(int8(backend), source, evaluation(source, 16))
+    first, *rest = record["culprits"]
+    assert first["module"] in OUTLIER_MODULES, record["culprits"][:3]
+    clean = next(c for c in rest if c["module"] == "stem")
+    assert first["jump_db"] > clean["jump_db"] + 5  # far clearer than what an ordinary int8 conv adds
+    assert first["sqnr_db"] < clean["sqnr_db"]
+    by_tensor = {e["tensor"]: e for e in record["layers"]}
+    assert by_tensor["conv2d"]["module"] == "stem" and by_tensor["conv2d"]["onnx_node"] == "node_conv2d"
+    assert by_tensor["output"]["module"] == "fc" and by_tensor["output"]["op_type"] == "Gemm"
+    assert by_tensor["output"]["status"] == "ok" and by_tensor["x"]["op_type"] == "Input"
+
+
+def test_a_tensor_the_runtime_fused_away_says_so(int8, source):
+    # ORT's QDQ pass folds the ReLU into the Conv before it: `wide`'s own output is never computed
+    record = debug_artifact(int8("onnxruntime"), source, evaluation(source, 4))
+    fused = next(e for e in record["layers"] if e["tensor"] == "conv2d_1")
+    assert fused["status"] == "fused" and fused["sqnr_db"] is None and "onnxruntime" in fused["reason"]
+
+
+def test_against_compares_two_runtimes_artifacts(int8, model_file, eval_file, tmp_path):
+    ort, ov = int8("onnxruntime"), int8("openvino")
+    result = cli.invoke(app, ["debug", str(ort), "--model", f"{model_file}:make", "--eval", str(eval_file),
+                              "--against", str(ov), "--samples", "8", "-o", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["reference"]["kind"] == "artifact" and record["reference"]["backend"] == "openvino"
+    assert [c["label"].split(" vs ")[1] for c in record["comparisons"]][1:] == ["PyTorch FP32 (its ONNX export in "
+                                                                                "ONNX Runtime)"] * 2
+    assert record["samples"] == 8 and record["compared"] >= 5
+    assert all(len(c["sqnr_db"]) == len(record["layers"]) for c in record["comparisons"])
+
+
+def test_the_json_is_a_contract_and_the_files_are_written(int8, model_file, eval_file, tmp_path):
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:make", "--eval",
+                              str(eval_file), "-o", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)  # stdout holds the JSON alone
+    types = {"tensor": str, "onnx_node": (str, type(None)), "module": (str, type(None)), "op_type": str,
+             "sqnr_db": (float, type(None)), "cosine": (float, type(None)), "jump_db": (float, type(None))}
+    for entry in record["layers"]:
+        for key, kind in types.items():
+            assert isinstance(entry[key], kind), (key, entry)
+    assert [e["depth"] for e in record["layers"]] == list(range(len(record["layers"])))
+    jumps_ranked = [c["jump_db"] for c in record["culprits"]]
+    assert jumps_ranked == sorted(jumps_ranked, reverse=True) and len(jumps_ranked) == record["compared"]
+    assert json.loads((tmp_path / "debug.json").read_text())["layers"] == record["layers"]
+    page = (tmp_path / "debug.html").read_text()
+    assert "<svg" in page and "<polyline" in page and "head" in page and "<script" not in page
+
+
+def test_the_table_names_the_worst_layers(int8, model_file, eval_file, tmp_path):
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:make", "--eval",
+                              str(eval_file), "-o", str(tmp_path), "--top", "3"])
+    assert result.exit_code == 0, result.output
+    assert "Layers adding the most error" in result.stdout and "head" in result.stdout
+
+
+def test_memory_stays_bounded_as_samples_grow(int8, source):
+    path = int8("onnxruntime")
+    debug_artifact(path, source, evaluation(source, 2))  # sessions, exports and imports warmed up
+    peaks = {}
+    for n in (8, 64):
+        data = evaluation(source, n)
+        tracemalloc.start()
+        debug_artifact(path, source, data)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # holding every tensor of 56 more samples would take 56 x 2 sides x ~40 KB = 4.5 MB
+    assert peaks[64] - peaks[8] < 512 * 1024, peaks
+
+
+def test_a_model_other_than_the_artifacts_is_bad_input(int8, model_file, eval_file):
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:other", "--eval",
+                              str(eval_file)])
+    assert result.exit_code == 2
+    assert "was built from" in result.output and "content hash" in result.output
+
+
+def test_a_runtime_without_intermediates_is_bad_input(int8, model_file, eval_file, monkeypatch):
+    monkeypatch.setattr(OnnxRuntimeRunner, "tensor_names", Runner.tensor_names)  # as TensorRT's runner is
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:make", "--eval",
+                              str(eval_file)])
+    assert result.exit_code == 2
+    assert "cannot expose intermediate tensors" in result.output
+
+
+def test_evaluation_data_that_does_not_fit_is_bad_input(int8, model_file, tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 3, 8, 8), np.float32))
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:make", "--eval", str(bad)])
+    assert result.exit_code == 2
+    assert "x" in result.output and "16" in result.output
+
+
+def test_the_jump_looks_through_a_fused_tensor_and_ranks_worst_first():
+    layers = [Layer("x", None, None, "Input", ()), Layer("a", "n0", "stem", "Conv", ("x",)),
+              Layer("b", "n1", "wide", "Conv", ("a",)), Layer("c", "n2", "act", "Relu", ("b",)),
+              Layer("d", "n3", "head", "Conv", ("c",))]
+    sqnr = {"x": 40.0, "a": 35.0, "c": 30.0, "d": 10.0}  # "b" fused away: "c" is measured against "a"
+    jump = jumps(layers, sqnr)
+    assert jump == {"x": 0.0, "a": 5.0, "c": 5.0, "d": 20.0}
+    entries = [{"tensor": t, "jump_db": j, "sqnr_db": sqnr[t]} for t, j in jump.items()]
+    assert [e["tensor"] for e in rank_layers(entries)] == ["d", "c", "a", "x"]  # a tie goes to the lower SQNR
+
+
+def test_litert_location_names_map_to_each_modules_last_tensor():
+    layers = [Layer("x", None, None, "Input", ()), Layer("conv2d", "n0", "stem", "Conv", ("x",)),
+              Layer("conv2d_1", "n1", "wide", "Conv", ("conv2d",)), Layer("relu", "n2", "act", "Relu", ("conv2d_1",)),
+              Layer("mean", "n3", None, "ReduceMean", ("relu",))]
+    root = "pkg._NamedOutputs/user.Net_module"
+    names = ["x", f"{root}/torch.nn.Conv2d_stem;2", f"{root}/torch.nn.Conv2d_stem;3",
+             f"{root}/torch.nn.ReLU_act;;{root}/torch.nn.Conv2d_wide;1", f"{root};1", "serving_default_output"]
+    found = map_tensors(layers, names, by_module=True)
+    assert found == {"x": "x", "conv2d": names[2], "relu": names[3], "mean": names[4]}
+    assert map_tensors(layers, names, by_module=False) == {"x": "x"}
