@@ -77,6 +77,7 @@ class OpenVinoBackend(Backend):
                precisions=("int8", "int8-dynamic")),
         _qdq_only("method"),
         _qdq_only("symmetric_activations"),
+        _qdq_only("ranges_file"),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
@@ -119,8 +120,8 @@ def _check_source_options(opts: Mapping[str, Any]) -> None:
         if nncf_only:
             raise BadInput(f"Option(s) {', '.join(nncf_only)} tune NNCF's quantization, which source=qdq does not run.",
                            hint="Drop them, or use source=nncf (the default).")
-    elif opts["method"] is not None or opts["symmetric_activations"] is not None:
-        raise BadInput("Options method and symmetric_activations apply only to the shared QDQ pass.",
+    elif any(opts[k] is not None for k in ("method", "symmetric_activations", "ranges_file")):
+        raise BadInput("Options method, symmetric_activations and ranges_file apply only to the shared QDQ pass.",
                        hint="Add --option source=qdq, or drop them (NNCF's calibration has its own).")
 
 
@@ -369,7 +370,7 @@ def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet) -> tuple[
 def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet) -> tuple[Any, dict[str, Any]]:
     """Convert the shared QDQ model (its Q/DQ pairs become FakeQuantize): one calibration for every runtime."""
     opts = recipe.options
-    given = {k: opts[k] for k in ("method", "symmetric_activations") if opts.get(k) is not None}
+    given = {k: opts[k] for k in ("method", "symmetric_activations", "ranges_file") if opts.get(k) is not None}
     settings = QdqSettings(per_channel=True, exclude=opts["exclude"], **given)
     with tempfile.TemporaryDirectory(prefix="modelport-qdq-") as tmp:
         result = write_qdq_model(onnx_path, calibration, Path(tmp) / "model.qdq.onnx", settings)

@@ -102,7 +102,7 @@ def prepare_network_onnx(onnx_path: Path, recipe: Recipe, calibration: Any, work
                      "kept_fp32_nodes": result.kept_nodes}
     out = workdir / "model_qdq.onnx"
     settings = QdqSettings(method=opts["calibration_method"], per_channel=True, symmetric_activations=True,
-                           exclude=opts.get("exclude") or ())
+                           exclude=opts.get("exclude") or (), ranges_file=opts.get("ranges_file"))
     result = write_qdq_model(onnx_path, calibration, out, settings)
     return out, {"graph": "explicit Q/DQ (symmetric int8 activations, per-channel int8 weights)",
                  "calibration_method": result.method, "calibration_samples": result.samples_seen}
@@ -120,6 +120,7 @@ class TensorRTBackend(Backend):
         Option("exclude", "Comma-separated node names or op types kept in higher precision.", default=(),
                parse=parse_list, precisions=("fp16", "int8")),
         QdqSettings.as_option("method", name="calibration_method"),
+        QdqSettings.as_option("ranges_file"),
     )
 
     def available(self) -> tuple[bool, str]:

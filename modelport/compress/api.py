@@ -1,4 +1,5 @@
-"""`compress()`: prune, factorize and distill a model, fine-tuning after each step, as `modelport compress` runs it."""
+"""`compress()`: prune, factorize, distill and QAT-train a model, fine-tuning after each step, as `modelport compress`
+runs it."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from typing import Any
 import torch
 
 from modelport.calibration import CalibrationSet, CalibrationWarning, open_evaluation
-from modelport.compress import checkpoint, output, steps
+from modelport.compress import checkpoint, output, qat, qdq_ranges, steps
 from modelport.compress.data import Examples, evaluate, read_examples
 from modelport.compress.distill import Distillation, distill_step
 from modelport.compress.macs import size
 from modelport.compress.progress import EpochProgress
 from modelport.compress.settings import Settings
-from modelport.compress.train import EpochRecord, Loss, Schedule, TrainStep, cross_entropy, fine_tune, task_step
+from modelport.compress.train import EpochRecord, Loss, TrainStep, cross_entropy, fine_tune, task_step
 from modelport.errors import BadInput
 from modelport.harness.fidelity import TaskMetric, load_metric
 from modelport.harness.matrix import prepare_model
@@ -72,6 +73,10 @@ def compress(model: SourceModel | str, *, train: str | CalibrationSet, out: str 
              show_progress: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> CompressResult:
     """Apply the steps `settings` asks for, fine-tune after each, write OUT.pt2 and its manifest OUT.json.
 
+    With QAT, OUT.pt2 holds the float model with the trained weights (on the int8 grid, fake quantization
+    removed) and OUT.pt2.ranges.json the learned activation ranges by ONNX tensor name; the report's `qat`
+    entry names the file and the int8 build command that uses it.
+
     `loss(outputs, labels)` or `train_step(module, inputs, labels)` replace the built-in cross-entropy for
     models whose task modelport cannot know; `metric` is the evaluation metric (default top-1 accuracy).
     Without `evaluation`, `train` is split into disjoint training and evaluation parts. Each finished epoch
@@ -113,7 +118,6 @@ def _compress(model: SourceModel | str, train: str | CalibrationSet, out: Path, 
         return {**size(module, inputs), "metric": evaluate(module, eval_data, names, task_metric)}
 
     plan = steps.plan(settings)
-    schedule = Schedule(settings.epochs, settings.lr, settings.batch_size, settings.seed)
     key = checkpoint.run_key(model=source.content_hash, train=train_data.fingerprint, eval=eval_data.fingerprint,
                              settings=settings.to_json(), objective=objective, metric=task_metric.name)
     saved = checkpoint.Checkpoints(output.checkpoint_dir(out))
@@ -129,6 +133,7 @@ def _compress(model: SourceModel | str, train: str | CalibrationSet, out: Path, 
             if index < len(state.steps):
                 continue
             label = f"{technique.name} ({index + 1}/{len(plan)})"
+            schedule = steps.schedule(settings, technique)
             if not state.changed:
                 before = measure(student)
                 torch.manual_seed(settings.seed + index)
@@ -155,13 +160,17 @@ def _compress(model: SourceModel | str, train: str | CalibrationSet, out: Path, 
             state.steps.append({**state.current, "after": measure(student)})
             state.changed, state.current, state.optimizer = False, {}, None
             saved.save(state)
+    learned = qat.freeze(student)
     student.eval()
     compressed = replace(source, name=out.stem, origin=str(out), module=student, weights_hash=weights_hash(student),
                          code_hash=code_hash(student))
     output.save_program(compressed, out)
+    ranges = qdq_ranges.write_ranges(out, learned, train if isinstance(train, str) else "SRC") if learned \
+        else None
     report = {"model": source.origin, "output": str(out), "manifest": str(output.manifest_path(out)),
               "metric": {"name": task_metric.name, "units": task_metric.units},
-              "before": original, "after": state.steps[-1]["after"], "steps": state.steps,
+              "before": original, "after": measure(student) if learned else state.steps[-1]["after"],
+              "steps": state.steps, "qat": ranges,
               "settings": settings.to_json(), "train": {"source": train_data.description, "samples": len(train_data)},
               "eval": {"source": eval_data.description, "samples": len(eval_data)}, "resumed": resumed,
               "seconds": time.perf_counter() - start}

@@ -1,4 +1,4 @@
-"""`modelport compress`: prune, factorize and distill MODEL into a smaller `.pt2` every other command accepts."""
+"""`modelport compress`: prune, factorize, distill and QAT-train MODEL into a `.pt2` every other command accepts."""
 
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ def _print(report: dict[str, Any]) -> None:
     before, after = report["before"], report["after"]
     console.print(f"MACs {after['macs'] / before['macs']:.1%} and params {after['params'] / before['params']:.1%} of "
                   f"the original. Wrote {report['output']} and {report['manifest']}.", highlight=False)
+    if report["qat"]:
+        qat = report["qat"]
+        console.print(f"Learned ranges of {qat['tensors']} tensors in {qat['ranges_file']}. Build the int8 model "
+                      f"with them:\n  {qat['build']}", highlight=False, soft_wrap=True)
 
 
 def compress(
@@ -60,6 +64,9 @@ def compress(
     temperature: Annotated[float, _opt("temperature", "--temperature")] = _DEFAULTS.temperature,
     alpha: Annotated[float, _opt("alpha", "--alpha")] = _DEFAULTS.alpha,
     distill_features: Annotated[str | None, _opt("distill_features", "--distill-features")] = None,
+    qat: Annotated[bool, _opt("qat", "--qat")] = False,
+    qat_epochs: Annotated[int, _opt("qat_epochs", "--qat-epochs")] = _DEFAULTS.qat_epochs,
+    qat_lr: Annotated[float, _opt("qat_lr", "--qat-lr")] = _DEFAULTS.qat_lr,
     epochs: Annotated[int, _opt("epochs", "--epochs")] = _DEFAULTS.epochs,
     lr: Annotated[float, _opt("lr", "--lr")] = _DEFAULTS.lr,
     batch_size: Annotated[int, _opt("batch_size", "--batch-size")] = _DEFAULTS.batch_size,
@@ -73,7 +80,10 @@ def compress(
     dynamic: DynamicOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Prune channels, factorize layers and/or distill MODEL, fine-tuning after each step; write OUT.pt2.
+    """Prune channels, factorize layers, distill and/or QAT-train MODEL, fine-tuning after each step; write OUT.pt2.
+
+    With --qat, the learned activation ranges are written beside OUT as OUT.pt2.ranges.json, and the int8
+    builds take them with --option ranges_file=OUT.pt2.ranges.json (the command is printed).
 
     Every finished epoch is checkpointed beside OUT: after an interruption the same command resumes from
     the last finished epoch. The same --seed gives the same model.
@@ -90,7 +100,8 @@ def compress(
     settings = Settings(prune=prune, prune_rounds=prune_rounds, importance=importance, low_rank=low_rank,
                         low_rank_target=low_rank_target, distill=distill, temperature=temperature, alpha=alpha,
                         distill_features=tuple(n.strip() for n in (distill_features or "").split(",") if n.strip()),
-                        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+                        qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, epochs=epochs, lr=lr, batch_size=batch_size,
+                        seed=seed)
     steps.plan(settings)  # bad ratios and choices fail before any slow work
     if threads is not None:
         torch.set_num_threads(threads)

@@ -15,8 +15,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_params(module: torch.nn.Module) -> int:
-    """Parameters (not buffers): what pruning and factorization remove."""
-    return sum(p.numel() for p in module.parameters())
+    """Parameters (not buffers): what pruning and factorization remove. Modules marked `counted = False`
+    (QAT's learned ranges, which the written model does not hold) are left out."""
+    return sum(p.numel() for m in module.modules() if getattr(m, "counted", True) for p in m.parameters(recurse=False))
 
 
 def count_macs(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> int:

@@ -27,18 +27,26 @@ class Settings:
     alpha: float = _opt(0.7, "Weight of the distillation loss against the task loss, in [0, 1].")
     distill_features: tuple[str, ...] = _opt((), "Layers (module paths) whose outputs the student also matches "
                                                  "(comma-separated).")
+    qat: bool = _opt(False, "Quantization-aware training, after the other steps: fine-tune with int8 fake "
+                            "quantization (per-channel symmetric weights, 8-bit activations with learned ranges); "
+                            "writes the learned ranges beside OUT for the int8 builds.")
+    qat_epochs: int = _opt(2, "Fine-tuning epochs of the QAT step.")
+    qat_lr: float = _opt(1e-4, "Learning rate (Adam) of the QAT step: the weights start near their optimum.")
     epochs: int = _opt(2, "Fine-tuning epochs after each step (0: no fine-tuning).")
     lr: float = _opt(1e-3, "Fine-tuning learning rate (Adam).")
     batch_size: int = _opt(64, "Fine-tuning batch size.")
     seed: int = _opt(0, "Seed of the shuffles, dropout and splits: the same seed gives the same model.")
 
     def __post_init__(self) -> None:
-        if self.prune is None and self.low_rank is None and not self.distill:
-            raise BadInput("Nothing to do: give --prune RATIO, --low-rank RATIO and/or --distill.")
+        if self.prune is None and self.low_rank is None and not self.distill and not self.qat:
+            raise BadInput("Nothing to do: give --prune RATIO, --low-rank RATIO, --distill and/or --qat.")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise BadInput(f"--epochs must be >= 0, --batch-size >= 1 and --lr > 0 (got {self.epochs}, "
                            f"{self.batch_size}, {self.lr}).")
-        if self.distill and self.epochs == 0:
+        if self.qat and (self.qat_epochs < 1 or self.qat_lr <= 0):
+            raise BadInput(f"--qat trains the ranges and weights it quantizes, so it needs --qat-epochs of at least 1 "
+                           f"and --qat-lr > 0 (got {self.qat_epochs}, {self.qat_lr}).")
+        if self.distill and self.epochs == 0 and not (self.qat and self.prune is None and self.low_rank is None):
             raise BadInput("--distill trains the compressed model, so it needs --epochs of at least 1.")
 
     def to_json(self) -> dict[str, Any]:

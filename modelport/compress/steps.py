@@ -1,8 +1,8 @@
 """The techniques a compression run applies, in order: each changes the model once, then it is fine-tuned.
 
-A Technique is one step of the plan: `apply` changes the module in place (pruning, factorization; a QAT
-step would insert fake quantization here) and says what it did; the shared loop in train.py then
-fine-tunes it with the run's objective (the task loss, or distillation from the original model).
+A Technique is one step of the plan: `apply` changes the module in place (pruning, factorization, QAT's
+fake quantization) and says what it did; the shared loop in train.py then fine-tunes it with the run's
+objective (the task loss, or distillation from the original model) on the step's `schedule`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any, Protocol
 
 import torch
 
-from modelport.compress import lowrank, prune
+from modelport.compress import lowrank, prune, qat
 from modelport.compress.data import Examples
 from modelport.compress.settings import Settings
-from modelport.compress.train import TrainStep
+from modelport.compress.train import Schedule, TrainStep
+
+CALIBRATION_BATCH = 256  # QAT's initial ranges: min/max over the training data, read in batches this big
 
 
 @dataclass
@@ -76,13 +78,37 @@ class Distill:
         return {}
 
 
+@dataclass
+class QuantizeAware:
+    """Quantization-aware training: fake quantization inserted here, trained by the shared loop, removed by
+    `qat.freeze` once the run ends (its learned ranges go to the QDQ writer)."""
+
+    name: str = "qat"
+
+    def settings(self) -> dict[str, Any]:
+        return {"weights": "int8 symmetric per channel", "activations": "8-bit asymmetric, learned ranges"}
+
+    def apply(self, module: torch.nn.Module, ctx: Context) -> dict[str, Any]:
+        return qat.prepare(module, ctx.inputs, ctx.train.batches(CALIBRATION_BATCH))
+
+
 def plan(settings: Settings) -> list[Technique]:
-    """The steps `settings` asks for: pruning rounds, then low-rank (distillation is the objective of each)."""
+    """The steps `settings` asks for: pruning rounds, then low-rank, then QAT (distillation is the objective of
+    each)."""
     steps: list[Technique] = []
     if settings.prune is not None:
         steps += [PruneRound(r) for r in prune.schedule(settings.prune, settings.prune_rounds, settings.importance)]
     if settings.low_rank is not None:
         steps.append(Factorize(lowrank.LowRank(settings.low_rank, settings.low_rank_target)))
-    if not steps:
+    if not steps and not settings.qat:
         steps.append(Distill())
+    if settings.qat:
+        steps.append(QuantizeAware())
     return steps
+
+
+def schedule(settings: Settings, technique: Technique) -> Schedule:
+    """How the step after `technique` fine-tunes: QAT has its own epochs and learning rate."""
+    if isinstance(technique, QuantizeAware):
+        return Schedule(settings.qat_epochs, settings.qat_lr, settings.batch_size, settings.seed)
+    return Schedule(settings.epochs, settings.lr, settings.batch_size, settings.seed)

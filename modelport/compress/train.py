@@ -70,13 +70,22 @@ def epoch_seed(schedule: Schedule, step: int, epoch: int) -> int:
     return schedule.seed * 1_000_003 + step * 1_009 + epoch
 
 
+def param_groups(module: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+    """The trainable parameters, one group per learning rate: a module's `lr_scale` scales it for its own
+    parameters (QAT's ranges, learned as shares of their span, move faster than weights)."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for m in module.modules():
+        scale = float(getattr(m, "lr_scale", 1.0))
+        groups.setdefault(scale, []).extend(p for p in m.parameters(recurse=False) if p.requires_grad)
+    return [{"params": params, "lr": lr * scale} for scale, params in groups.items() if params]
+
+
 def fine_tune(module: torch.nn.Module, train_step: TrainStep, data: Examples, schedule: Schedule, *, step: int,
               start_epoch: int = 0, optimizer_state: dict | None = None,
               evaluate: Callable[[torch.nn.Module], float] | None = None,
               on_epoch: Callable[[EpochRecord, torch.optim.Optimizer], None] | None = None) -> list[EpochRecord]:
     """Train `module` for the epochs of `schedule` from `start_epoch`; `on_epoch` sees each finished epoch."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=schedule.lr)
+    optimizer = torch.optim.Adam(param_groups(module, schedule.lr))
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     records = []

@@ -136,6 +136,8 @@ def _option(f: dataclasses.Field, s: Setting) -> Option:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Declared):
         return value.record()
+    if hasattr(value, "to_json"):  # a parsed value that says what it is (e.g. a ranges file and its hash)
+        return value.to_json()
     if isinstance(value, Mapping):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, tuple):

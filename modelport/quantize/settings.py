@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Self
 from modelport.backends.base import Option, parse_bool
 from modelport.quantize.algorithms import ALGORITHMS, algorithm_options
 from modelport.quantize.declare import Declared, decided, fraction, names, optional, positive, setting
+from modelport.quantize.given import RangesFile, read_ranges_file
 
 METHODS = ("minmax", "entropy", "percentile")
 INT_TYPES = ("int8", "uint8")
@@ -41,6 +42,10 @@ class QdqSettings(Declared):
     analysis_samples: int = setting(ANALYSIS_SAMPLES, "Calibration samples that the per-tensor noise analysis, "
                                     "smoothing and the fidelity check run on (the ranges use every sample); fewer "
                                     "builds faster.", positive)
+    ranges_file: RangesFile | None = setting(  # noqa: RUF009 (a field declaration; RangesFile is frozen)
+        None, "Activation ranges to use instead of calibrated ones: a JSON file {\"ranges\": {tensor: [min, max]}} "
+        "keyed by ONNX tensor name, e.g. the OUT.pt2.ranges.json `modelport compress --qat` writes (the other "
+        "tensors are calibrated as usual).", read_ranges_file)
     preprocess: bool = setting(True, "Shape inference and basic optimization before quantizing.", parse_bool,
                                precisions=INT8_AND_DYNAMIC)
     activation_type: str | None = decided(None, "int8 or uint8 activations (default: int8 when symmetric, else "

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelport.errors import BadInput
-from modelport.quantize import cache
+from modelport.quantize import cache, given
 from modelport.quantize.algorithms import apply_algorithms
 from modelport.quantize.fallback import guard_fidelity
 from modelport.quantize.files import atomic_copy
@@ -47,6 +47,7 @@ class QdqResult:
     preprocess: str = "none"
     cache_key: str = ""
     notes: list[str] = field(default_factory=list)
+    given_ranges: dict[str, Any] | None = None  # the ranges file used in place of calibrated ranges, and where
 
     @property
     def smoothed(self) -> list[dict[str, Any]]:
@@ -71,6 +72,7 @@ def write_qdq_model(onnx_path: str | Path, calibration: CalibrationSet, out_path
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise BadInput(f"The ONNX model {str(onnx_path)!r} does not exist.")
+    _check_given(onnx_path, settings)
     with tempfile.TemporaryDirectory(prefix="modelport-qdq-") as tmp_name, quiet_ort_tools():
         tmp = Path(tmp_name)
         entry, from_cache = _calibrated(onnx_path, calibration, settings, tmp)
@@ -108,7 +110,22 @@ def write_qdq_model(onnx_path: str | Path, calibration: CalibrationSet, out_path
         algorithms={name: run.changes for name, run in runs.items()},
         # op_types as quantized: the declared default () means ORT's full set, so record the types found
         settings={**settings.record(), "op_types": sorted(candidate_types(graph, nodes))},
-        fidelity=fidelity, preprocess=record["preprocess"], cache_key=entry.key, notes=notes)
+        fidelity=fidelity, preprocess=record["preprocess"], cache_key=entry.key, notes=notes,
+        given_ranges=record.get("given_ranges"))
+
+
+def _check_given(onnx_path: Path, settings: QdqSettings) -> None:
+    """A ranges file naming tensors the model does not have is a mistake (another model's, another export)."""
+    import onnx
+
+    if settings.ranges_file is None:
+        return
+    unknown = given.unknown_tensors(settings.ranges_file, onnx.load(str(onnx_path), load_external_data=False))
+    if unknown:
+        raise BadInput(f"The ranges file {settings.ranges_file.path} names tensor(s) {', '.join(unknown)}, which the "
+                       f"ONNX model {onnx_path.name} does not have.",
+                       hint="Give the ranges file written for this model (modelport compress --qat writes "
+                            "OUT.pt2.ranges.json beside OUT.pt2), and build OUT.pt2 with the default --opset.")
 
 
 def _calibrated(onnx_path: Path, calibration: CalibrationSet, settings: QdqSettings, tmp: Path
@@ -125,7 +142,10 @@ def _calibrated(onnx_path: Path, calibration: CalibrationSet, settings: QdqSetti
     how = prepare(onnx_path, prepared, settings.preprocess)
     runs = apply_algorithms(prepared, calibration, settings)
     measured = calibrate(prepared, calibration, settings, work / cache.RANGES, tmp)
+    given_ranges = (given.apply(work / cache.RANGES, settings.ranges_file, Graph.load(prepared))
+                    if settings.ranges_file else None)
     record = {"key": key, "parts": parts, "samples_seen": measured.samples, "batches": measured.batches,
               "batch_size": measured.batch_size or "static", "calibration_seconds": measured.seconds,
-              "preprocess": how, "algorithms": {name: run.to_json() for name, run in runs.items()}, "sqnr": {}}
+              "preprocess": how, "algorithms": {name: run.to_json() for name, run in runs.items()}, "sqnr": {},
+              "given_ranges": given_ranges}
     return cache.store(key, work, record), False
