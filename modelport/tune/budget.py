@@ -28,7 +28,7 @@ class Bound:
     limit: float
 
     def __str__(self) -> str:
-        return f"{self.figure}{FIGURES[self.figure][0]}{self.limit:g}"
+        return f"{self.figure}{FIGURES[self.figure][0]}{self.limit:.10g}"
 
     def shortfall(self, value: float | None) -> float:
         """How far `value` is from meeting the bound, relative to its scale (0 when met; inf when undefined)."""
