@@ -155,6 +155,14 @@ def build(
     inputs: InputOpt = None,
     dynamic: DynamicOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if an identical artifact exists.")] = False,
+    budget: Annotated[str | None, typer.Option(
+        "--budget", help="With --precision int8: keep the fewest layers in float that meet EXPR on held-out data "
+                         "(cos>=0.995, sqnr>=25, drop<=1.0 in task-metric points; comma-joined), the fastest such "
+                         "build kept.", show_default=False)] = None,
+    evaluation: Annotated[str | None, typer.Option(
+        "--eval", help="Held-out data --budget is judged on (default: a quarter of --calib, kept out of "
+                       "calibration).", show_default=False)] = None,
+    max_candidates: Annotated[int, typer.Option("--max-candidates", help="Builds --budget judges at most.")] = 10,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a runtime-native artifact of MODEL for one backend and precision."""
@@ -168,12 +176,21 @@ def build(
     options = parse_pairs(option, "--option", "key=value")
     backend_impl.recipe(precision, options)  # bad options fail before any slow work
     backend_impl.require()
+    target = _budget_target(budget, evaluation, precision, calib)
     with status(f"Loading {model}", not json_out):
         source = load_model(model, inputs or (), dynamic or ())
     calibration = None
     if calib is not None:
         calibration = open_calibration(calib, source.inputs, size=calib_size, seed=seed)
     out = output or Path(f"{source.name}-{backend}-{precision}")
+    if target is not None and calibration is not None:
+        from modelport.calibration import open_evaluation
+        from modelport.tune.cli import build_to_budget
+
+        held_out = open_evaluation(evaluation, source.inputs, seed=seed) if evaluation is not None else None
+        build_to_budget(ModelBundle(source), backend, out, target, calibration, held_out, options, max_candidates,
+                        json_out)
+        return
     with status(f"Building {backend} {precision}", not json_out):
         artifact, reused = build_artifact(ModelBundle(source), backend, precision, out,
                                           options=options, calibration=calibration, force=force)
@@ -198,6 +215,21 @@ def build(
     if details.get("warning"):
         err_console.print(f"[yellow]warning:[/] {escape(str(details['warning']))}", highlight=False)
     console.print(f"Everything the build recorded: modelport inspect {artifact.path}", style="dim")
+
+
+def _budget_target(budget: str | None, evaluation: str | None, precision: str, calib: str | None):
+    """The parsed --budget (None without it), refused before any slow work where it cannot apply."""
+    if budget is None:
+        if evaluation is not None:
+            raise BadInput("--eval is the data --budget is judged on; without --budget a build reads only --calib.")
+        return None
+    from modelport.tune.budget import check_applies, parse_budget
+
+    target = parse_budget(budget)
+    check_applies(target, precision, has_labels=True)  # labels are checked once the data is open
+    if calib is None:
+        raise BadInput("--budget builds INT8 candidates and needs calibration data.", hint="Pass --calib SRC.")
+    return target
 
 
 def _short(value: object, limit: int = 300) -> str:

@@ -1,0 +1,10 @@
+"""The accuracy-budget search: which layers to keep out of INT8 so that an artifact meets `--budget`.
+
+`parse_budget` reads the expression; `search` builds and judges candidates on the target runtime and writes the
+fastest that meets it (see search.py). Backends are reached through builder and `exclude.TO_OPTIONS` only.
+"""
+
+from modelport.tune.budget import Budget, parse_budget
+from modelport.tune.search import Outcome, search
+
+__all__ = ["Budget", "Outcome", "parse_budget", "search"]

@@ -1,0 +1,225 @@
+"""The accuracy-budget search: the fewest layers kept out of INT8 that meet the budget, judged on the target runtime.
+
+Full INT8 is built and judged first, on held-out evaluation data (never the calibration samples). If it misses,
+debug's ranking on that artifact orders the layers by the error each adds; the top 1, 2, 4... layer groups are
+kept in float until a candidate meets the budget, then a bisection on the count finds the fewest. At most
+`max_candidates` builds are judged. Every candidate is timed in interleaved rounds (harness/latency.py); the
+fastest that meets the budget is written to `out`, or the closest when none does (marked `budget: missed`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport.artifact import MANIFEST, Artifact, staging_dir
+from modelport.builder import build_artifact, load_artifact
+from modelport.bundle import ModelBundle
+from modelport.calibration import CalibrationSet
+from modelport.debug import debug_artifact, rank_layers
+from modelport.debug.mapping import reference_layers
+from modelport.errors import BadInput, StepFailed
+from modelport.harness.fidelity import ACCURACY, evaluate, reference_metric
+from modelport.harness.latency import interleaved_rounds
+from modelport.tune.budget import Budget, check_applies
+from modelport.tune.exclude import TO_OPTIONS, layer_groups, with_nodes
+
+MAX_CANDIDATES = 10
+TIMING_ROUNDS = 5
+
+
+@dataclass
+class Candidate:
+    """One build: the ONNX nodes it keeps in float, its figures on the evaluation data, its latency."""
+
+    nodes: tuple[str, ...]
+    path: Path
+    figures: dict[str, float | None]
+    met: bool
+    shortfall: float
+    latency_ms: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        def clean(v: float | None) -> float | None:
+            return v if v is None or math.isfinite(v) else None
+
+        return {"kept_in_float": list(self.nodes), "figures": {k: clean(v) for k, v in self.figures.items()},
+                "met": self.met, "latency_ms": self.latency_ms}
+
+
+class Judge:
+    """A candidate's figures against PyTorch FP32 on the evaluation data (its outputs computed once)."""
+
+    def __init__(self, bundle: ModelBundle, evaluation: CalibrationSet, budget: Budget) -> None:
+        self.batches = list(evaluation.batches())
+        self.reference = _concat(bundle.source.run(b) for b in self.batches)
+        self.labels = evaluation.labels()
+        self.metric = ACCURACY if budget.needs_labels else None
+        self.baseline = reference_metric(ACCURACY, self.reference, self.labels) if self.metric else None
+
+    def __call__(self, path: Path) -> dict[str, float | None]:
+        with load_artifact(path) as runner:
+            outputs = _concat(runner.run(b) for b in self.batches)
+        record = evaluate(outputs, self.reference, self.labels, self.metric, self.baseline)
+        summary, metric = record["summary"], record["metric"]
+        return {"cos": summary["cosine"], "sqnr": math.inf if summary["identical"] else summary["sqnr_db"],
+                "drop": -metric["delta"] if metric and metric["delta"] is not None else None}
+
+
+def _concat(parts: Any) -> dict[str, np.ndarray]:
+    collected: dict[str, list[np.ndarray]] = {}
+    for part in parts:
+        for name, value in part.items():
+            collected.setdefault(name, []).append(np.asarray(value))
+    return {name: np.concatenate(values) for name, values in collected.items()}
+
+
+@dataclass
+class Outcome:
+    """The artifact written, and the record its manifest holds under `tune`."""
+
+    artifact: Artifact
+    record: dict[str, Any]
+
+    @property
+    def met(self) -> bool:
+        return self.record["status"] == "met"
+
+
+def search(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, calibration: CalibrationSet, *,
+           evaluation: CalibrationSet | None = None, options: Mapping[str, Any] | None = None,
+           max_candidates: int = MAX_CANDIDATES, threads: int | None = None,
+           report: Callable[[str], None] | None = None) -> Outcome:
+    """Search, write the chosen INT8 artifact to `out`, and return it; StepFailed (after writing the closest
+    candidate) when none meets the budget. Without `evaluation`, a quarter of `calibration` is held out."""
+    start = time.perf_counter()
+    if max_candidates < 1:
+        raise BadInput(f"--max-candidates {max_candidates}: at least the full INT8 build is judged.")
+    if evaluation is None:
+        calibration, evaluation = calibration.split()
+    elif evaluation.fingerprint == calibration.fingerprint:
+        raise BadInput("The evaluation data is the calibration data: a budget judged on it says nothing about "
+                       "new inputs.", hint="Pass held-out samples to --eval, or leave --eval out to hold out a "
+                                           "quarter of --calib.")
+    check_applies(budget, "int8", evaluation.labels() is not None)
+    out = Path(out)
+    workdir = out.with_name(f"{out.name}.tune")
+    judge = Judge(bundle, evaluation, budget)
+    say = report or (lambda _: None)
+    tried: dict[int, Candidate] = {}
+    groups: list[tuple[str, ...]] = []
+
+    def at(count: int) -> Candidate:
+        if count not in tried:
+            nodes = tuple(n for g in groups[:count] for n in g)
+            opts = with_nodes(backend, options or {}, nodes) if nodes else dict(options or {})
+            path = build_artifact(bundle, backend, "int8", workdir / f"c{len(tried)}", options=opts,
+                                  calibration=calibration)[0].path
+            figures = judge(path)
+            tried[count] = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures))
+            say(f"{len(nodes)} node(s) in float: {_figures(figures)} -> "
+                f"{'meets' if tried[count].met else 'misses'} {budget.describe()}")
+        return tried[count]
+
+    try:
+        if not at(0).met and backend in TO_OPTIONS and max_candidates > 1:
+            groups = _ranked_groups(bundle, tried[0].path, evaluation, threads)
+            _fewest(at, len(groups), tried, max_candidates)
+        candidates = [tried[k] for k in sorted(tried)]
+        _time(candidates, judge.batches[0], threads)
+        passing = [c for c in candidates if c.met]
+        chosen = (min(passing, key=lambda c: (c.latency_ms or math.inf, len(c.nodes))) if passing
+                  else min(candidates, key=lambda c: (c.shortfall, len(c.nodes))))
+        record = {"budget": budget.describe(), "status": "met" if passing else "missed", "backend": backend,
+                  "evaluation": {"source": evaluation.source.description, "samples": len(evaluation),
+                                 "fingerprint": evaluation.fingerprint},
+                  "ranked_groups": [list(g) for g in groups], "max_candidates": max_candidates,
+                  "candidates": [c.to_json() for c in candidates], "chosen": candidates.index(chosen),
+                  "seconds": round(time.perf_counter() - start, 3)}
+        artifact = _write(chosen.path, out, record)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not passing:
+        raise _missed(budget, backend, chosen, candidates, out)
+    return Outcome(artifact, record)
+
+
+def _ranked_groups(bundle: ModelBundle, int8: Path, evaluation: CalibrationSet,
+                   threads: int | None) -> list[tuple[str, ...]]:
+    """Debug's culprits on the full INT8 artifact, as groups of ONNX nodes kept in float together, worst first;
+    layers that add no error are left out."""
+    record = debug_artifact(int8, bundle.source, evaluation, threads=threads)
+    groups = layer_groups(reference_layers(bundle.onnx_path))
+    ranked = [groups[e["onnx_node"]] for e in rank_layers(record["layers"])
+              if e["onnx_node"] in groups and e["jump_db"] > 0]
+    return list(dict.fromkeys(ranked))
+
+
+def _fewest(at: Callable[[int], Candidate], n: int, tried: Mapping[int, Candidate], cap: int) -> None:
+    """Counts 1, 2, 4... up to `n` until one meets the budget, then bisection between the last miss and it."""
+    low, high, count = 0, None, 1
+    while count <= n and len(tried) < cap:
+        if at(count).met:
+            high = count
+            break
+        low = count
+        if count == n:
+            break
+        count = min(2 * count, n)
+    while high is not None and high - low > 1 and len(tried) < cap:
+        mid = (low + high) // 2
+        if at(mid).met:
+            high = mid
+        else:
+            low = mid
+
+
+def _time(candidates: Sequence[Candidate], feeds: Mapping[str, np.ndarray], threads: int | None) -> None:
+    """Each candidate's median ms per run over interleaved rounds (load drift hits them alike)."""
+    runners = [load_artifact(c.path, threads=threads) for c in candidates]
+    try:
+        rounds = interleaved_rounds({str(i): r.run for i, r in enumerate(runners)}, feeds, TIMING_ROUNDS,
+                                    budget_s=0.3 * len(runners))
+    finally:
+        for r in runners:
+            r.close()
+    for i, c in enumerate(candidates):
+        c.latency_ms = round(float(np.median(rounds[str(i)])), 4)
+
+
+def _write(chosen: Path, out: Path, record: dict[str, Any]) -> Artifact:
+    """The chosen candidate copied to `out` whole or not at all, its manifest carrying the search's record."""
+    with staging_dir(out) as tmp:
+        shutil.copytree(chosen, tmp, dirs_exist_ok=True)
+        manifest = json.loads((tmp / MANIFEST).read_text())
+        manifest["details"]["budget"] = record["status"]
+        manifest["tune"] = record
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return Artifact.open(out)
+
+
+def _figures(figures: Mapping[str, float | None]) -> str:
+    shown = {"cos": "cos {:.5f}", "sqnr": "sqnr {:.1f} dB", "drop": "drop {:.2f}"}
+    return ", ".join(shown[k].format(v) for k, v in figures.items() if v is not None and math.isfinite(v))
+
+
+def _missed(budget: Budget, backend: str, closest: Candidate, candidates: Sequence[Candidate],
+            out: Path) -> StepFailed:
+    tried = "; ".join(f"{len(c.nodes)} in float: {_figures(c.figures)}" for c in candidates)
+    how = ("" if backend in TO_OPTIONS else
+           f" {backend} has no option to keep single layers in float, so only its full INT8 build was judged.")
+    return StepFailed(f"No {backend} INT8 candidate meets the budget {budget.describe()}. The closest keeps "
+                      f"{len(closest.nodes)} node(s) in float ({', '.join(closest.nodes) or 'none'}) and reaches "
+                      f"{_figures(closest.figures)}; tried {len(candidates)}: {tried}. Wrote it to {out}, marked "
+                      f"budget: missed.{how}",
+                      hint="Try --precision fp16, another calibration method (--option method=entropy or "
+                           "percentile), more --max-candidates, or quantization-aware training: modelport compress "
+                           "--qat.")
