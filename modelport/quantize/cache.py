@@ -45,11 +45,13 @@ def model_hash(path: Path) -> str:
 
 
 def key_parts(onnx_path: Path, calibration: CalibrationSet, settings: QdqSettings) -> dict[str, Any]:
-    """What the cached ranges depend on: the model, the data, the method and what ran before calibrating."""
+    """What the cached ranges depend on: the model, the data, the method and what ran before calibrating (with
+    the settings each algorithm reads)."""
+    record = settings.record()
     return {"model": model_hash(onnx_path), "calibration": calibration.fingerprint, "method": settings.method,
             "percentile": settings.percentile if settings.method == "percentile" else None,
             "preprocess": settings.preprocess,
-            "algorithms": {a.name: {**options.record(), "version": a.version}
+            "algorithms": {a.name: {**options.record(), "version": a.version, **{f: record[f] for f in a.reads}}
                            for a, options in enabled_algorithms(settings)},
             "version": CACHE_VERSION}
 
