@@ -131,13 +131,14 @@ def measure(factory: str) -> list[dict[str, Any]]:
 
 
 def _summary(changes: dict[str, list[dict[str, Any]]]) -> str:
-    """What each algorithm did, in a few words."""
+    """How many layers (or chains, for CLE) each algorithm changed, of those it measured."""
     parts = []
     for name, items in changes.items():
-        if name == "smoothquant":
+        units = [c for c in items if "layer" in c or "layers" in c]
+        if name == "smoothquant" or not items:
             continue
-        kept = [c for c in items if c.get("kept", True) and "layer" in c or c.get("kept") and "layers" in c]
-        parts.append(f"{name}: {len(kept)} of {sum('layer' in c or 'layers' in c for c in items)} kept")
+        dropped = any(c.get("kept") is False for c in items if c not in units)
+        parts.append(f"{name} kept {0 if dropped else sum(c.get('kept', True) for c in units)} of {len(units)}")
     return "; ".join(parts) or "-"
 
 
