@@ -48,6 +48,30 @@ def make():
     return Mismatched().eval(), (torch.randn(1, 3, 8, 8),)
 '''
 
+THROUGH_DEPTHWISE = '''
+class Separable(nn.Module):
+    """A conv, a depthwise conv and a pointwise conv, the middle one's channels scaled apart."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.pw = nn.Conv2d(4, 4, 1)
+        scale = torch.tensor([50.0, 1.0, 0.02, 5.0])
+        with torch.no_grad():
+            self.dw.weight *= scale[:, None, None, None]
+            self.dw.bias *= scale
+            self.pw.weight /= scale[None, :, None, None]
+
+    def forward(self, x):
+        return self.pw(torch.relu(self.dw(torch.relu(self.a(x)))))
+
+
+def make():
+    return Separable().eval(), (torch.randn(1, 3, 8, 8),)
+'''
+
 OUTLIER_LINEAR = '''
 class Outlier(nn.Module):
     """One linear layer whose per-tensor weight step is set by a single large weight: the rest round coarsely."""
@@ -103,6 +127,19 @@ def test_cle_equalizes_mismatched_conv_channels_without_changing_the_float_funct
     assert max(chain["range_spread_after"]) < max(chain["range_spread_before"]) / 10
     prepared = cache_dir() / "qdq" / equalized.cache_key / "prepared.onnx"
     np.testing.assert_allclose(_run(prepared, held_out), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cle_equalizes_a_chain_through_a_depthwise_conv(write_model, tmp_path):
+    source, onnx_path = _model(write_model, THROUGH_DEPTHWISE)
+    rng = np.random.default_rng(0)
+    calibration = CalibrationSet.from_arrays({"x": rng.standard_normal((32, 3, 8, 8)).astype(np.float32)},
+                                             source.inputs)
+    result = _quantize(onnx_path, calibration, tmp_path, "cle", cle=CleOptions(mode="on"))
+    [chain] = result.algorithms["cle"]
+    assert chain["kept"] and len(chain["layers"]) == 3
+    held_out = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    prepared = cache_dir() / "qdq" / result.cache_key / "prepared.onnx"
+    np.testing.assert_allclose(_run(prepared, held_out), _run(onnx_path, held_out), rtol=1e-4, atol=1e-4)
 
 
 def test_cle_runs_by_default_only_where_weights_are_per_tensor():

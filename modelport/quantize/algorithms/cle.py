@@ -79,7 +79,7 @@ def pairs(graph: Graph, layers: list[Layer]) -> list[tuple[Layer, Layer]]:
             if len(graph.consumers[t]) != 1 or t in outputs:
                 continue
         b = by_input.get(t)
-        if b is None or b.grouped or graph.consumers[t][0] is not b.node:
+        if b is None or b.grouped or graph.consumers[t][0].name != b.name:
             continue
         if graph.inits[a.weight].dims[a.out_axis] == graph.inits[b.weight].dims[b.in_axis]:
             found.append((a, b))
