@@ -14,6 +14,9 @@ from modelport.cli import app
 from modelport.errors import BadInput
 from modelport.quantize import ALGORITHMS, METHODS, QdqSettings, SmoothQuantOptions, algorithm
 from modelport.quantize.algorithms import enabled_algorithms
+from modelport.quantize.algorithms.adaround import AdaRoundOptions
+from modelport.quantize.algorithms.bias_correction import BiasCorrectionOptions
+from modelport.quantize.algorithms.cle import CleOptions
 from tests.models import MLP
 
 
@@ -32,9 +35,11 @@ def test_backends_options_show_each_qdq_setting_as_declared():
     assert result.exit_code == 0, result.output
     ort = next(r for r in json.loads(result.stdout) if r["name"] == "onnxruntime")
     listed = {(o["name"], tuple(o["precisions"])): o for o in ort["options"]}
-    declared = {**_declared(QdqSettings), **_declared(SmoothQuantOptions)}
+    declared = {**_declared(QdqSettings), **_declared(SmoothQuantOptions), **_declared(CleOptions),
+                **_declared(BiasCorrectionOptions), **_declared(AdaRoundOptions)}
     assert {"method", "percentile", "per_channel", "symmetric", "op_types", "exclude", "auto_exclude", "fidelity",
-            "analysis_samples", "preprocess", "smooth"} <= set(declared)
+            "analysis_samples", "preprocess", "smooth", "cle", "bias_correction", "adaround",
+            "adaround_steps"} <= set(declared)
     for key, (default, help_text, precisions) in declared.items():
         shown = listed[(key, precisions)]
         assert shown["default"] == _as_json(default) and shown["help"] == help_text, key
@@ -55,7 +60,7 @@ def test_a_backends_validated_options_become_settings_and_the_backend_decides_th
     assert settings.symmetric_activations and settings.fidelity_target == 0.5 and settings.weight_type == "uint8"
     assert settings.reduce_range is False  # ORT's own reduce_range option (auto) is not the pass's decided field
     assert settings.algorithms["smoothquant"] == SmoothQuantOptions(alpha=0.0)
-    assert enabled_algorithms(settings) == []  # smooth=0 disables SmoothQuant
+    assert "smoothquant" not in [a.name for a, _ in enabled_algorithms(settings)]  # smooth=0 disables it
 
 
 def test_an_unknown_qdq_setting_is_bad_input_naming_the_known_ones():
@@ -75,19 +80,24 @@ def test_a_bad_value_is_bad_input_with_the_settings_help(change, message):
 
 
 def test_an_unknown_algorithm_is_bad_input_naming_the_registered_ones():
-    with pytest.raises(BadInput, match="adaround") as caught:
-        QdqSettings(algorithms={"adaround": SmoothQuantOptions()})
+    with pytest.raises(BadInput, match="gptq") as caught:
+        QdqSettings(algorithms={"gptq": SmoothQuantOptions()})
     assert "smoothquant" in caught.value.hint
     with pytest.raises(BadInput, match="smoothquant"):
-        algorithm("cle")
+        algorithm("gptq")
 
 
-def test_the_registry_lists_smoothquant_with_its_options():
-    smoothquant = ALGORITHMS["smoothquant"]
-    assert smoothquant.options is SmoothQuantOptions
+def test_the_registry_lists_each_algorithm_with_its_options_and_defaults():
+    assert {name: a.options for name, a in ALGORITHMS.items()} == {
+        "smoothquant": SmoothQuantOptions, "cle": CleOptions, "adaround": AdaRoundOptions,
+        "bias_correction": BiasCorrectionOptions}
     assert [(o.name, o.default) for o in SmoothQuantOptions.as_options()] == [("smooth", 0.75)]
-    assert QdqSettings().algorithms == {"smoothquant": SmoothQuantOptions()}
-    assert [a.name for a, _ in enabled_algorithms(QdqSettings())] == ["smoothquant"]
+    assert [(o.name, o.default) for o in AdaRoundOptions.as_options()] == [("adaround", False),
+                                                                           ("adaround_steps", 300)]
+    assert QdqSettings().algorithms == {"smoothquant": SmoothQuantOptions(), "cle": CleOptions(),
+                                        "adaround": AdaRoundOptions(), "bias_correction": BiasCorrectionOptions()}
+    # CLE waits for per-tensor weights (the default is per channel); AdaRound for its option
+    assert [a.name for a, _ in enabled_algorithms(QdqSettings())] == ["smoothquant", "bias_correction"]
 
 
 def test_option_keys_are_distinct_across_the_settings_and_every_algorithm():
@@ -99,7 +109,9 @@ def test_the_manifest_record_is_every_declared_field_resolved():
     record = QdqSettings(symmetric_activations=True, exclude=["Softmax"]).record()
     assert set(record) == {f.name for f in fields(QdqSettings)}
     assert record["activation_type"] == "int8"  # decided from symmetric when the backend did not decide it
-    assert record["exclude"] == ["Softmax"] and record["algorithms"] == {"smoothquant": {"alpha": 0.75}}
+    assert record["exclude"] == ["Softmax"]
+    assert record["algorithms"] == {"smoothquant": {"alpha": 0.75}, "cle": {"mode": "auto"},
+                                    "adaround": {"learn": False, "steps": 300}, "bias_correction": {"correct": True}}
     json.dumps(record)
 
 

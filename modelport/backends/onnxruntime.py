@@ -444,6 +444,7 @@ def _build_int8(src: Path, out: Path, o: Mapping[str, Any], calibration: Calibra
         "kept_float_summary": result.kept_summary,
         "kept_float": result.kept_float,
         "smoothed": result.smoothed,
+        "algorithms": result.algorithms,
         "fidelity_on_calibration": result.fidelity,
         "qdq_seconds": result.seconds,
     }

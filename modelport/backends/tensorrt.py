@@ -105,7 +105,8 @@ def prepare_network_onnx(onnx_path: Path, recipe: Recipe, calibration: Any, work
                            exclude=opts.get("exclude") or (), ranges_file=opts.get("ranges_file"))
     result = write_qdq_model(onnx_path, calibration, out, settings)
     return out, {"graph": "explicit Q/DQ (symmetric int8 activations, per-channel int8 weights)",
-                 "calibration_method": result.method, "calibration_samples": result.samples_seen}
+                 "calibration_method": result.method, "calibration_samples": result.samples_seen,
+                 "algorithms": result.algorithms}
 
 
 class TensorRTBackend(Backend):

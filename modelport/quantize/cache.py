@@ -45,13 +45,14 @@ def model_hash(path: Path) -> str:
 
 
 def key_parts(onnx_path: Path, calibration: CalibrationSet, settings: QdqSettings) -> dict[str, Any]:
-    """What the cached ranges depend on: the model, the data, the method, what ran before calibrating, and the
-    content of a ranges file given in place of calibrated ranges."""
+    """What the cached ranges depend on: the model, the data, the method, what ran before calibrating (with
+    the settings each algorithm reads), and the content of a ranges file given in place of calibrated ranges."""
+    record = settings.record()
     return {"model": model_hash(onnx_path), "calibration": calibration.fingerprint, "method": settings.method,
             "percentile": settings.percentile if settings.method == "percentile" else None,
             "preprocess": settings.preprocess,
             "given_ranges": settings.ranges_file.digest if settings.ranges_file else None,
-            "algorithms": {a.name: {**options.record(), "version": a.version}
+            "algorithms": {a.name: {**options.record(), "version": a.version, **{f: record[f] for f in a.reads}}
                            for a, options in enabled_algorithms(settings)},
             "version": CACHE_VERSION}
 

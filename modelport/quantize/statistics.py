@@ -1,5 +1,6 @@
-"""Statistics of the float model on the analysis samples: intermediate tensors exposed as outputs, and the
-signal-to-quantization-noise of every compute-op input under the cached ranges."""
+"""Statistics of the float model on the analysis samples: intermediate tensors exposed as outputs, the
+signal-to-quantization-noise of every compute-op input under the cached ranges, and the SQNR of a rewritten
+model's outputs against the float model's."""
 
 from __future__ import annotations
 
@@ -84,12 +85,27 @@ def measure_sqnr(model_path: Path, calibration: CalibrationSet, settings: QdqSet
 
     with tempfile.TemporaryDirectory(prefix="modelport-sqnr-") as tmp:
         run_collecting(model_path, tensors, calibration, settings, collect, Path(tmp))
-    out = {}
-    for t in tensors:
-        if params[t] is None:
-            out[t] = -math.inf
-        elif noise[t] == 0:
-            out[t] = math.inf
-        else:
-            out[t] = round(10 * math.log10(max(signal[t], 1e-300) / noise[t]), 2)
-    return out
+    return {t: -math.inf if params[t] is None else sqnr_db(signal[t], noise[t]) for t in tensors}
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """Signal-to-noise ratio in dB from summed squares, rounded to 0.01 dB; infinite without noise."""
+    if noise <= 0:
+        return math.inf
+    return round(10 * math.log10(max(signal, 1e-300) / noise), 2)
+
+
+def output_sqnr(reference: Path, candidate: Path, calibration: CalibrationSet, settings: QdqSettings) -> float:
+    """SQNR (dB) of `candidate`'s float outputs against `reference`'s on the analysis samples, batch by batch
+    (both run in step, so nothing but two sums is held)."""
+    ref, cand = cpu_session(reference), cpu_session(candidate)
+    inputs = [i.name for i in ref.get_inputs()]
+    signal = noise = 0.0
+    for batch in analysis_batches(calibration, settings):
+        feed = {n: batch[n] for n in inputs}
+        for r, c in zip(ref.run(None, feed), cand.run(None, feed), strict=True):
+            if r.dtype.kind == "f":
+                r64 = r.astype(np.float64)
+                signal += float(np.square(r64).sum())
+                noise += float(np.square(r64 - c).sum())
+    return sqnr_db(signal, noise)

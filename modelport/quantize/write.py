@@ -92,8 +92,9 @@ def write_qdq_model(onnx_path: str | Path, calibration: CalibrationSet, out_path
         q_path = quantize(kept)
         fidelity = None
         if settings.fidelity_target:
-            q_path, fidelity = guard_fidelity(entry.model_path, q_path, calibration, settings, graph, sqnr, nodes,
-                                              kept, quantize)
+            # against the user's float model: bias correction and AdaRound change the prepared one on purpose
+            q_path, fidelity = guard_fidelity(onnx_path, q_path, calibration, settings, graph, sqnr, nodes, kept,
+                                              quantize)
         atomic_copy(q_path, out_path)
         quantized, float_ops = precision_counts(out_path)
     kept_list = [{"node": n, "op_type": graph.nodes[n].op_type, "rule": rule, "reason": reason}

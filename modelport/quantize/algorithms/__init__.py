@@ -1,4 +1,5 @@
-"""The registry of algorithms that rewrite the float model before calibration (SmoothQuant today).
+"""The registry of algorithms that rewrite the float model before calibration: SmoothQuant, cross-layer
+equalization, AdaRound and bias correction (`layers.py` holds what the last three share).
 
 To add one: write `algorithms/NAME.py` with its keyword-only options dataclass (a `Declared` whose fields
 are `setting`s: that declaration gives its validation, its `--option` entries and its manifest record) and
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelport.errors import BadInput
-from modelport.quantize.algorithms import smoothquant
+from modelport.quantize.algorithms import adaround, bias_correction, cle, smoothquant
 from modelport.quantize.algorithms.base import Algorithm, AlgorithmRun
 
 if TYPE_CHECKING:
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
     from modelport.quantize.declare import Declared
     from modelport.quantize.settings import QdqSettings
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (smoothquant.ALGORITHM,)}
+# equalization before rounding is learnt; bias correction last, so it corrects the weights as finally rounded
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (smoothquant.ALGORITHM, cle.ALGORITHM, adaround.ALGORITHM,
+                                                        bias_correction.ALGORITHM)}
 
 
 def algorithm(name: str) -> Algorithm:
@@ -43,7 +46,8 @@ def algorithm_options(given: Mapping[str, Declared] | None = None) -> dict[str, 
 
 
 def enabled_algorithms(settings: QdqSettings) -> list[tuple[Algorithm, Declared]]:
-    return [(a, settings.algorithms[name]) for name, a in ALGORITHMS.items() if settings.algorithms[name].enabled]
+    return [(a, options) for name, a in ALGORITHMS.items()
+            if (options := settings.algorithms[name]).enabled and a.applies(options, settings)]
 
 
 def apply_algorithms(prepared: Path, calibration: CalibrationSet, settings: QdqSettings) -> dict[str, AlgorithmRun]:

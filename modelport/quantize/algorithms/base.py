@@ -30,13 +30,21 @@ class AlgorithmRun:
         return cls(data["changes"], {n: (rule, reason) for n, (rule, reason) in data["keep_float"].items()})
 
 
+def _always(options: Any, settings: QdqSettings) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """One registered algorithm. `apply(prepared, calibration, options, settings)` rewrites the prepared float
-    model in place; its result is cached with the ranges, so a cached entry never runs it again."""
+    model in place; its result is cached with the ranges, so a cached entry never runs it again. It runs where
+    its options are enabled and `applies(options, settings)` (e.g. only for per-tensor weights); the settings
+    it `reads` are part of the cache key."""
 
     name: str
     summary: str
     options: type[Declared]
     apply: Callable[[Path, CalibrationSet, Any, QdqSettings], AlgorithmRun]
     version: int = 1  # bump when `apply` writes a different model: ranges cached before are not reused
+    applies: Callable[[Any, QdqSettings], bool] = _always
+    reads: tuple[str, ...] = ("analysis_samples", "batch_size")  # the QdqSettings fields its result depends on

@@ -1,0 +1,180 @@
+"""The QDQ pass's post-training algorithms (cross-layer equalization, bias correction, AdaRound) measured on
+trained models with real data: scikit-learn's digits, the example CNN and a depthwise-separable CNN (the hard
+case for INT8: a depthwise conv's few weights per channel give per-tensor quantization its widest spread).
+
+    python -m benchmarks.ptq_algorithms
+
+Each ONNX Runtime INT8 build (per-tensor and per-channel weights, each algorithm off and on) is scored on the
+497 held-out digits: top-1 accuracy, and SQNR and cosine of its logits against PyTorch FP32. The fidelity
+guard is off (fidelity=0) so that no layer stays float and the figures are the algorithms' alone. Results
+land in benchmarks/results/ptq-algorithms-<machine>-<date>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import inspect
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.run_suite import RESULTS, machine_slug
+from modelport.machine import cache_dir
+
+OFF = {"cle": "off", "bias_correction": "false", "adaround": "false"}
+CONFIGS: dict[str, dict[str, str]] = {
+    "none": OFF,
+    "cle": {**OFF, "cle": "on"},
+    "bias correction": {**OFF, "bias_correction": "true"},
+    "adaround": {**OFF, "adaround": "true"},
+    "cle + adaround + bias correction": {"cle": "on", "bias_correction": "true", "adaround": "true"},
+}
+COMMON = {"fidelity": "0", "measure": "false"}
+CALIBRATION_SAMPLES = 256
+
+
+class DepthwiseCNN(nn.Module):
+    """MobileNet-style: depthwise 3x3 and pointwise 1x1 convs, BatchNorm folded at export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in), nn.ReLU(),
+                    nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+        self.features = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                      *block(16, 32, 1), *block(32, 64, 2), *block(64, 64, 1))
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _train() -> DepthwiseCNN:
+    from modelport.examples import digits_data
+
+    torch.manual_seed(0)
+    x, y = (torch.from_numpy(a) for a in digits_data("train"))
+    model = DepthwiseCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def depthwise_cnn() -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """The trained depthwise-separable digits CNN (weights cached as the example CNN's are)."""
+    from modelport.examples import digits_data
+
+    code = inspect.getsource(DepthwiseCNN) + inspect.getsource(_train)
+    path = cache_dir() / "examples" / f"digits_dwcnn-{hashlib.sha256(code.encode()).hexdigest()[:12]}.pt"
+    model = DepthwiseCNN()
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        model = _train()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    return model.eval(), (torch.from_numpy(digits_data("test")[0][:1]),)
+
+
+def _scores(ref: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    r, g = ref.astype(np.float64), got.astype(np.float64)
+    cos = (r * g).sum(1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1))
+    return {"top1": round(100 * float((got.argmax(1) == labels).mean()), 2), "cosine": round(float(cos.mean()), 5),
+            "sqnr_db": round(float(10 * np.log10((r ** 2).sum() / ((r - g) ** 2).sum())), 1)}
+
+
+def measure(factory: str) -> list[dict[str, Any]]:
+    """Every configuration of one model: its scores, build seconds and what each algorithm changed."""
+    from modelport.backends import get_backend
+    from modelport.builder import build_artifact
+    from modelport.bundle import ModelBundle
+    from modelport.calibration import open_calibration
+    from modelport.examples import digits_data
+    from modelport.model import load_model
+
+    source = load_model(factory, dynamic=["x:0=batch"])
+    bundle = ModelBundle(source)
+    calibration = open_calibration("modelport.examples:digits_calibration", source.inputs, size=CALIBRATION_SAMPLES)
+    x, labels = digits_data("test")
+    with torch.no_grad():
+        ref = source.module(torch.from_numpy(x)).numpy()
+    rows = [{"weights": "fp32", "config": "-", **_scores(ref, ref, labels), "build_s": None, "changes": {}}]
+    with tempfile.TemporaryDirectory(prefix="ptq-algorithms-") as tmp:
+        for per_channel in ("false", "true"):
+            for name, options in CONFIGS.items():
+                out = Path(tmp) / f"{per_channel}-{len(rows)}"
+                artifact, _ = build_artifact(bundle, "onnxruntime", "int8", out, calibration=calibration, force=True,
+                                             options={**COMMON, **options, "per_channel": per_channel})
+                runner = get_backend("onnxruntime").load(artifact, threads=2)
+                got = runner.run({"x": x})[runner.outputs[0].name]
+                rows.append({"weights": "per-channel" if per_channel == "true" else "per-tensor", "config": name,
+                             **_scores(ref, got, labels), "build_s": artifact.manifest["build_seconds"],
+                             "changes": artifact.details["algorithms"]})
+    return rows
+
+
+def _summary(changes: dict[str, list[dict[str, Any]]]) -> str:
+    """How many layers (or chains, for CLE) each algorithm changed, of those it measured."""
+    parts = []
+    for name, items in changes.items():
+        units = [c for c in items if "layer" in c or "layers" in c]
+        if name == "smoothquant" or not items:
+            continue
+        dropped = any(c.get("kept") is False for c in items if c not in units)
+        parts.append(f"{name} kept {0 if dropped else sum(c.get('kept', True) for c in units)} of {len(units)}")
+    return "; ".join(parts) or "-"
+
+
+def markdown(results: dict[str, list[dict[str, Any]]], machine: dict[str, Any], stamp: str) -> str:
+    out = ["# Post-training algorithms of the QDQ pass (ONNX Runtime INT8)", "",
+           f"Measured {stamp} on {machine['cpu']} ({machine['cores']} cores, {', '.join(machine['flags'])}) with "
+           "`python -m benchmarks.ptq_algorithms`. Trained weights, real data: scikit-learn's digits, "
+           f"{CALIBRATION_SAMPLES} training images for calibration (the algorithms use the first 64), scored on "
+           "the 497 held-out images against PyTorch FP32. Options: "
+           f"`{' '.join(f'{k}={v}' for k, v in COMMON.items())}` (no layer kept float, so the figures are the "
+           "algorithms' alone); activations as ONNX Runtime chooses for this CPU.", ""]
+    for model, rows in results.items():
+        out += [f"## {model}", "", "| weights | algorithms | top-1 % | cosine | SQNR dB | build s | what ran |",
+                "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            build = "-" if r["build_s"] is None else f"{r['build_s']:.1f}"
+            out.append(f"| {r['weights']} | {r['config']} | {r['top1']:.2f} | {r['cosine']:.5f} | {r['sqnr_db']:.1f} "
+                       f"| {build} | {_summary(r['changes'])} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    from modelport.machine import machine_summary
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    torch.set_num_threads(2)
+    results = {"digits CNN (modelport.examples:digits_cnn)": measure("modelport.examples:digits_cnn"),
+               "depthwise-separable digits CNN": measure("benchmarks.ptq_algorithms:depthwise_cnn")}
+    machine = machine_summary()
+    stamp = dt.date.today().isoformat()
+    path = RESULTS / f"ptq-algorithms-{machine_slug(machine['cpu'])}-{stamp}.md"
+    path.write_text(markdown(results, machine, stamp))
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training Quantization"): rounding each
+weight to its nearest grid point is not what minimizes a layer's output error; learning, per weight, whether
+it rounds up or down is, and a few hundred steps on a few dozen samples find a better choice.
+
+Per layer, on its float input activations from the analysis samples (at most LAYER_BYTES of them): the soft
+rounding floor(W/s) + h(V), h the rectified sigmoid, is trained with Adam in torch to reconstruct the float
+output, under a regularizer whose exponent is annealed so that every h ends at 0 or 1. The learnt rounding is
+then written into the float model as weights that lie exactly on ORT's grid, so ORT's own nearest rounding
+reproduces it; each channel's (or the tensor's) largest-magnitude weight keeps its nearest grid point, so the
+scale ORT computes from the weights is unchanged. A layer keeps the learnt rounding only where its output
+error on held-out samples (the last quarter of those collected) is lower than nearest rounding's.
+
+Off by default: it costs layers x steps optimizer steps (`adaround_steps`, default 300: seconds per layer on a
+CPU for small layers), where bias correction and equalization cost one pass over the samples.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from modelport.backends.base import parse_bool
+from modelport.quantize.algorithms.base import Algorithm, AlgorithmRun
+from modelport.quantize.algorithms.layers import (
+    READS,
+    Grid,
+    Layer,
+    channel_max,
+    find_layers,
+    forward,
+    initial_values,
+    weight_grid,
+    write_values,
+)
+from modelport.quantize.declare import Declared, setting
+from modelport.quantize.graph import Graph
+from modelport.quantize.statistics import run_collecting, sqnr_db
+
+if TYPE_CHECKING:
+    import torch
+
+    from modelport.calibration.dataset import CalibrationSet
+    from modelport.quantize.settings import QdqSettings
+
+ZETA, GAMMA = 1.1, -0.1     # the rectified sigmoid's stretch (the paper's values)
+BETA = (20.0, 2.0)          # the regularizer's exponent, annealed from first to last
+WARMUP = 0.2                # share of the steps that reconstruct only, before the regularizer starts
+REGULARIZER = 1.0           # its weight, relative to the nearest-rounding reconstruction error
+LEARNING_RATE = 0.02
+BATCH = 32                  # samples (rows, for a matrix product) per step
+LAYER_BYTES = 32 << 20      # float inputs held for one layer
+CHUNK_BYTES = 256 << 20     # float inputs held at once, across the layers collected in one pass
+HELD_OUT = 0.25
+
+
+def _steps(value: Any) -> int:
+    steps = int(value)
+    if steps < 1:
+        raise ValueError("expected a positive number of optimizer steps")
+    return steps
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaRoundOptions(Declared):
+    title: ClassVar[str] = "adaround option"
+
+    learn: bool = setting(False, "Learn each Conv/Gemm/MatMul weight's rounding on calibration samples (AdaRound); "
+                          "slow, hence off.", parse_bool, key="adaround")
+    steps: int = setting(300, "AdaRound optimizer steps per layer.", _steps, key="adaround_steps")
+
+    @property
+    def enabled(self) -> bool:
+        return self.learn
+
+
+def _sample_bytes(graph: Graph, tensor: str) -> int:
+    """Bytes of one sample of `tensor` from its inferred shape (1 MiB where a dimension is unknown)."""
+    info = graph.value_infos[tensor].type.tensor_type.shape.dim
+    dims = [d.dim_value for d in info[1:]]
+    return 4 * int(np.prod(dims)) if all(d > 0 for d in dims) else 1 << 20
+
+
+def _chunks(graph: Graph, layers: list[Layer], samples: int) -> list[list[Layer]]:
+    """Layers grouped so that one collection pass holds at most CHUNK_BYTES of their inputs."""
+    out: list[list[Layer]] = [[]]
+    held = 0
+    for layer in layers:
+        size = min(samples * _sample_bytes(graph, layer.input), LAYER_BYTES)
+        if out[-1] and held + size > CHUNK_BYTES:
+            out.append([])
+            held = 0
+        out[-1].append(layer)
+        held += size
+    return out
+
+
+def _collect(prepared: Path, graph: Graph, layers: list[Layer], calibration: CalibrationSet,
+             settings: QdqSettings) -> dict[str, np.ndarray]:
+    """Each layer's float inputs over the analysis samples, up to LAYER_BYTES per layer."""
+    held: dict[str, list[np.ndarray]] = defaultdict(list)
+    limit = {la.input: max(1, LAYER_BYTES // _sample_bytes(graph, la.input)) for la in layers}
+
+    def keep(result: dict[str, np.ndarray]) -> None:
+        for t, cap in limit.items():
+            have = sum(len(a) for a in held[t])
+            if have < cap:
+                held[t].append(result[t][:cap - have].astype(np.float32))
+
+    with tempfile.TemporaryDirectory(prefix="modelport-adaround-") as tmp:
+        run_collecting(prepared, sorted(limit), calibration, settings, keep, Path(tmp))
+    return {t: np.concatenate(parts) for t, parts in held.items()}
+
+
+def _pinned(w: np.ndarray, layer: Layer, settings: QdqSettings) -> np.ndarray:
+    """The largest-magnitude weight of each channel (or of the tensor): they set ORT's scale and keep their
+    nearest grid point."""
+    a = np.abs(w)
+    if not settings.per_channel:
+        return a == a.max()
+    shape = [1] * a.ndim
+    shape[layer.out_axis] = -1
+    return a == channel_max(w, layer.out_axis).reshape(shape)
+
+
+def _rectified(v: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+
+def learn_rounding(layer: Layer, x: torch.Tensor, w: np.ndarray, b: np.ndarray | None, grid: Grid,
+                   pinned: np.ndarray, steps: int, seed: int = 0) -> np.ndarray:
+    """The integer weights (on `grid`) whose rounding AdaRound learnt on inputs `x`."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    wt = torch.from_numpy(w.astype(np.float32))
+    bt = None if b is None else torch.from_numpy(b.astype(np.float32))
+    scale, zero = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (grid.scale, grid.zero))
+    nearest = torch.from_numpy(grid.integers(w).astype(np.float32))
+    pin = torch.from_numpy(pinned)
+    floor = torch.floor(wt / scale + zero)
+    rest = (wt / scale + zero - floor).clamp(1e-4, 1 - 1e-4)
+    p = (rest - GAMMA) / (ZETA - GAMMA)
+    v = torch.log(p / (1 - p)).requires_grad_(True)
+    optimizer = torch.optim.Adam([v], lr=LEARNING_RATE)
+
+    def weights(h: torch.Tensor) -> torch.Tensor:
+        q = torch.where(pin, nearest, torch.clamp(floor + h, grid.qmin, grid.qmax))
+        return (q - zero) * scale
+
+    with torch.no_grad():
+        reference = forward(layer, x, wt, bt)
+        power = float(reference.square().mean()) or 1.0
+        base = float((forward(layer, x, weights((nearest - floor).clamp(0, 1)), bt) - reference).square().mean())
+    weight = REGULARIZER * max(base / power, 1e-12)
+    warm = int(WARMUP * steps)
+    for step in range(steps):
+        idx = torch.randperm(len(x), generator=generator)[:BATCH]
+        h = _rectified(v)
+        loss = (forward(layer, x[idx], weights(h), bt) - reference[idx]).square().mean() / power
+        if step >= warm:
+            t = (step - warm) / max(1, steps - warm)
+            beta = BETA[1] + (BETA[0] - BETA[1]) * (1 - t)
+            loss = loss + weight * (1 - (2 * h - 1).abs().pow(beta)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        hard = (_rectified(v) >= 0.5).float()
+        return torch.where(pin, nearest, torch.clamp(floor + hard, grid.qmin, grid.qmax)).numpy()
+
+
+def _output_sqnr(layer: Layer, x: torch.Tensor, w: np.ndarray, wq: np.ndarray, b: np.ndarray | None) -> float:
+    import torch
+
+    bt = None if b is None else torch.from_numpy(b)
+    with torch.no_grad():
+        ref = forward(layer, x, torch.from_numpy(w), bt).double()
+        got = forward(layer, x, torch.from_numpy(wq), bt).double()
+    return sqnr_db(float(ref.square().sum()), float((ref - got).square().sum()))
+
+
+def _progress(total: int):
+    """A transient progress bar on the terminal (nothing where stderr is not one)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    progress = Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
+    return progress, progress.add_task(f"AdaRound: {total} layers", total=total)
+
+
+def adaround(prepared: Path, calibration: CalibrationSet, options: AdaRoundOptions, settings: QdqSettings
+             ) -> AlgorithmRun:
+    """Learn the rounding of every layer where it lowers the layer's held-out output error."""
+    import torch
+
+    graph = Graph.load(prepared)
+    layers = [la for la in find_layers(graph, settings) if la.input in graph.value_infos]
+    if not layers:
+        return AlgorithmRun()
+    values = initial_values(graph, [n for la in layers for n in (la.weight, la.bias)])
+    changed: dict[str, np.ndarray] = {}
+    done = []
+    progress, task = _progress(len(layers))
+    with progress:
+        for chunk in _chunks(graph, layers, settings.analysis_samples):
+            inputs = _collect(prepared, graph, chunk, calibration, settings)
+            for la in chunk:
+                x = torch.from_numpy(inputs[la.input])
+                done.append(_round_layer(la, x, values, settings, options.steps, changed))
+                progress.advance(task)
+    if changed:
+        write_values(graph, changed, prepared)
+    return AlgorithmRun(done)
+
+
+def _round_layer(layer: Layer, x: torch.Tensor, values: dict[str, np.ndarray], settings: QdqSettings, steps: int,
+                 changed: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Learn one layer's rounding on most of `x`; keep it in `changed` where the rest of `x` measures it better."""
+    w, b = values[layer.weight], values.get(layer.bias) if layer.bias else None
+    hold = max(1, int(len(x) * HELD_OUT)) if len(x) > 1 else 0
+    train, test = (x[:-hold], x[-hold:]) if hold else (x, x)
+    grid = weight_grid(w, layer, settings)
+    nearest = grid.integers(w)
+    learnt = learn_rounding(layer, train, w, b, grid, _pinned(w, layer, settings), steps)
+    on_grid = grid.values(learnt)
+    exact = bool(np.array_equal(weight_grid(on_grid, layer, settings).integers(on_grid), learnt))
+    before = _output_sqnr(layer, test, w, grid.values(nearest), b)
+    after = _output_sqnr(layer, test, w, on_grid, b)
+    kept = exact and after > before
+    if kept:
+        changed[layer.weight] = on_grid
+    return {"layer": layer.name, "samples": len(x), "held_out": len(test), "steps": steps,
+            "flipped": round(float((learnt != nearest).mean()), 4), "held_out_sqnr_db_nearest": before,
+            "held_out_sqnr_db_adaround": after, "kept": kept, **({} if exact else {"why": "not on ORT's grid"})}
+
+
+ALGORITHM = Algorithm("adaround", "Learns whether each weight rounds up or down to reconstruct its layer's output.",
+                      AdaRoundOptions, adaround, reads=READS)

@@ -1,0 +1,226 @@
+"""Cross-layer equalization, bias correction and AdaRound in the shared QDQ pass: each on a small model where it
+provably helps, measured through ONNX Runtime's own quantized model; their options declared once (validated,
+listed, recorded in the manifest)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from modelport.builder import build_artifact
+from modelport.bundle import ModelBundle
+from modelport.calibration import CalibrationSet, open_calibration
+from modelport.cli import app
+from modelport.errors import BadInput
+from modelport.machine import cache_dir
+from modelport.model import load_model
+from modelport.quantize import QdqSettings, write_qdq_model
+from modelport.quantize.algorithms.adaround import AdaRoundOptions
+from modelport.quantize.algorithms.bias_correction import BiasCorrectionOptions
+from modelport.quantize.algorithms.cle import CleOptions
+
+NONE = {"cle": CleOptions(mode="off"), "bias_correction": BiasCorrectionOptions(correct=False),
+        "adaround": AdaRoundOptions(learn=False)}
+
+MISMATCHED_CONVS = '''
+class Mismatched(nn.Module):
+    """Two convs whose channels carry wildly different scales that cancel: the float function is ordinary."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        scale = torch.tensor([100.0, 1.0, 0.01, 10.0, 0.1, 1.0, 30.0, 0.03])
+        with torch.no_grad():
+            self.a.weight *= scale[:, None, None, None]
+            self.a.bias *= scale
+            self.b.weight /= scale[None, :, None, None]
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def make():
+    return Mismatched().eval(), (torch.randn(1, 3, 8, 8),)
+'''
+
+THROUGH_DEPTHWISE = '''
+class Separable(nn.Module):
+    """A conv, a depthwise conv and a pointwise conv, the middle one's channels scaled apart."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.pw = nn.Conv2d(4, 4, 1)
+        scale = torch.tensor([50.0, 1.0, 0.02, 5.0])
+        with torch.no_grad():
+            self.dw.weight *= scale[:, None, None, None]
+            self.dw.bias *= scale
+            self.pw.weight /= scale[None, :, None, None]
+
+    def forward(self, x):
+        return self.pw(torch.relu(self.dw(torch.relu(self.a(x)))))
+
+
+def make():
+    return Separable().eval(), (torch.randn(1, 3, 8, 8),)
+'''
+
+OUTLIER_LINEAR = '''
+class Outlier(nn.Module):
+    """One linear layer whose per-tensor weight step is set by a single large weight: the rest round coarsely."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(64, 16)
+        with torch.no_grad():
+            self.fc.weight[0, 0] = 3.0
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def make():
+    return Outlier().eval(), (torch.rand(1, 64),)
+'''
+
+
+def _model(write_model, body: str):
+    source = load_model(write_model(body), dynamic=["x:0=batch"])
+    return source, ModelBundle(source).onnx_path
+
+
+def _run(path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10(np.square(ref).sum() / np.square(ref - got).sum()))
+
+
+def _quantize(onnx_path, calibration, tmp_path, name: str, **algorithms):
+    return write_qdq_model(onnx_path, calibration, tmp_path / f"{name}.onnx", per_channel=False, auto_exclude=False,
+                           fidelity_target=None, algorithms={**NONE, **algorithms})
+
+
+def test_cle_equalizes_mismatched_conv_channels_without_changing_the_float_function(write_model, tmp_path):
+    source, onnx_path = _model(write_model, MISMATCHED_CONVS)
+    rng = np.random.default_rng(0)
+    calibration = CalibrationSet.from_arrays({"x": rng.standard_normal((64, 3, 8, 8)).astype(np.float32)},
+                                             source.inputs)
+    held_out = rng.standard_normal((32, 3, 8, 8)).astype(np.float32)
+    plain = _quantize(onnx_path, calibration, tmp_path, "plain")
+    equalized = _quantize(onnx_path, calibration, tmp_path, "cle", cle=CleOptions(mode="on"))
+    ref = _run(onnx_path, held_out)
+    assert _sqnr(ref, _run(equalized.path, held_out)) >= _sqnr(ref, _run(plain.path, held_out)) + 3
+    [chain] = equalized.algorithms["cle"]
+    assert chain["kept"] and chain["output_sqnr_db_after"] > chain["output_sqnr_db_before"]
+    assert max(chain["range_spread_after"]) < max(chain["range_spread_before"]) / 10
+    prepared = cache_dir() / "qdq" / equalized.cache_key / "prepared.onnx"
+    np.testing.assert_allclose(_run(prepared, held_out), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cle_equalizes_a_chain_through_a_depthwise_conv(write_model, tmp_path):
+    source, onnx_path = _model(write_model, THROUGH_DEPTHWISE)
+    rng = np.random.default_rng(0)
+    calibration = CalibrationSet.from_arrays({"x": rng.standard_normal((32, 3, 8, 8)).astype(np.float32)},
+                                             source.inputs)
+    result = _quantize(onnx_path, calibration, tmp_path, "cle", cle=CleOptions(mode="on"))
+    [chain] = result.algorithms["cle"]
+    assert chain["kept"] and len(chain["layers"]) == 3
+    held_out = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    prepared = cache_dir() / "qdq" / result.cache_key / "prepared.onnx"
+    np.testing.assert_allclose(_run(prepared, held_out), _run(onnx_path, held_out), rtol=1e-4, atol=1e-4)
+
+
+def test_cle_runs_by_default_only_where_weights_are_per_tensor():
+    from modelport.quantize.algorithms import enabled_algorithms
+
+    assert "cle" not in [a.name for a, _ in enabled_algorithms(QdqSettings(per_channel=True))]
+    assert "cle" in [a.name for a, _ in enabled_algorithms(QdqSettings(per_channel=False))]
+    on = QdqSettings(per_channel=True, algorithms={"cle": CleOptions(mode="on")})
+    assert "cle" in [a.name for a, _ in enabled_algorithms(on)]
+
+
+def test_bias_correction_removes_the_mean_shift_that_weight_rounding_adds(write_model, tmp_path):
+    source, onnx_path = _model(write_model, OUTLIER_LINEAR)
+    rng = np.random.default_rng(0)
+    x = (0.5 + 0.1 * rng.standard_normal((128, 64))).astype(np.float32)
+    calibration = CalibrationSet.from_arrays({"x": x}, source.inputs)
+    ref = _run(onnx_path, x)
+    plain = _quantize(onnx_path, calibration, tmp_path, "plain")
+    corrected = _quantize(onnx_path, calibration, tmp_path, "corrected",
+                          bias_correction=BiasCorrectionOptions(correct=True))
+    shift_before = np.abs((_run(plain.path, x) - ref).mean(axis=0))
+    shift_after = np.abs((_run(corrected.path, x) - ref).mean(axis=0))
+    assert shift_after.mean() < shift_before.mean() / 5
+    changes = corrected.algorithms["bias_correction"]
+    assert changes[0]["layer_sqnr_db_after"] > changes[0]["layer_sqnr_db_before"]
+    model = changes[-1]
+    assert model["kept"] and model["model_output_sqnr_db_after"] > model["model_output_sqnr_db_before"]
+
+
+def test_adaround_beats_nearest_rounding_on_held_out_samples_and_ort_keeps_its_rounding(write_model, tmp_path):
+    source, onnx_path = _model(write_model, OUTLIER_LINEAR)
+    rng = np.random.default_rng(0)
+    calibration = CalibrationSet.from_arrays({"x": rng.random((64, 64), dtype=np.float32)}, source.inputs)
+    held_out = rng.random((256, 64), dtype=np.float32)
+    nearest = _quantize(onnx_path, calibration, tmp_path, "nearest")
+    learnt = _quantize(onnx_path, calibration, tmp_path, "adaround", adaround=AdaRoundOptions(learn=True, steps=200))
+    ref = _run(onnx_path, held_out)
+    mse_nearest = np.square(_run(nearest.path, held_out) - ref).mean()
+    mse_learnt = np.square(_run(learnt.path, held_out) - ref).mean()
+    assert mse_learnt < 0.8 * mse_nearest
+    [layer] = learnt.algorithms["adaround"]
+    assert layer["kept"] and layer["flipped"] > 0
+    # the written float weight lies on ORT's grid: its quantizer's nearest rounding is the learnt rounding
+    prepared = onnx.load(str(cache_dir() / "qdq" / learnt.cache_key / "prepared.onnx"))
+    written = next(numpy_helper.to_array(i) for i in prepared.graph.initializer if i.name == "fc.weight")
+    qdq = onnx.load(str(learnt.path))
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    dq = next(n for n in qdq.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+              and inits[n.input[0]].shape == written.shape)
+    dequantized = (inits[dq.input[0]].astype(np.float32) - inits[dq.input[2]]) * inits[dq.input[1]]
+    np.testing.assert_allclose(dequantized, written, rtol=0, atol=1e-7)
+
+
+def test_unknown_algorithms_and_bad_options_are_bad_input():
+    with pytest.raises(BadInput, match="bogus") as caught:
+        QdqSettings(algorithms={"bogus": CleOptions()})
+    assert "adaround" in caught.value.hint and "cle" in caught.value.hint
+    with pytest.raises(BadInput, match="steps"):
+        AdaRoundOptions(steps=-1)
+    with pytest.raises(BadInput, match="mode"):
+        CleOptions(mode="sometimes")
+    with pytest.raises(BadInput, match="CleOptions"):
+        QdqSettings(algorithms={"adaround": CleOptions()})
+
+
+def test_a_bad_adaround_option_on_the_command_line_exits_2(write_model, tmp_path):
+    result = CliRunner().invoke(app, ["build", write_model(OUTLIER_LINEAR), "-b", "onnxruntime", "-p", "int8",
+                                      "--option", "adaround_steps=-1", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "adaround_steps" in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("options", "name"), [({"cle": "on"}, "cle"), ({"bias_correction": "true"}, "bias_correction"),
+                                               ({"adaround": "true", "adaround_steps": "30"}, "adaround")])
+def test_an_ort_int8_build_of_digits_records_the_algorithm_that_ran(digits, tmp_path, options, name):
+    calibration = open_calibration("modelport.examples:digits_calibration", digits.inputs, size=64)
+    off = {"cle": "off", "bias_correction": "false", "adaround": "false"}
+    artifact, _ = build_artifact(ModelBundle(digits), "onnxruntime", "int8", tmp_path / "out", calibration=calibration,
+                                 options={**off, **options, "measure": "false"})
+    ran = artifact.details["algorithms"]
+    assert ran.get(name)
+    assert not {"cle", "bias_correction", "adaround"} - {name} & set(ran)
+    assert artifact.manifest["recipe"]["options"][name] in ("on", True)  # the option keys are the algorithms' names
