@@ -4,7 +4,6 @@ each layer's float computation in torch, and the model's output fidelity with it
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -204,7 +203,3 @@ def quantized_output_sqnr(prepared: Path, layers: Sequence[Layer], values: Mappi
         write_values(graph, replaced, path)
         return output_sqnr(prepared, path, calibration, settings)
 
-
-def gain(before: float, after: float) -> float:
-    """after - before in dB, where an infinite figure (no noise) counts as no change."""
-    return after - before if math.isfinite(before) and math.isfinite(after) else 0.0
