@@ -46,8 +46,9 @@ def _build(width: int, folder: Path):
     """The fp32 ONNX Runtime artifact of mlp(width), and its Runner at one thread."""
     from modelport.builder import build_artifact, load_artifact
     from modelport.bundle import ModelBundle
-    from modelport.model import SourceModel, _output_specs, dtype_name, weights_hash
-    from modelport.model import TensorSpec as Spec
+    from modelport.model import SourceModel, _output_specs, weights_hash
+    from modelport.specs import TensorSpec as Spec
+    from modelport.specs import dtype_name
 
     module, (x,) = mlp(width)
     inputs = [Spec("x", tuple(x.shape), dtype_name(x.dtype))]

@@ -18,7 +18,8 @@ from modelport.artifact import Artifact
 from modelport.calibration import CalibrationSet, open_calibration
 from modelport.errors import BadInput, ModelportError, StepFailed, Unavailable
 from modelport.exporters.onnx import ExportReport, export_onnx
-from modelport.model import SourceModel, TensorSpec, load_model
+from modelport.model import SourceModel, load_model
+from modelport.specs import TensorSpec
 
 __version__ = "0.1.0"
 

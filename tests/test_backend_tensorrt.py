@@ -19,7 +19,7 @@ from modelport.calibration import CalibrationSet
 from modelport.cli import app
 from modelport.errors import BadInput
 from modelport.examples import digits_data
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 backend = get_backend("tensorrt")
 AVAILABLE, REASON = backend.available()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 import numpy as np
 
 from modelport.errors import BadInput, StepFailed, Unavailable
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
     from modelport.artifact import Artifact

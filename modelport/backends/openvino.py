@@ -23,8 +23,8 @@ import numpy as np
 
 from modelport.backends.base import Backend, Option, Recipe, Runner, RuntimeOp, parse_list
 from modelport.errors import BadInput, StepFailed, Unavailable
-from modelport.model import TensorSpec
 from modelport.quantize import QdqSettings, write_qdq_model
+from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
     from modelport.artifact import Artifact

@@ -30,7 +30,7 @@ from modelport.exporters.litert import (
     quiet_native,
     to_model_layout,
 )
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
     from modelport.artifact import Artifact

@@ -34,7 +34,8 @@ import torch
 from modelport.errors import BadInput, StepFailed
 from modelport.exporters.parity import output_error
 from modelport.machine import cache_dir
-from modelport.model import SourceModel, TensorSpec, flatten_outputs, random_inputs, resize_along
+from modelport.model import SourceModel, flatten_outputs, random_inputs, resize_along
+from modelport.specs import TensorSpec
 
 LAYOUTS = ("nchw", "nhwc")
 DYNAMIC_MODES = ("auto", "off")

@@ -35,7 +35,8 @@ from modelport.errors import BadInput
 from modelport.harness import fidelity, interleave, isolate, results
 from modelport.harness.reference import Data
 from modelport.machine import machine_summary
-from modelport.model import SourceModel, TensorSpec
+from modelport.model import SourceModel
+from modelport.specs import TensorSpec
 
 PYTORCH = "pytorch"
 CUSTOM = "custom"

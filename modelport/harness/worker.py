@@ -65,7 +65,8 @@ class UserRunner(Runner):
     """
 
     def __init__(self, spec: Mapping[str, Any], threads: int) -> None:
-        from modelport.model import TensorSpec, import_user_callable
+        from modelport.specs import TensorSpec
+        from modelport.usercode import import_user_callable
 
         self.name = spec["ref"]
         self.inputs = [TensorSpec.from_json(s) for s in spec["inputs"]]
