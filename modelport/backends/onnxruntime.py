@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.base import Backend, Option, Recipe, Runner, parse_bool, parse_list
+from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
 from modelport.onnx_fp16 import convert_to_fp16
+from modelport.options import Option, parse_bool, parse_list
 from modelport.quantize import QdqSettings, quiet_ort_tools, resolve_exclude, write_qdq_model
 from modelport.specs import TensorSpec
 

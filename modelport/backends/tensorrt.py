@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from modelport.backends.base import Backend, Option, Recipe, Runner, parse_list
+from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.machine import cache_dir
+from modelport.options import Option, parse_list
 from modelport.quantize import QdqSettings, write_qdq_model
 from modelport.specs import TensorSpec
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.base import Backend, Option, Recipe, Runner
+from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.exporters.litert import (
     DYNAMIC_MODES,
@@ -30,6 +30,7 @@ from modelport.exporters.litert import (
     quiet_native,
     to_model_layout,
 )
+from modelport.options import Option
 from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
