@@ -1,6 +1,6 @@
 """The harness's own cost per timed iteration, on a model whose ONNX Runtime run takes about 0.1 ms.
 
-`modelport.harness.latency.timed_loop` (the loop `modelport bench` times every row with) runs over the
+`modelport.timing.timed_loop` (the loop `modelport bench` times every row with) runs over the
 modelport Runner of an ONNX Runtime fp32 artifact, while a thin probe around the Runner's
 InferenceSession records how long each of the runtime's own `run` calls took, in the same iteration.
 
@@ -106,7 +106,7 @@ class _ProbedSession:
 
 
 def measure(width: int, folder: Path, iterations: int, rounds: int) -> dict:
-    from modelport.harness.latency import timed_loop
+    from modelport.timing import timed_loop
 
     runner, feeds = _build(width, folder)
     times, inner = [0] * iterations, [0] * iterations

@@ -514,7 +514,7 @@ def _gemm_to_matmul(model: onnx.ModelProto, skip: set[str]) -> int:
 
 def _compare(sessions: Mapping[str, Any], feeds: Mapping[str, np.ndarray], budget_s: float = 3.0) -> dict[str, float]:
     """Milliseconds per run: the best round median over interleaved rounds (robust to a shared CPU)."""
-    from modelport.harness.latency import interleaved_rounds
+    from modelport.timing import interleaved_rounds
 
     feeds = {k: np.asarray(v) for k, v in feeds.items()}
     runs = {key: _bound(session, {i.name: feeds[i.name] for i in session.get_inputs()})

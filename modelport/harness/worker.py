@@ -170,7 +170,8 @@ def _fidelity(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.nd
 
 
 def _latency(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    from modelport.harness.latency import summarize, timed_runs
+    from modelport.harness.latency import summarize
+    from modelport.timing import timed_runs
 
     batch = int(job["batch"])
     feeds = batch_of(inputs, 0, batch)
@@ -192,7 +193,8 @@ def _rounds(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndar
     `finish`. Only one child runs at a time; the others wait on their stdin, so drift on the machine
     lands on every runner of a round alike.
     """
-    from modelport.harness.latency import summarize, timed_loop, warm_up
+    from modelport.harness.latency import summarize
+    from modelport.timing import timed_loop, warm_up
 
     times: dict[int, list[int]] = {}
     rounds: dict[int, list[float]] = {}
