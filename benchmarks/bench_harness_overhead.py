@@ -44,8 +44,9 @@ def mlp(width: int) -> tuple[nn.Module, tuple[torch.Tensor]]:
 
 def _build(width: int, folder: Path):
     """The fp32 ONNX Runtime artifact of mlp(width), and its Runner at one thread."""
-    from modelport.builder import build_artifact, load_artifact
+    from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
+    from modelport.loading import load_artifact
     from modelport.model import SourceModel, _output_specs, weights_hash
     from modelport.specs import TensorSpec as Spec
     from modelport.specs import dtype_name

@@ -129,7 +129,7 @@ def _build(job: Mapping[str, Any]) -> dict[str, Any]:
 def _load_runner(spec: Mapping[str, Any], threads: int) -> Runner:
     kind = spec["kind"]
     if kind == "artifact":
-        from modelport.builder import load_artifact
+        from modelport.loading import load_artifact
 
         return load_artifact(spec["path"], threads=threads)
     if kind == "torch":
