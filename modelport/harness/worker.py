@@ -1,13 +1,14 @@
 """The measuring process: `python -m modelport.harness.worker JOB.json`, or forked by `--serve` (isolate.py).
 
-A child pins torch's threads, loads one runner (or builds one artifact), does one task, and writes its
-result JSON; progress goes to stdout as `@@modelport-progress DONE TOTAL` lines. faulthandler is on, so
-a segfault leaves the Python stack in the log the parent keeps.
+A child pins torch's threads where torch is in the process (an artifact's runner never imports it),
+loads one runner (or builds one artifact), does one task, and writes its result JSON; progress goes to
+stdout as `@@modelport-progress DONE TOTAL` lines. faulthandler is on, so a segfault leaves the Python
+stack in the log the parent keeps.
 
-The server (`--serve [MODULE...]`) imports what every child needs once (and the modules named: the model
-factory's, for the children that load the model), then for each `JOB<TAB>LOG` line on stdin
-forks a child, says `@@modelport-started PID`, waits for it and says `@@modelport-exit CODE` (negative:
-the signal that killed it). It never loads a runtime or runs a model itself.
+The server (`--serve [MODULE...]`) imports what every child needs once (and the modules named: torch
+for the children that run it, the model factory's for those that load the model), then for each
+`JOB<TAB>LOG` line on stdin forks a child, says `@@modelport-started PID`, waits for it and says
+`@@modelport-exit CODE` (negative: the signal that killed it). It never loads a runtime or runs a model itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from modelport.backends.base import Runner
 from modelport.errors import StepFailed
-from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX
+from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX, needs_torch
 from modelport.harness.reference import batch_of
 
 
@@ -225,14 +226,21 @@ def _rounds(runner: Runner, job: Mapping[str, Any], inputs: Mapping[str, np.ndar
     return {"batches": sorted(times)}
 
 
+def _pin_torch_threads(threads: int) -> None:
+    """Pin torch's intra-op threads where torch is in this process; never import it for that."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
 def _child(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     result_path = Path(job["result"])
     threads = int(job["threads"])
     try:
-        import torch
-
-        torch.set_num_threads(threads)
+        if needs_torch(job):
+            import torch  # noqa: F401 - imported (and its threads pinned) before the job runs it
+        _pin_torch_threads(threads)
         if job["task"] == "probe":
             from modelport.backends import get_backend
 
@@ -249,6 +257,7 @@ def _child(job_path: str) -> int:
             start = time.perf_counter()
             runner = _load_runner(job["runner"], threads)
             load_seconds = time.perf_counter() - start
+            _pin_torch_threads(threads)  # a runtime that brought torch along (TensorRT's buffers) runs pinned too
             task = {"fidelity": _fidelity, "latency": _latency, "rounds": _rounds}[job["task"]]
             measured = task(runner, {**job, "loaded": {"load_seconds": load_seconds, "rss_before": rss_before}},
                             inputs)
@@ -277,9 +286,7 @@ def _serve(modules: list[str]) -> int:
     import os
     import traceback
 
-    import torch  # noqa: F401 - imported once here, so forked children start warm
-
-    for module in modules:
+    for module in modules:  # torch among them for the children that run it: they start warm
         try:
             importlib.import_module(module)
         except Exception:  # the child imports it again and reports the error where it belongs, in its row
