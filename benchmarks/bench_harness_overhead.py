@@ -1,6 +1,6 @@
 """The harness's own cost per timed iteration, on a model whose ONNX Runtime run takes about 0.1 ms.
 
-`modelport.harness.latency.timed_loop` (the loop `modelport bench` times every row with) runs over the
+`modelport.timing.timed_loop` (the loop `modelport bench` times every row with) runs over the
 modelport Runner of an ONNX Runtime fp32 artifact, while a thin probe around the Runner's
 InferenceSession records how long each of the runtime's own `run` calls took, in the same iteration.
 
@@ -44,10 +44,12 @@ def mlp(width: int) -> tuple[nn.Module, tuple[torch.Tensor]]:
 
 def _build(width: int, folder: Path):
     """The fp32 ONNX Runtime artifact of mlp(width), and its Runner at one thread."""
-    from modelport.builder import build_artifact, load_artifact
+    from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
-    from modelport.model import SourceModel, _output_specs, dtype_name, weights_hash
-    from modelport.model import TensorSpec as Spec
+    from modelport.loading import load_artifact
+    from modelport.model import SourceModel, _output_specs, weights_hash
+    from modelport.specs import TensorSpec as Spec
+    from modelport.specs import dtype_name
 
     module, (x,) = mlp(width)
     inputs = [Spec("x", tuple(x.shape), dtype_name(x.dtype))]
@@ -105,7 +107,7 @@ class _ProbedSession:
 
 
 def measure(width: int, folder: Path, iterations: int, rounds: int) -> dict:
-    from modelport.harness.latency import timed_loop
+    from modelport.timing import timed_loop
 
     runner, feeds = _build(width, folder)
     times, inner = [0] * iterations, [0] * iterations

@@ -72,7 +72,7 @@ def _train_wide() -> WideDigitsCNN:
     from modelport.calibration import open_evaluation
     from modelport.compress.data import read_examples
     from modelport.compress.train import Schedule, cross_entropy, fine_tune, task_step
-    from modelport.model import TensorSpec
+    from modelport.specs import TensorSpec
 
     torch.manual_seed(0)
     model = WideDigitsCNN()

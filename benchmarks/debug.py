@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from modelport.builder import build_artifact, load_artifact
+from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import open_calibration, open_evaluation
 from modelport.debug import rank_layers
 from modelport.debug.mapping import Layer, reference_layers
 from modelport.debug.run import debug_artifact
 from modelport.harness.fidelity import compare_output
+from modelport.loading import load_artifact
 from modelport.machine import cpu_model, machine_summary
 from modelport.model import load_model
 

@@ -63,7 +63,7 @@ def outlier_digits_cnn() -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
 
 
 def _accuracy(artifact: Path, images: Any, labels: Any) -> float:
-    from modelport.builder import load_artifact
+    from modelport.loading import load_artifact
 
     with load_artifact(artifact, threads=1) as runner:
         return 100 * float((runner.run({"x": images})["output"].argmax(1) == labels).mean())

@@ -87,7 +87,8 @@ def machine_slug(cpu: str) -> str:
 def load_suite_model(suite: Suite, batches: list[int]) -> SourceModel:
     """The suite's model as the harness prepares it (the batch axis made dynamic for the batches timed)."""
     from modelport.harness.matrix import prepare_model
-    from modelport.model import load_model, parse_dynamic_spec
+    from modelport.model import load_model
+    from modelport.specs import parse_dynamic_spec
 
     source = load_model(suite.model, (), [parse_dynamic_spec(d) for d in suite.dynamic])
     return prepare_model(source, batches, user_dynamic=bool(suite.dynamic))

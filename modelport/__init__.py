@@ -11,24 +11,50 @@ The Python API mirrors the CLI:
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelport.artifact import Artifact
-from modelport.calibration import CalibrationSet, open_calibration
 from modelport.errors import BadInput, ModelportError, StepFailed, Unavailable
-from modelport.exporters.onnx import ExportReport, export_onnx
-from modelport.model import SourceModel, TensorSpec, load_model
+from modelport.specs import TensorSpec
+
+if TYPE_CHECKING:
+    from modelport.backends import Runner
+    from modelport.calibration import CalibrationSet, open_calibration
+    from modelport.exporters.onnx import ExportReport
+    from modelport.model import SourceModel, load_model
 
 __version__ = "0.1.0"
 
+# The half of the API that needs torch (or onnx, or the calibration sources) is imported on first use,
+# so `import modelport; modelport.load(artifact)` runs on a box with numpy and one runtime only.
+_LAZY = {"CalibrationSet": "modelport.calibration", "open_calibration": "modelport.calibration",
+         "ExportReport": "modelport.exporters.onnx", "SourceModel": "modelport.model", "load_model": "modelport.model"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'modelport' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 def _source(model: SourceModel | str) -> SourceModel:
+    from modelport.model import load_model
+
     return load_model(model) if isinstance(model, str) else model
 
 
 def export(model: SourceModel | str, out: str | Path, **kwargs: Any) -> ExportReport:
     """Export to ONNX and validate against PyTorch (see `export_onnx` for options)."""
+    from modelport.exporters.onnx import export_onnx
+
     return export_onnx(_source(model), out, **kwargs)
 
 
@@ -38,6 +64,7 @@ def build(model: SourceModel | str, *, backend: str, precision: str = "fp32", ou
     """Build (or reuse) a runtime-native artifact directory for one backend and precision."""
     from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
+    from modelport.calibration import open_calibration
 
     source = _source(model)
     if isinstance(calibration, str):
@@ -54,9 +81,9 @@ def bench(model: SourceModel | str, **kwargs: Any) -> dict[str, Any]:
     return run_bench(model, **kwargs)
 
 
-def load(path: str | Path, threads: int | None = None):  # -> Runner
-    """A Runner for any artifact directory, whatever backend built it."""
-    from modelport.builder import load_artifact
+def load(path: str | Path, threads: int | None = None) -> Runner:
+    """A Runner for any artifact directory, whatever backend built it (numpy and its runtime only: no torch)."""
+    from modelport.loading import load_artifact
 
     return load_artifact(path, threads=threads)
 

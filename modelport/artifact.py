@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import BadInput, ModelportWarning, StepFailed, os_error
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 from modelport.staging import ensure_dir, make_sibling_dir, remove_stale, sibling_path
 
 MANIFEST = "manifest.json"

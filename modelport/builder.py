@@ -1,4 +1,4 @@
-"""Build and load artifacts for any backend: the manifest, the reuse key and the atomic write live here once.
+"""Build artifacts for any backend: the manifest, the reuse key and the atomic write live here once.
 
 Backends only write their runtime's files and say what they did; everything common to every build
 (validation, the key, reuse, the manifest, timing, never leaving half an artifact) is done here.
@@ -19,13 +19,12 @@ from modelport.artifact import (
     MANIFEST_VERSION,
     Artifact,
     build_key,
-    check_intact,
     existing_with_key,
     file_digests,
     file_sizes,
     staging_dir,
 )
-from modelport.backends import BACKENDS, Runner, get_backend
+from modelport.backends import BACKENDS, get_backend
 from modelport.backends.base import CALIBRATED
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet, warn_if_weak
@@ -110,13 +109,3 @@ def _onnx_info(bundle: ModelBundle) -> dict[str, Any]:
     info = bundle.export_info
     return {"exporter": info["exporter"], "opset": info["opset"], "max_rel_error": max(
         (p["max_rel"] for p in info.get("parity", [])), default=None), "fallback_reason": info.get("fallback_reason")}
-
-
-def load_artifact(path: str | Path, threads: int | None = None) -> Runner:
-    """A Runner for any backend's artifact directory; the manifest says which backend."""
-    artifact = check_intact(Artifact.open(path))
-    if artifact.backend not in BACKENDS:
-        raise BadInput(f"{str(path)!r} was built by unknown backend {artifact.backend!r}.")
-    backend = get_backend(artifact.backend)
-    backend.require(to_run=True)
-    return backend.load(artifact, threads=threads)

@@ -8,18 +8,12 @@ MODEL is `path/to/file.py:factory`, `package.module:factory` or a `.pt2` file sa
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import importlib
-import importlib.util
 import inspect
 import logging
 import logging.handlers
 import math
-import re
-import sys
-import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,93 +22,10 @@ import numpy as np
 import torch
 
 from modelport.errors import BadInput, StepFailed
+from modelport.specs import DTYPES, Dim, TensorSpec, dtype_name, parse_dynamic_spec, parse_input_spec
+from modelport.usercode import import_user_callable
 
-Dim = int | str
-
-_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "long": "int64",
-            "int": "int64"}
-
-
-def dtype_name(dtype: torch.dtype | np.dtype | str) -> str:
-    """The canonical numpy-style name of a torch or numpy dtype."""
-    if isinstance(dtype, torch.dtype):
-        for name, value in _DTYPES.items():
-            if value == dtype:
-                return name
-        raise BadInput(f"Unsupported tensor dtype {dtype}.")
-    name = str(np.dtype(dtype))
-    return _ALIASES.get(name, name)
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A named tensor: shape dims are ints (static) or names (symbolic, e.g. 'batch')."""
-
-    name: str
-    shape: tuple[Dim, ...]
-    dtype: str = "float32"
-
-    @property
-    def dynamic_axes(self) -> dict[int, str]:
-        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
-
-    @property
-    def static_batch(self) -> int | None:
-        """The size of axis 0 where it is fixed; None where it is symbolic (or the tensor is a scalar)."""
-        return self.shape[0] if self.shape and isinstance(self.shape[0], int) else None
-
-    def concrete(self, sizes: Mapping[str, int] | None = None, default: int = 1) -> tuple[int, ...]:
-        """The shape with symbolic dims set from `sizes` (or `default`)."""
-        sizes = sizes or {}
-        return tuple(d if isinstance(d, int) else int(sizes.get(d, default)) for d in self.shape)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        return cls(data["name"], tuple(data["shape"]), data["dtype"])
-
-    def __str__(self) -> str:
-        return f"{self.name}:{'x'.join(str(d) for d in self.shape)}:{self.dtype}"
-
-
-def parse_input_spec(text: str) -> TensorSpec:
-    """Parse `NAME:SHAPE[:DTYPE]`, e.g. `x:1x3x224x224:float32`."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise BadInput(f"Cannot parse --input {text!r}.", hint="Write NAME:SHAPE[:DTYPE], e.g. x:1x3x224x224:float32.")
-    name, shape_text = parts[0], parts[1]
-    try:
-        shape = tuple(int(d) for d in shape_text.lower().split("x"))
-    except ValueError:
-        raise BadInput(f"Cannot parse the shape {shape_text!r} in --input {text!r}.",
-                       hint="Dims are positive integers joined by 'x'; mark dynamic dims with --dynamic.") from None
-    if any(d <= 0 for d in shape):
-        raise BadInput(f"Dims must be positive in --input {text!r}.")
-    dtype = _ALIASES.get(parts[2], parts[2]) if len(parts) == 3 else "float32"
-    if dtype not in _DTYPES:
-        raise BadInput(f"Unknown dtype {parts[2]!r} in --input {text!r}.", hint=f"Use one of {', '.join(_DTYPES)}.")
-    return TensorSpec(name, shape, dtype)
-
-
-def parse_dynamic_spec(text: str) -> tuple[str, int, str]:
-    """Parse `NAME:AXIS=DIMNAME`, e.g. `x:0=batch`."""
-    m = re.fullmatch(r"([^:]+):(\d+)=([A-Za-z_]\w*)", text)
-    if not m:
-        raise BadInput(f"Cannot parse --dynamic {text!r}.", hint="Write NAME:AXIS=DIMNAME, e.g. x:0=batch.")
-    return m.group(1), int(m.group(2)), m.group(3)
+_TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 
 
 @dataclass
@@ -298,7 +209,7 @@ def random_inputs(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None =
     out = {}
     for s in specs:
         shape = s.concrete(sizes)
-        dtype = _DTYPES[s.dtype]
+        dtype = _TORCH_DTYPES[s.dtype]
         if dtype.is_floating_point:
             out[s.name] = torch.randn(shape, generator=g).to(dtype)
         elif dtype == torch.bool:
@@ -306,25 +217,6 @@ def random_inputs(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None =
         else:
             out[s.name] = torch.randint(0, 2, shape, generator=g, dtype=dtype)
     return out
-
-
-@contextlib.contextmanager
-def user_code(ref: str, doing: str = "calling") -> Iterator[None]:
-    """Run a user's code (import, factory, data or metric callable): what it prints goes to stderr, as stdout
-    is modelport's own output (clean JSON under --json); it sees `sys.argv` as `[ref]`, not modelport's
-    arguments (so an argparse parser names the user's file); and a sys.exit() in it is a BadInput naming it,
-    not modelport exiting silently with the user's code."""
-    argv = sys.argv
-    sys.argv = [ref]
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    except SystemExit as exc:
-        raise BadInput(f"User code called sys.exit({exc.code!r}) while {doing} {ref!r}.",
-                       hint="Perhaps it parses command-line arguments when imported: guard that code with "
-                            "`if __name__ == \"__main__\":`.") from None
-    finally:
-        sys.argv = argv
 
 
 def _check_fit_in_memory(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None) -> None:
@@ -335,65 +227,11 @@ def _check_fit_in_memory(specs: Sequence[TensorSpec], sizes: Mapping[str, int] |
 
     available = psutil.virtual_memory().available
     for s in specs:
-        nbytes = math.prod(s.concrete(sizes)) * _DTYPES[s.dtype].itemsize
+        nbytes = math.prod(s.concrete(sizes)) * _TORCH_DTYPES[s.dtype].itemsize
         if nbytes > available // 4:
             raise BadInput(f"Input {s} would take {nbytes / 2**30:.1f} GiB as an example tensor, more than a quarter "
                            f"of the {available / 2**30:.1f} GiB of memory free.",
                            hint="Check the shape in --input; example inputs need only a small batch.")
-
-
-def import_user_callable(ref: str, what: str = "factory", flag: str = "MODEL") -> tuple[Callable[..., Any], str]:
-    """The callable a user names as `path/to/file.py:fn` or `package.module:fn` (a model factory, calibration
-    data, a metric, a runner), and a short name for it. Importing it and every call of it run under
-    `user_code`, so no user code can exit modelport or write to its stdout. `flag` is where the user named
-    it (MODEL, --metric, ...), for the messages."""
-    target, sep, attr = ref.rpartition(":")
-    if not sep or not target or not attr:
-        raise BadInput(f"Cannot read {flag} {ref!r}.",
-                       hint="Write path/to/file.py:factory, package.module:factory, or a .pt2 file.")
-    is_file = target.endswith(".py")
-    if is_file and not Path(target).is_file():
-        raise BadInput(f"The file {target!r} in {flag} {ref!r} does not exist.", hint=f"Check the path in {flag}.")
-    try:
-        with user_code(target, "importing"):
-            module = _exec_file(Path(target)) if is_file else importlib.import_module(target)
-    except Exception as exc:
-        if isinstance(exc, BadInput):
-            raise
-        if isinstance(exc, ImportError) and not is_file:
-            raise BadInput(f"Cannot import module {target!r}: {exc}",
-                           hint="Use package.module:factory for an importable module, or path/to/file.py:factory."
-                           ) from exc
-        raise BadInput(f"Importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
-    if not hasattr(module, attr):
-        raise BadInput(f"{target!r} has no attribute {attr!r}.")
-    fn = getattr(module, attr)
-    name = Path(target).stem if is_file else attr
-    if not callable(fn):
-        raise BadInput(f"{ref!r} is a {type(fn).__name__}, not a callable {what}.",
-                       hint=f"Name a function (or another callable) defined in {target!r}.")
-
-    @functools.wraps(fn)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        with user_code(ref):
-            return fn(*args, **kwargs)
-
-    return guarded, name
-
-
-def _exec_file(path: Path) -> types.ModuleType:
-    """A user's .py file run as a module of its own (named by its path, so two files never collide)."""
-    mod_name = f"_modelport_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[mod_name]
-        raise
-    return module
 
 
 def _positional_names(module: torch.nn.Module, n: int) -> list[str]:

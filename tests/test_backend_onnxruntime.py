@@ -10,11 +10,12 @@ import onnx
 import pytest
 
 from modelport.backends.onnxruntime import SLOWER_THAN_FP32, cpu_choice
-from modelport.builder import build_artifact, load_artifact
+from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.errors import BadInput
 from modelport.examples import digits_data
+from modelport.loading import load_artifact
 from modelport.model import load_model
 
 SEQ, VOCAB = 32, 500

@@ -16,11 +16,12 @@ pytest.importorskip("openvino", reason="the [openvino] extra (openvino) is not i
 pytest.importorskip("nncf", reason="the [openvino] extra (nncf) is not installed")
 
 from modelport.artifact import Artifact
-from modelport.builder import build_artifact, load_artifact
+from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.errors import BadInput, Unavailable
 from modelport.examples import digits_data
+from modelport.loading import load_artifact
 from modelport.machine import cpu_flags
 from modelport.model import load_model
 

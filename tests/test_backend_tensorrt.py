@@ -19,7 +19,7 @@ from modelport.calibration import CalibrationSet
 from modelport.cli import app
 from modelport.errors import BadInput
 from modelport.examples import digits_data
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 backend = get_backend("tensorrt")
 AVAILABLE, REASON = backend.available()
@@ -119,7 +119,8 @@ def test_int8_graph_is_the_shared_qdq_model_symmetric_and_per_channel(tmp_path, 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engines_keep_the_digits_accuracy(tmp_path, digits, precision):
-    from modelport.builder import build_artifact, load_artifact
+    from modelport.builder import build_artifact
+    from modelport.loading import load_artifact
 
     train_x, train_y = digits_data("train")
     calibration = CalibrationSet.from_arrays({"x": train_x}, digits.inputs, labels=train_y, size=256)

@@ -13,11 +13,12 @@ pytest.importorskip("litert_torch", reason="litert-torch is not installed (pip i
 pytest.importorskip("ai_edge_quantizer", reason="ai-edge-quantizer is not installed (pip install 'modelport[tflite]')")
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (pip install 'modelport[tflite]')")
 
-from modelport.builder import build_artifact, load_artifact
+from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.errors import BadInput, StepFailed
 from modelport.examples import digits_data
+from modelport.loading import load_artifact
 from modelport.model import load_model
 from tests.models import DETERMINANT
 

@@ -25,7 +25,7 @@ READER = textwrap.dedent('''
     import json, resource, sys, time
     import psutil
     from modelport.calibration import open_evaluation
-    from modelport.model import TensorSpec
+    from modelport.specs import TensorSpec
 
     def reset_peak():  # Linux: make VmHWM (peak RSS) start again from the current RSS
         try:

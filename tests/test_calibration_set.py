@@ -17,7 +17,7 @@ from modelport.calibration import (
     warn_if_weak,
 )
 from modelport.errors import BadInput
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 DYNAMIC = [TensorSpec("x", ("batch", 2, 3), "float32")]
 

@@ -17,7 +17,7 @@ from modelport.calibration import (
     open_source,
 )
 from modelport.errors import BadInput
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 IMAGE = [TensorSpec("x", ("batch", 3, 4, 4), "float32")]
 TEXT = [TensorSpec("input_ids", ("batch", "seq"), "int64"), TensorSpec("attention_mask", ("batch", "seq"), "int64")]

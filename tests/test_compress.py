@@ -15,12 +15,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from modelport.backends import get_backend
-from modelport.builder import build_artifact, load_artifact
+from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet, open_evaluation
 from modelport.cli import app
 from modelport.compress import Settings, compress
 from modelport.harness.fidelity import compare_output
+from modelport.loading import load_artifact
 from modelport.model import load_model
 
 TRAIN = "modelport.examples:digits_calibration"

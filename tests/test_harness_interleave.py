@@ -10,7 +10,8 @@ import pytest
 from modelport.errors import BadInput
 from modelport.harness import bench, interleave, matrix, results
 from modelport.harness.interleave import MIN_ROUND_RUNS
-from modelport.harness.latency import MIN_ITERATIONS, speedup
+from modelport.harness.latency import speedup
+from modelport.timing import MIN_ITERATIONS
 from tests.models import MLP
 
 RUNNERS = '''

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from modelport.harness import fidelity
-from modelport.harness.latency import MIN_ITERATIONS, interleaved_rounds, summarize, timed_runs
+from modelport.harness.latency import summarize
+from modelport.timing import MIN_ITERATIONS, interleaved_rounds, timed_runs
 
 
 def test_identical_outputs_have_zero_error_unit_cosine_and_undefined_sqnr():

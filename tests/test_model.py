@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from modelport.errors import BadInput
-from modelport.model import TensorSpec, load_model, parse_dynamic_spec, parse_input_spec
+from modelport.model import load_model
+from modelport.specs import TensorSpec, parse_dynamic_spec, parse_input_spec
 from tests.models import CNN, ENCODER, TWO_OUTPUTS
 
 

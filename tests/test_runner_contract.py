@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from modelport.backends import BACKENDS, get_backend
-from modelport.builder import build_artifact, load_artifact
+from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.errors import BadInput, StepFailed, Unavailable
+from modelport.loading import load_artifact
 from modelport.model import load_model
 
 MODEL = '''import torch

@@ -15,10 +15,11 @@ pytest.importorskip("ai_edge_quantizer", reason="ai-edge-quantizer is not instal
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (pip install 'modelport[tflite]')")
 pytest.importorskip("transformers", reason="transformers is not installed")
 
-from modelport.builder import build_artifact, load_artifact
+from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.errors import BadInput
+from modelport.loading import load_artifact
 from modelport.model import load_model
 
 TINY_VIT = """

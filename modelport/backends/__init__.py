@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from modelport.backends.base import PRECISIONS, Backend, Option, Recipe, Runner
+from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput
+from modelport.options import PRECISIONS, Option
 
 
 @dataclass(frozen=True)

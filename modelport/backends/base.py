@@ -11,7 +11,7 @@ import functools
 import importlib
 import importlib.metadata
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
@@ -19,44 +19,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 import numpy as np
 
 from modelport.errors import BadInput, StepFailed, Unavailable
-from modelport.model import TensorSpec
+from modelport.options import Option
+from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
     from modelport.artifact import Artifact
     from modelport.bundle import ModelBundle
     from modelport.calibration import CalibrationSet
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
 CALIBRATED = frozenset({"int8"})
-
-
-def parse_bool(text: str | bool) -> bool:
-    if isinstance(text, bool):
-        return text
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, not {text!r}")
-
-
-def parse_list(text: str | Sequence[str]) -> tuple[str, ...]:
-    if isinstance(text, str):
-        return tuple(p.strip() for p in text.split(",") if p.strip())
-    return tuple(text)
-
-
-@dataclass(frozen=True)
-class Option:
-    """A named build option: how to read it from `--option key=value`, its default and where it applies."""
-
-    name: str
-    help: str
-    default: Any = None
-    parse: Callable[[Any], Any] = str
-    choices: tuple[Any, ...] | None = None
-    precisions: tuple[str, ...] = PRECISIONS
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.base import Backend, Option, Recipe, Runner, parse_bool, parse_list
+from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
-from modelport.model import TensorSpec
 from modelport.onnx_fp16 import convert_to_fp16
+from modelport.options import Option, parse_bool, parse_list
 from modelport.quantize import QdqSettings, quiet_ort_tools, resolve_exclude, write_qdq_model
+from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
     import onnx
@@ -578,7 +579,7 @@ def _gemm_to_matmul(model: onnx.ModelProto, skip: set[str]) -> int:
 
 def _compare(sessions: Mapping[str, Any], feeds: Mapping[str, np.ndarray], budget_s: float = 3.0) -> dict[str, float]:
     """Milliseconds per run: the best round median over interleaved rounds (robust to a shared CPU)."""
-    from modelport.harness.latency import interleaved_rounds
+    from modelport.timing import interleaved_rounds
 
     feeds = {k: np.asarray(v) for k, v in feeds.items()}
     runs = {key: _bound(session, {i.name: feeds[i.name] for i in session.get_inputs()})

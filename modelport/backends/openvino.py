@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.base import Backend, Option, Recipe, Runner, RuntimeOp, parse_list
+from modelport.backends.base import Backend, Recipe, Runner, RuntimeOp
 from modelport.errors import BadInput, StepFailed, Unavailable
-from modelport.model import TensorSpec
+from modelport.options import Option, parse_list
 from modelport.quantize import QdqSettings, write_qdq_model
+from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
     from modelport.artifact import Artifact

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from modelport.backends.base import Backend, Option, Recipe, Runner, parse_list
+from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.machine import cache_dir
-from modelport.model import TensorSpec
+from modelport.options import Option, parse_list
 from modelport.quantize import QdqSettings, write_qdq_model
+from modelport.specs import TensorSpec
 
 ProfileShapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 DEFAULT_MAX_BATCH = 32

@@ -21,22 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.base import Backend, Option, Recipe, Runner
+from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput, StepFailed, Unavailable
-from modelport.exporters.litert import (
-    DYNAMIC_MODES,
-    LAYOUTS,
-    LiteRTExport,
-    convert_to_tflite,
-    quiet_native,
-    to_model_layout,
-)
-from modelport.model import TensorSpec
+from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
+from modelport.options import Option
+from modelport.quiet import quiet_native
+from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
     from modelport.artifact import Artifact
     from modelport.bundle import ModelBundle
     from modelport.calibration import CalibrationSet
+    from modelport.exporters.litert import LiteRTExport
 
 MAIN_FILE = "model.tflite"
 
@@ -63,6 +59,8 @@ class _SignatureFeed:
         self.dtypes = {name: np.dtype(details[sig]["dtype"]) for name, sig in export.inputs.items()}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        from modelport.exporters.litert import to_model_layout
+
         count = 0
         for batch in self.calibration.batches():
             count += len(next(iter(batch.values())))
@@ -254,6 +252,8 @@ class TFLiteBackend(Backend):
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
               out_dir: Path) -> dict[str, Any]:
+        from modelport.exporters.litert import convert_to_tflite
+
         source = bundle.source
         export = convert_to_tflite(source, layout=recipe.options["layout"], dynamic=recipe.options["dynamic"])
         content = export.path.read_bytes()

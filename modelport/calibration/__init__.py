@@ -18,7 +18,7 @@ from modelport.calibration.checks import (
 )
 from modelport.calibration.dataset import DEFAULT_SIZE, ArraySource, CalibrationSet, Source, SourceBase
 from modelport.calibration.sources import SyntheticSource, open_source
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 
 def open_calibration(text: str, specs: Sequence[TensorSpec], *, size: int | None = None,

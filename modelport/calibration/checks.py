@@ -15,7 +15,7 @@ import numpy as np
 
 from modelport.calibration.fingerprint import combine, sample_digest
 from modelport.errors import BadInput, ModelportWarning
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
     from modelport.calibration.dataset import CalibrationSet

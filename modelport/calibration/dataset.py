@@ -17,7 +17,7 @@ import numpy as np
 from modelport.calibration.checks import LABEL_KEYS, conform
 from modelport.calibration.fingerprint import combine, sample_digest
 from modelport.errors import BadInput
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 DEFAULT_SIZE = 300  # samples drawn from a larger source when no size is given (open_calibration)
 

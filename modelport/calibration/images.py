@@ -35,7 +35,7 @@ import numpy as np
 from modelport.calibration.dataset import SourceBase
 from modelport.calibration.folders import scan_folder
 from modelport.errors import BadInput
-from modelport.model import TensorSpec
+from modelport.specs import TensorSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

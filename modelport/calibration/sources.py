@@ -26,7 +26,8 @@ from modelport.calibration.dataset import ArraySource, Source, SourceBase
 from modelport.calibration.folders import scan_folder
 from modelport.calibration.npyio import DiskArray, open_npy, open_npz
 from modelport.errors import BadInput
-from modelport.model import TensorSpec, import_user_callable, user_code
+from modelport.specs import TensorSpec
+from modelport.usercode import import_user_callable, user_code
 
 SYNTHETIC_DEFAULT = 128
 UNNAMED = "arr_0"  # the key numpy.savez gives a positional array

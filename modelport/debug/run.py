@@ -18,12 +18,12 @@ import numpy as np
 
 from modelport.artifact import Artifact
 from modelport.backends import BACKENDS, Runner
-from modelport.builder import load_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.debug.compare import Accumulator, align, jumps, rank_layers
 from modelport.debug.mapping import Layer, map_tensors, reference_layers
 from modelport.errors import BadInput
+from modelport.loading import load_artifact
 from modelport.model import SourceModel
 
 FP32 = "PyTorch FP32 (its ONNX export in ONNX Runtime)"

@@ -13,17 +13,12 @@ so building four precisions converts once.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import re
 import shutil
-import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +27,13 @@ import numpy as np
 import torch
 
 from modelport.errors import BadInput, StepFailed
+from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
 from modelport.exporters.parity import output_error
 from modelport.machine import cache_dir
-from modelport.model import SourceModel, TensorSpec, flatten_outputs, random_inputs, resize_along
+from modelport.model import SourceModel, flatten_outputs, random_inputs, resize_along
+from modelport.quiet import NativeLog, quiet_native
+from modelport.specs import TensorSpec
 
-LAYOUTS = ("nchw", "nhwc")
-DYNAMIC_MODES = ("auto", "off")
 PARITY_RTOL = 1e-3  # max abs error over the output's scale, FP32 against PyTorch
 _EXPORT_JSON = "export.json"
 
@@ -79,37 +75,6 @@ class _NamedOutputs(torch.nn.Module):
 
     def forward(self, *args: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, flatten_outputs(self.module(*args)), strict=True))
-
-
-@dataclass
-class NativeLog:
-    text: str = ""
-
-
-@contextlib.contextmanager
-def quiet_native() -> Iterator[NativeLog]:
-    """Silence litert-torch's progress, Python warnings and the C++ logs on fd 2; keep them for errors."""
-    log = NativeLog()
-    previous = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield log
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if previous is None:
-                os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
-            else:
-                os.environ["LITERT_TORCH_SHOW_PROGRESS"] = previous
-            sink.seek(0)
-            log.text = sink.read().decode(errors="replace")
 
 
 def converter_version() -> str:

@@ -26,7 +26,8 @@ import torch
 
 from modelport.errors import BadInput, StepFailed, os_error
 from modelport.exporters.parity import output_error
-from modelport.model import SourceModel, TensorSpec, resize_along
+from modelport.model import SourceModel, resize_along
+from modelport.specs import TensorSpec
 from modelport.staging import ensure_dir, make_sibling_dir, no_space_error, out_of_space
 
 _TWO_GB = 2**31

@@ -12,7 +12,8 @@ from modelport.console import status
 from modelport.errors import BadInput
 from modelport.harness import fidelity, isolate, matrix, reference, results
 from modelport.harness.report import Budget, build_report, write_reports
-from modelport.model import SourceModel, load_model, parse_dynamic_spec
+from modelport.model import SourceModel, load_model
+from modelport.specs import parse_dynamic_spec
 
 DEFAULT_DURATION = 1.0
 

@@ -120,7 +120,7 @@ def load_metric(ref: str | None) -> TaskMetric:
     """
     if ref is None:
         return ACCURACY
-    from modelport.model import import_user_callable
+    from modelport.usercode import import_user_callable
 
     fn, _ = import_user_callable(ref, "metric", "--metric")
     return TaskMetric(ref.rpartition(":")[2], fn, "metric units")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelport.harness.isolate import ChildGone, LiveChild
 from modelport.harness.jobs import RoundsJob
-from modelport.harness.latency import MAX_ITERATIONS, MIN_ITERATIONS
+from modelport.timing import MAX_ITERATIONS, MIN_ITERATIONS
 
 if TYPE_CHECKING:
     from modelport.harness.matrix import MatrixRun, PlanItem, Prepared

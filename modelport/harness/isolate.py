@@ -6,13 +6,14 @@ row, not the run. The parent pins the thread count (the runner's own setting plu
 variables), reads progress lines from the child's stdout, keeps its stderr in a log file, and turns
 a signal, an exit code or a timeout into a reason a person can act on.
 
-Where the OS forks (Linux), children are forked from a warm server that has imported torch, numpy and
+Where the OS forks (Linux), children are forked from a warm server that has imported numpy and
 modelport once but no runtime and has run nothing: each child still starts with no runtime loaded and
-no thread pool created, without paying ~2 s of imports per measurement. Jobs that load the model
-(export, build) go to a second server that has also imported the module of the model's factory, so
-that the builds of a `transformers` model do not each pay its ~5 s import; the measuring children keep
-to the plain server and hold nothing of it. Elsewhere each child is a fresh
-`python -m modelport.harness.worker JOB`.
+no thread pool created, without paying its imports per measurement. An artifact's runner needs numpy
+and its runtime only, so its children come from a server without torch and never hold it; the PyTorch
+reference, user runners and probes come from one that has also imported torch (~2 s once, not per
+child); exports and builds from one that has also imported the module of the model's factory, so
+that the builds of a `transformers` model do not each pay its ~5 s import. Elsewhere each child is a
+fresh `python -m modelport.harness.worker JOB`.
 
 For interleaved timing (`--rounds`), a LiveChild is a fresh process that loads its runner and then
 answers one command at a time on its stdin (`@@modelport-reply JSON` lines back), so many runners can
@@ -145,6 +146,18 @@ def factory_modules(job: Mapping[str, Any]) -> tuple[str, ...]:
     return ()
 
 
+def needs_torch(job: Mapping[str, Any]) -> bool:
+    """Whether a job runs torch: every job but the measuring of an artifact's runner (numpy and its runtime
+    only), which then neither imports torch nor inherits it from its server."""
+    return (job.get("runner") or {}).get("kind") != "artifact"
+
+
+def server_modules(job: Mapping[str, Any]) -> tuple[str, ...]:
+    """What the server that forks `job`'s process has imported: torch where the job needs it, and the model
+    factory's module for a job that loads the model."""
+    return ("torch", *factory_modules(job)) if needs_torch(job) else ()
+
+
 class Isolator:
     """Runs jobs one at a time, each in its own process, with the thread count pinned for all of them."""
 
@@ -187,7 +200,7 @@ class Isolator:
         data = _write_job(job_path, job, self.threads, result_path)
         start = time.perf_counter()
         if self.fork:
-            returncode, timed_out = self._forked(job_path, log, timeout, progress, factory_modules(data))
+            returncode, timed_out = self._forked(job_path, log, timeout, progress, server_modules(data))
         else:
             returncode, timed_out = self._spawned(job_path, log, timeout, progress)
         outcome = _outcome(returncode, timed_out, timeout, result_path, job_path, log, time.perf_counter() - start)

@@ -30,13 +30,15 @@ import numpy as np
 from rich.progress import Progress
 
 from modelport.backends import BACKENDS, get_backend
-from modelport.backends.base import CALIBRATED, PRECISIONS
+from modelport.backends.base import CALIBRATED
 from modelport.errors import BadInput
 from modelport.harness import fidelity, interleave, isolate, jobs, results
 from modelport.harness.reference import Data
 from modelport.harness.results import PYTORCH
 from modelport.machine import machine_summary
-from modelport.model import SourceModel, TensorSpec
+from modelport.model import SourceModel
+from modelport.options import PRECISIONS
+from modelport.specs import TensorSpec
 
 CUSTOM = "custom"
 RowFn = Callable[[dict[str, Any]], None]

@@ -16,13 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelport.calibration import CalibrationSet, SyntheticSource, open_calibration, open_source
 from modelport.errors import BadInput
-from modelport.model import SourceModel
+
+if TYPE_CHECKING:
+    from modelport.model import SourceModel
 
 DEFAULT_EVAL_SHARE = 0.25
 SYNTHETIC_EVAL = 32

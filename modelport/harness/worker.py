@@ -1,14 +1,15 @@
 """The measuring process: `python -m modelport.harness.worker JOB.json`, or forked by `--serve` (isolate.py).
 
-A child pins torch's threads, reads its job (jobs.py), runs the handler HANDLERS registers for the
-job's type (probe, export, build, or load one runner and measure it), and writes its result JSON;
-progress goes to stdout as `@@modelport-progress DONE TOTAL` lines. faulthandler is on, so a segfault
-leaves the Python stack in the log the parent keeps.
+A child pins torch's threads where torch is in the process (an artifact's runner never imports it),
+reads its job (jobs.py), runs the handler HANDLERS registers for the job's type (probe, export,
+build, or load one runner and measure it), and writes its result JSON; progress goes to stdout as
+`@@modelport-progress DONE TOTAL` lines. faulthandler is on, so a segfault leaves the Python stack in
+the log the parent keeps.
 
-The server (`--serve [MODULE...]`) imports what every child needs once (and the modules named: the model
-factory's, for the children that load the model), then for each `JOB<TAB>LOG` line on stdin
-forks a child, says `@@modelport-started PID`, waits for it and says `@@modelport-exit CODE` (negative:
-the signal that killed it). It never loads a runtime or runs a model itself.
+The server (`--serve [MODULE...]`) imports what every child needs once (and the modules named: torch
+for the children that run it, the model factory's for those that load the model), then for each
+`JOB<TAB>LOG` line on stdin forks a child, says `@@modelport-started PID`, waits for it and says
+`@@modelport-exit CODE` (negative: the signal that killed it). It never loads a runtime or runs a model itself.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from modelport.backends.base import Runner
 from modelport.errors import StepFailed
-from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX
+from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX, needs_torch
 from modelport.harness.jobs import BuildJob, ExportJob, FidelityJob, Job, LatencyJob, ProbeJob, RoundsJob, RunnerJob
 from modelport.harness.reference import batch_of
 
@@ -68,7 +69,8 @@ class UserRunner(Runner):
     """
 
     def __init__(self, spec: Mapping[str, Any], threads: int) -> None:
-        from modelport.model import TensorSpec, import_user_callable
+        from modelport.specs import TensorSpec
+        from modelport.usercode import import_user_callable
 
         self.name = spec["ref"]
         self.inputs = [TensorSpec.from_json(s) for s in spec["inputs"]]
@@ -136,7 +138,7 @@ def _build(job: BuildJob, threads: int) -> dict[str, Any]:
 def _load_runner(spec: Mapping[str, Any], threads: int) -> Runner:
     kind = spec["kind"]
     if kind == "artifact":
-        from modelport.builder import load_artifact
+        from modelport.loading import load_artifact
 
         return load_artifact(spec["path"], threads=threads)
     if kind == "torch":
@@ -188,7 +190,8 @@ def _fidelity(job: FidelityJob, loaded: _Loaded) -> dict[str, Any]:
 
 
 def _latency(job: LatencyJob, loaded: _Loaded) -> dict[str, Any]:
-    from modelport.harness.latency import summarize, timed_runs
+    from modelport.harness.latency import summarize
+    from modelport.timing import timed_runs
 
     batch = int(job.batch)
     feeds = batch_of(loaded.inputs, 0, batch)
@@ -210,7 +213,8 @@ def _rounds(job: RoundsJob, loaded: _Loaded) -> dict[str, Any]:
     `finish`. Only one child runs at a time; the others wait on their stdin, so drift on the machine
     lands on every runner of a round alike.
     """
-    from modelport.harness.latency import summarize, timed_loop, warm_up
+    from modelport.harness.latency import summarize
+    from modelport.timing import timed_loop, warm_up
 
     times: dict[int, list[int]] = {}
     rounds: dict[int, list[float]] = {}
@@ -242,6 +246,13 @@ def _rounds(job: RoundsJob, loaded: _Loaded) -> dict[str, Any]:
     return {"batches": sorted(times)}
 
 
+def _pin_torch_threads(threads: int) -> None:
+    """Pin torch's intra-op threads where torch is in this process; never import it for that."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
 Handler = Callable[[Any, int], dict[str, Any]]  # (job, threads) -> result
 
 
@@ -255,6 +266,7 @@ def _measuring(measure: Callable[[Any, _Loaded], dict[str, Any]]) -> Handler:
         start = time.perf_counter()
         runner = _load_runner(job.runner, threads)
         load_seconds = time.perf_counter() - start
+        _pin_torch_threads(threads)  # a runtime that brought torch along (TensorRT's buffers) runs pinned too
         measured = measure(job, _Loaded(runner, inputs, load_seconds, rss_before))
         peak = _peak_rss()
         return {**measured, "threads": threads, "load_seconds": load_seconds, "peak_rss_bytes": peak,
@@ -274,9 +286,9 @@ def _child(job_path: str) -> int:
     result_path = Path(envelope["result"])
     threads = int(envelope["threads"])
     try:
-        import torch
-
-        torch.set_num_threads(threads)
+        if needs_torch(envelope):
+            import torch  # noqa: F401 - imported (and its threads pinned) before the job runs it
+        _pin_torch_threads(threads)
         job = Job.from_json(envelope)
         result = {"ok": True, **HANDLERS[type(job)](job, threads)}
         code = 0
@@ -301,9 +313,7 @@ def _serve(modules: list[str]) -> int:
     import os
     import traceback
 
-    import torch  # noqa: F401 - imported once here, so forked children start warm
-
-    for module in modules:
+    for module in modules:  # torch among them for the children that run it: they start warm
         try:
             importlib.import_module(module)
         except Exception:  # the child imports it again and reports the error where it belongs, in its row

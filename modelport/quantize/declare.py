@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-from modelport.backends.base import Option, parse_list
 from modelport.errors import BadInput
+from modelport.options import Option, parse_list
 
 INT8 = ("int8",)
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-from modelport.backends.base import Option, parse_bool
+from modelport.options import Option, parse_bool
 from modelport.quantize.algorithms import ALGORITHMS, algorithm_options
 from modelport.quantize.declare import Declared, decided, fraction, names, optional, positive, setting
 from modelport.quantize.given import RangesFile, read_ranges_file

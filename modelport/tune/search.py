@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 
 from modelport.artifact import MANIFEST, Artifact, staging_dir
-from modelport.builder import build_artifact, load_artifact
+from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.debug import debug_artifact, rank_layers
 from modelport.debug.mapping import reference_layers
 from modelport.errors import BadInput, StepFailed
 from modelport.harness.fidelity import ACCURACY, evaluate, reference_metric
-from modelport.harness.latency import interleaved_rounds
+from modelport.loading import load_artifact
+from modelport.timing import interleaved_rounds
 from modelport.tune.budget import Budget, check_applies
 from modelport.tune.exclude import TO_OPTIONS, layer_groups, with_nodes
 

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from modelport.artifact import Artifact
-from modelport.builder import load_artifact
 from modelport.errors import BadInput
+from modelport.loading import load_artifact
 from tests.models import MLP
 from tests.test_cli import invoke
 from tests.test_harness_report import labelled_rows, run_record, write

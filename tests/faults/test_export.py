@@ -140,9 +140,10 @@ def test_a_transformer_encoder_with_a_padding_mask_exports_and_matches_eager_at_
 
 
 def test_a_transformer_encoder_with_a_padding_mask_builds_int8_for_onnxruntime(tmp_path, write_model):
-    from modelport.builder import build_artifact, load_artifact
+    from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
     from modelport.calibration import CalibrationSet
+    from modelport.loading import load_artifact
 
     source = load_model(write_model(PADDED_ENCODER))
     rng = np.random.default_rng(0)

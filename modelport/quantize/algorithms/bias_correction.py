@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from modelport.backends.base import parse_bool
+from modelport.options import parse_bool
 from modelport.quantize.algorithms.base import Algorithm, AlgorithmRun
 from modelport.quantize.algorithms.layers import (
     READS,
