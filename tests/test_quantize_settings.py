@@ -96,8 +96,8 @@ def test_the_registry_lists_each_algorithm_with_its_options_and_defaults():
                                                                            ("adaround_steps", 300)]
     assert QdqSettings().algorithms == {"smoothquant": SmoothQuantOptions(), "cle": CleOptions(),
                                         "adaround": AdaRoundOptions(), "bias_correction": BiasCorrectionOptions()}
-    # CLE waits for per-tensor weights (the default is per channel); AdaRound for its option
-    assert [a.name for a, _ in enabled_algorithms(QdqSettings())] == ["smoothquant", "bias_correction"]
+    # CLE waits for per-tensor weights (the default is per channel); AdaRound and bias correction for their options
+    assert [a.name for a, _ in enabled_algorithms(QdqSettings())] == ["smoothquant"]
 
 
 def test_option_keys_are_distinct_across_the_settings_and_every_algorithm():
@@ -111,7 +111,7 @@ def test_the_manifest_record_is_every_declared_field_resolved():
     assert record["activation_type"] == "int8"  # decided from symmetric when the backend did not decide it
     assert record["exclude"] == ["Softmax"]
     assert record["algorithms"] == {"smoothquant": {"alpha": 0.75}, "cle": {"mode": "auto"},
-                                    "adaround": {"learn": False, "steps": 300}, "bias_correction": {"correct": True}}
+                                    "adaround": {"learn": False, "steps": 300}, "bias_correction": {"correct": False}}
     json.dumps(record)
 
 

@@ -50,10 +50,12 @@ class Layer:
 
 
 def find_layers(graph: Graph, settings: QdqSettings) -> list[Layer]:
-    """The layers ORT's quantizer will take (the settings' op types), in graph order."""
+    """The layers ORT's quantizer will take (the settings' op types, less what `exclude` keeps in float), in
+    graph order."""
     from onnx import helper
 
-    chosen = candidates(graph, settings.op_types)
+    chosen = candidates(graph, settings.op_types) - {n.name for n in graph.model.graph.node
+                                                     if n.name in settings.exclude or n.op_type in settings.exclude}
     uses = Counter(i for n in graph.model.graph.node for i in n.input if i in graph.inits)
     found = []
     for node in graph.model.graph.node:
