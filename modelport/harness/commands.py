@@ -21,7 +21,7 @@ from modelport.console import (
     print_json,
 )
 from modelport.errors import BadInput, StepFailed, os_error
-from modelport.harness.compare import REGRESSIONS, Thresholds
+from modelport.harness.compare import REGRESSIONS, SQNR_CEILING, Thresholds
 
 MaxDropOpt = Annotated[float, typer.Option(
     "--max-drop", help="Budget with labels: the most a recommended row's task metric may fall below PyTorch FP32's "
@@ -147,7 +147,7 @@ def report(
     console.print("Reports: " + ", ".join(str(p) for p in files.values()), highlight=False)
 
 
-_RUN_ARG = "A bench output directory (holds results.jsonl) or a report.json it wrote."
+_RUN_ARG = "a bench output directory (holds results.jsonl) or a report.json it wrote."
 
 
 def compare(
@@ -162,7 +162,7 @@ def compare(
                                     "top-1 accuracy).")] = Thresholds.max_fidelity_drop,
     max_sqnr_drop: Annotated[float, typer.Option(
         "--max-sqnr-drop", help="Rows without a task metric: the most SQNR may fall, in dB (only judged below "
-                                "60 dB, where float rounding ends).")] = Thresholds.max_sqnr_drop,
+                                f"{SQNR_CEILING:g} dB, where float rounding ends).")] = Thresholds.max_sqnr_drop,
     markdown: Annotated[Path | None, typer.Option(
         "--markdown", help="Also write the comparison as Markdown (a pull-request comment) to this file.")] = None,
     json_out: JsonOpt = False,
