@@ -131,6 +131,8 @@ def test_a_saved_report_json_is_a_baseline_and_another_machine_is_warned_about(t
     assert {r["status"] for r in data["rows"]} == {"same"}
     assert len(data["warnings"]) == 1 and "Test CPU, 2 cores" in data["warnings"][0] \
         and "Other CPU, 8 cores" in data["warnings"][0]
+    # a directory holding only the saved report.json reads the same
+    assert json.loads(compare(saved.parent, new, "--json").stdout)["rows"] == data["rows"]
 
 
 @pytest.mark.parametrize(("make_args", "message"), [

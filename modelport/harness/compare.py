@@ -35,6 +35,7 @@ from modelport.harness.report.aggregate import ReportRow, build_report
 # kernel's rounding, not lost fidelity, so it is never a regression.
 SQNR_CEILING = 60.0
 REGRESSIONS = ("regressed", "failed")
+REPORT = "report.json"
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,11 @@ def parse_percent(text: str, flag: str) -> float:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """The report data of a bench directory, or of a saved report.json."""
+    """The report data of a bench directory, of a saved report.json, or of a directory holding only one."""
     if path.is_dir():
-        return build_report(path)
+        if (path / results.RESULTS).is_file() or not (path / REPORT).is_file():
+            return build_report(path)
+        path = path / REPORT
     if not path.is_file():
         raise BadInput(f"{str(path)!r} does not exist.",
                        hint="Name a `modelport bench -o DIR` directory or a report.json it wrote.")
@@ -68,8 +71,9 @@ def load(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInput(f"Cannot read {path} as a report.json: {exc}.") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or "machine" not in data:
-        raise BadInput(f"{path} is not a modelport report.json (no rows or machine).",
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) \
+            or not isinstance(data.get("machine"), dict) or not isinstance(data.get("model"), dict):
+        raise BadInput(f"{path} is not a modelport report.json (no rows, machine or model).",
                        hint="Name the report.json that `modelport bench` or `modelport report` wrote.")
     try:
         [ReportRow.from_json(r) for r in data["rows"]]
