@@ -1,4 +1,4 @@
-"""`modelport bench` and `modelport report`."""
+"""`modelport bench`, `modelport report` and `modelport compare`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from modelport.console import (
     parse_pairs,
     print_json,
 )
-from modelport.errors import BadInput, StepFailed
+from modelport.errors import BadInput, StepFailed, os_error
+from modelport.harness.compare import REGRESSIONS, SQNR_CEILING, Thresholds
 
 MaxDropOpt = Annotated[float, typer.Option(
     "--max-drop", help="Budget with labels: the most a recommended row's task metric may fall below PyTorch FP32's "
@@ -146,7 +147,57 @@ def report(
     console.print("Reports: " + ", ".join(str(p) for p in files.values()), highlight=False)
 
 
+_RUN_ARG = "a bench output directory (holds results.jsonl) or a report.json it wrote."
+
+
+def compare(
+    base: Annotated[Path, typer.Argument(help=f"The baseline: {_RUN_ARG}", show_default=False)],
+    new: Annotated[Path, typer.Argument(help=f"The run to judge: {_RUN_ARG}", show_default=False)],
+    max_slowdown: Annotated[str, typer.Option(
+        "--max-slowdown", help="The most a row's p50 may slow down, in percent; a slowdown inside the runs' own "
+                               "noise band (their p90 - p50 combined) never counts.")]
+    = f"{Thresholds.max_slowdown:.0%}",
+    max_fidelity_drop: Annotated[float, typer.Option(
+        "--max-fidelity-drop", help="The most a row's task metric may fall, in points (percentage points for "
+                                    "top-1 accuracy).")] = Thresholds.max_fidelity_drop,
+    max_sqnr_drop: Annotated[float, typer.Option(
+        "--max-sqnr-drop", help="Rows without a task metric: the most SQNR may fall, in dB (only judged below "
+                                f"{SQNR_CEILING:g} dB, where float rounding ends).")] = Thresholds.max_sqnr_drop,
+    markdown: Annotated[Path | None, typer.Option(
+        "--markdown", help="Also write the comparison as Markdown (a pull-request comment) to this file.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare NEW against BASE row by row (backend, precision, batch); exit 1 on a regression.
+
+    A regression is a p50 slowdown beyond --max-slowdown and beyond the runs' own spread, a task metric or
+    SQNR drop beyond its threshold, or a row that was ok in BASE and failed in NEW.
+    """
+    from modelport.harness.compare import compare as run_compare
+    from modelport.harness.compare import parse_percent
+    from modelport.harness.report.comparison import render_compare_markdown, render_compare_terminal
+
+    for flag, value in (("--max-fidelity-drop", max_fidelity_drop), ("--max-sqnr-drop", max_sqnr_drop)):
+        if value < 0:
+            raise BadInput(f"{flag} {value:g}: give a non-negative number.")
+    thresholds = Thresholds(parse_percent(max_slowdown, "--max-slowdown"), max_fidelity_drop, max_sqnr_drop)
+    data = run_compare(base, new, thresholds)
+    if markdown is not None:
+        try:
+            markdown.write_text(render_compare_markdown(data), encoding="utf-8")
+        except OSError as exc:
+            raise os_error(exc, markdown) from exc
+    if json_out:
+        print_json(data)
+    else:
+        render_compare_terminal(data, console)
+    if data["regressions"]:
+        names = ", ".join(f"{r['backend']} {r['precision']} batch {r['batch']}" for r in data["rows"]
+                          if r["status"] in REGRESSIONS)
+        raise StepFailed(f"{data['regressions']} regression(s) against {base}: {names}.")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `bench` and `report` to the modelport command."""
+    """Add `bench`, `report` and `compare` to the modelport command."""
     app.command(name="bench")(bench)
     app.command(name="report")(report)
+    app.command(name="compare")(compare)

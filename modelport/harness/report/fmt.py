@@ -44,6 +44,11 @@ def points(metric: Mapping[str, Any], amount: float | None = None) -> str:
     return unit + ("s" if unit == "point" and amount != 1 else "")
 
 
+def md_cell(text: Any) -> str:
+    """Text safe inside one GitHub-flavoured Markdown table cell."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def escape(text: Any) -> str:
     """Text safe inside HTML/SVG elements and attributes."""
     return html.escape(str(text), quote=True)

@@ -6,18 +6,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelport.harness.report.cells import FOOTNOTE, display_rows, header_lines
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+from modelport.harness.report.fmt import md_cell
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     rows = display_rows(report)
-    out = [f"# modelport bench: {_md_cell(report['model']['name'])}", ""]
-    out += [f"- {_md_cell(line)}" for line in header_lines(report)]
-    out += [f"- **Warning:** {_md_cell(w)}" for w in report.get("warnings", [])]
-    out += ["", "## Recommendation", ""] + [f"- {_md_cell(r['text'])}" for r in report["recommendations"]]
+    out = [f"# modelport bench: {md_cell(report['model']['name'])}", ""]
+    out += [f"- {md_cell(line)}" for line in header_lines(report)]
+    out += [f"- **Warning:** {md_cell(w)}" for w in report.get("warnings", [])]
+    out += ["", "## Recommendation", ""] + [f"- {md_cell(r['text'])}" for r in report["recommendations"]]
     if not report["recommendations"]:
         out.append(f"- {report['recommendation']}")
     out += ["", "## Results", ""]
@@ -25,6 +22,6 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         cols = list(rows[0])
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "|".join("---" for _ in cols) + "|")
-        out += ["| " + " | ".join(_md_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+        out += ["| " + " | ".join(md_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     out += ["", FOOTNOTE, ""]
     return "\n".join(out)
