@@ -14,6 +14,10 @@ from modelport.exporters.onnx import ExportReport, export_onnx
 from modelport.machine import cache_dir
 from modelport.model import SourceModel
 
+# Bumped when the export checks change what is accepted, so an export cached by an older, laxer check (a
+# TorchScript trace that froze control flow, say) is checked again rather than served.
+EXPORT_CHECK_VERSION = 2
+
 
 @dataclass
 class ModelBundle:
@@ -37,7 +41,8 @@ class ModelBundle:
 
     def _ensure_export(self) -> Path:
         base = self.onnx_dir or cache_dir() / "exports"
-        folder = base / f"{self.source.name}-{self.source.content_hash}-opset{self.opset or 'default'}"
+        folder = base / (f"{self.source.name}-{self.source.content_hash}-opset{self.opset or 'default'}"
+                           f"-check{EXPORT_CHECK_VERSION}")
         path, info = folder / "model.onnx", folder / "export.json"
         if self._report_json is None and path.is_file() and info.is_file():
             self._report_json = json.loads(info.read_text())

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 DEFAULT_EVAL_SHARE = 0.25
 SYNTHETIC_EVAL = 32
+REFERENCE_VERSION = 2  # 2: eager runs with the attention fast path off (model.attention_fast_path)
 SPLIT_CALIB_SIZE = 300  # the calibration part of a split, as many as `modelport build` draws by default
 
 
@@ -119,7 +120,7 @@ def reference_outputs(source: SourceModel, data: Data, *, chunk: int, threads: i
     """PyTorch FP32 outputs on the evaluation inputs, fed in batches of `chunk` as every runner is."""
     import torch
 
-    path = cache / f"reference-{source.content_hash}-{data.evaluation.fingerprint}-b{chunk}.npz"
+    path = cache / f"reference-v{REFERENCE_VERSION}-{source.content_hash}-{data.evaluation.fingerprint}-b{chunk}.npz"
     if path.is_file():
         with np.load(path) as saved:
             names = [str(n) for n in saved["__names__"]]
