@@ -46,3 +46,19 @@ def write_model(tmp_path: Path):
         return f"{path}:{factory}"
 
     return write
+
+
+@pytest.fixture(scope="module")
+def outlier_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("outlier") / "outlier.py"
+    from tests.outlier import OUTLIER
+
+    path.write_text(OUTLIER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def outlier_source(outlier_file):
+    from modelport.model import load_model
+
+    return load_model(f"{outlier_file}:make", dynamic=["x:0=batch"])

@@ -27,72 +27,25 @@ from modelport.debug import rank_layers
 from modelport.debug.compare import jumps
 from modelport.debug.mapping import Layer, map_tensors
 from modelport.debug.run import debug_artifact
+from tests.outlier import normal
 
-OUTLIER = '''import torch
-from torch import nn
-
-
-class Outlier(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.wide = nn.Conv2d(8, 8, 3, padding=1)
-        self.act = nn.ReLU()
-        self.head = nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(self.head(self.act(self.wide(self.stem(x)))).mean((2, 3)))
-
-
-def make(scale=100.0, seed=0):
-    torch.manual_seed(seed)
-    net = Outlier()
-    with torch.no_grad():
-        net.wide.weight[0] *= scale
-        net.wide.bias[0] *= scale
-        net.head.weight[:, 0] /= scale
-    return net.eval(), (torch.randn(1, 3, 16, 16),)
-
-
-def other():
-    return make(seed=1)
-'''
 OUTLIER_MODULES = {"wide", "act", "head"}
 BACKENDS = ("onnxruntime", "openvino", "tflite")
 cli = CliRunner()
 
 
-def normal(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("outlier") / "outlier.py"
-    path.write_text(OUTLIER)
-    return path
-
-
-@pytest.fixture(scope="module")
-def source(model_file):
-    from modelport.model import load_model
-
-    return load_model(f"{model_file}:make", dynamic=["x:0=batch"])
-
-
-@pytest.fixture(scope="module")
-def int8(source, tmp_path_factory):
+def int8(outlier_source, tmp_path_factory):
     """The INT8 artifact of a backend, built on first use; a backend unavailable here is skipped with its reason."""
     out, built = tmp_path_factory.mktemp("artifacts"), {}
-    calibration = CalibrationSet.from_arrays({"x": normal(128, 0)}, source.inputs)
+    calibration = CalibrationSet.from_arrays({"x": normal(128, 0)}, outlier_source.inputs)
 
     def get(backend: str):
         ok, reason = get_backend(backend).available()
         if not ok:
             pytest.skip(reason)
         if backend not in built:
-            built[backend] = build_artifact(ModelBundle(source), backend, "int8", out / f"{backend}-int8",
+            built[backend] = build_artifact(ModelBundle(outlier_source), backend, "int8", out / f"{backend}-int8",
                                             calibration=calibration)[0].path
         return built[backend]
 
@@ -106,13 +59,13 @@ def eval_file(tmp_path_factory):
     return path
 
 
-def evaluation(source, n: int) -> CalibrationSet:
-    return CalibrationSet.from_arrays({"x": normal(n, 1)}, source.inputs)
+def evaluation(outlier_source, n: int) -> CalibrationSet:
+    return CalibrationSet.from_arrays({"x": normal(n, 1)}, outlier_source.inputs)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_planted_outlier_ranks_first_with_its_torch_module(backend, int8, source):
-    record = debug_artifact(int8(backend), source, evaluation(source, 16))
+def test_the_planted_outlier_ranks_first_with_its_torch_module(backend, int8, outlier_source):
+    record = debug_artifact(int8(backend), outlier_source, evaluation(outlier_source, 16))
     first, *rest = record["culprits"]
     assert first["module"] in OUTLIER_MODULES, record["culprits"][:3]
     clean = next(c for c in rest if c["module"] == "stem")
@@ -124,16 +77,16 @@ def test_the_planted_outlier_ranks_first_with_its_torch_module(backend, int8, so
     assert by_tensor["output"]["status"] == "ok" and by_tensor["x"]["op_type"] == "Input"
 
 
-def test_a_tensor_the_runtime_fused_away_says_so(int8, source):
+def test_a_tensor_the_runtime_fused_away_says_so(int8, outlier_source):
     # ORT's QDQ pass folds the ReLU into the Conv before it: `wide`'s own output is never computed
-    record = debug_artifact(int8("onnxruntime"), source, evaluation(source, 4))
+    record = debug_artifact(int8("onnxruntime"), outlier_source, evaluation(outlier_source, 4))
     fused = next(e for e in record["layers"] if e["tensor"] == "conv2d_1")
     assert fused["status"] == "fused" and fused["sqnr_db"] is None and "onnxruntime" in fused["reason"]
 
 
-def test_against_compares_two_runtimes_artifacts(int8, model_file, eval_file, tmp_path):
+def test_against_compares_two_runtimes_artifacts(int8, outlier_file, eval_file, tmp_path):
     ort, ov = int8("onnxruntime"), int8("openvino")
-    result = cli.invoke(app, ["debug", str(ort), "--model", f"{model_file}:make", "--eval", str(eval_file),
+    result = cli.invoke(app, ["debug", str(ort), "--model", f"{outlier_file}:make", "--eval", str(eval_file),
                               "--against", str(ov), "--samples", "8", "-o", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
@@ -144,8 +97,8 @@ def test_against_compares_two_runtimes_artifacts(int8, model_file, eval_file, tm
     assert all(len(c["sqnr_db"]) == len(record["layers"]) for c in record["comparisons"])
 
 
-def test_the_json_is_a_contract_and_the_files_are_written(int8, model_file, eval_file, tmp_path):
-    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:make", "--eval",
+def test_the_json_is_a_contract_and_the_files_are_written(int8, outlier_file, eval_file, tmp_path):
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{outlier_file}:make", "--eval",
                               str(eval_file), "-o", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)  # stdout holds the JSON alone
@@ -162,46 +115,46 @@ def test_the_json_is_a_contract_and_the_files_are_written(int8, model_file, eval
     assert "<svg" in page and "<polyline" in page and "head" in page and "<script" not in page
 
 
-def test_the_table_names_the_worst_layers(int8, model_file, eval_file, tmp_path):
-    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:make", "--eval",
+def test_the_table_names_the_worst_layers(int8, outlier_file, eval_file, tmp_path):
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{outlier_file}:make", "--eval",
                               str(eval_file), "-o", str(tmp_path), "--top", "3"])
     assert result.exit_code == 0, result.output
     assert "Layers adding the most error" in result.stdout and "head" in result.stdout
 
 
-def test_memory_stays_bounded_as_samples_grow(int8, source):
+def test_memory_stays_bounded_as_samples_grow(int8, outlier_source):
     path = int8("onnxruntime")
-    debug_artifact(path, source, evaluation(source, 2))  # sessions, exports and imports warmed up
+    debug_artifact(path, outlier_source, evaluation(outlier_source, 2))  # sessions, exports and imports warmed up
     peaks = {}
     for n in (8, 64):
-        data = evaluation(source, n)
+        data = evaluation(outlier_source, n)
         tracemalloc.start()
-        debug_artifact(path, source, data)
+        debug_artifact(path, outlier_source, data)
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     # holding every tensor of 56 more samples would take 56 x 2 sides x ~40 KB = 4.5 MB
     assert peaks[64] - peaks[8] < 512 * 1024, peaks
 
 
-def test_a_model_other_than_the_artifacts_is_bad_input(int8, model_file, eval_file):
-    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:other", "--eval",
+def test_a_model_other_than_the_artifacts_is_bad_input(int8, outlier_file, eval_file):
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{outlier_file}:other", "--eval",
                               str(eval_file)])
     assert result.exit_code == 2
     assert "was built from" in result.output and "content hash" in result.output
 
 
-def test_a_runtime_without_intermediates_is_bad_input(int8, model_file, eval_file, monkeypatch):
+def test_a_runtime_without_intermediates_is_bad_input(int8, outlier_file, eval_file, monkeypatch):
     monkeypatch.setattr(OnnxRuntimeRunner, "tensor_names", Runner.tensor_names)  # as TensorRT's runner is
-    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:make", "--eval",
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{outlier_file}:make", "--eval",
                               str(eval_file)])
     assert result.exit_code == 2
     assert "cannot expose intermediate tensors" in result.output
 
 
-def test_evaluation_data_that_does_not_fit_is_bad_input(int8, model_file, tmp_path):
+def test_evaluation_data_that_does_not_fit_is_bad_input(int8, outlier_file, tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((4, 3, 8, 8), np.float32))
-    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{model_file}:make", "--eval", str(bad)])
+    result = cli.invoke(app, ["debug", str(int8("onnxruntime")), "-m", f"{outlier_file}:make", "--eval", str(bad)])
     assert result.exit_code == 2
     assert "x" in result.output and "16" in result.output
 

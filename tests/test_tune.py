@@ -1,6 +1,6 @@
 """`--budget`: the expression, and the search that keeps the fewest layers out of INT8 to meet it.
 
-The model is test_debug's planted outlier: `wide`'s output has one channel 100x wider, compensated in `head`'s
+The model is tests/outlier.py's planted outlier: `wide`'s output has one channel 100x wider, compensated in `head`'s
 weights, so full INT8 loses the seven ordinary channels and misses a cosine budget that keeping `wide` (with the
 ReLU folded into it) in float meets. Candidates are judged on held-out samples drawn apart from the calibration.
 """
@@ -19,29 +19,15 @@ from modelport.cli import app
 from modelport.errors import BadInput
 from modelport.tune import parse_budget, search
 from modelport.tune.budget import check_applies
-from tests.test_debug import OUTLIER, normal
+from tests.outlier import normal
 
 cli = CliRunner()
 BUDGET = "cos>=0.9999"  # full INT8 reaches about 0.9991 on ORT, keeping `head` in float about 0.99992
 PLANTED = {"node_conv2d_1", "node_relu", "node_conv2d_2"}  # wide, act (folded into wide), head: what reads the outlier
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("outlier") / "outlier.py"
-    path.write_text(OUTLIER)
-    return path
-
-
-@pytest.fixture(scope="module")
-def source(model_file):
-    from modelport.model import load_model
-
-    return load_model(f"{model_file}:make", dynamic=["x:0=batch"])
-
-
-def data(source, n: int, seed: int) -> CalibrationSet:
-    return CalibrationSet.from_arrays({"x": normal(n, seed)}, source.inputs)
+def data(outlier_source, n: int, seed: int) -> CalibrationSet:
+    return CalibrationSet.from_arrays({"x": normal(n, seed)}, outlier_source.inputs)
 
 
 def test_budget_expressions_parse_into_bounds_and_are_checked():
@@ -69,24 +55,24 @@ def test_drop_without_labels_and_float_precisions_are_refused():
         check_applies(parse_budget("cos>=0.99"), "fp32", has_labels=True)
 
 
-def test_the_cli_refuses_a_budget_before_any_slow_work(model_file):
+def test_the_cli_refuses_a_budget_before_any_slow_work(outlier_file):
     for args, says in ((["--precision", "fp32", "--budget", BUDGET], "fp32 is not one"),
                        (["--precision", "int8", "--budget", "cos=1"], "is not FIGURE"),
                        (["--precision", "int8", "--budget", BUDGET], "needs calibration data")):
-        result = cli.invoke(app, ["build", f"{model_file}:make", "-b", "onnxruntime", *args])
+        result = cli.invoke(app, ["build", f"{outlier_file}:make", "-b", "onnxruntime", *args])
         assert result.exit_code == 2 and says in result.output, result.output
 
 
 # OpenVINO's default NNCF build misses it whatever is kept in float (SQNR stays near 17 dB with four layers in
 # NNCF's ignored scope): there only source=qdq, the shared QDQ pass with its exclude, is searched here.
 @pytest.mark.parametrize("backend, options", [("onnxruntime", {}), ("openvino", {"source": "qdq"})])
-def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(backend, options, source, tmp_path):
+def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(backend, options, outlier_source, tmp_path):
     ok, reason = get_backend(backend).available()
     if not ok:
         pytest.skip(reason)
     out = tmp_path / "tuned"
-    outcome = search(ModelBundle(source), backend, out, parse_budget(BUDGET), data(source, 96, 0),
-                     evaluation=data(source, 24, 1), options=options)
+    outcome = search(ModelBundle(outlier_source), backend, out, parse_budget(BUDGET), data(outlier_source, 96, 0),
+                     evaluation=data(outlier_source, 24, 1), options=options)
     record = Artifact.open(out).manifest["tune"]
     first, chosen = record["candidates"][0], record["candidates"][record["chosen"]]
     assert outcome.met and record["status"] == "met" and Artifact.open(out).details["budget"] == "met"
@@ -97,12 +83,12 @@ def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(backend,
     assert len(record["candidates"]) <= 10 and not out.with_name("tuned.tune").exists()
 
 
-def test_an_unreachable_budget_writes_the_closest_marks_it_missed_and_exits_1(model_file, tmp_path):
+def test_an_unreachable_budget_writes_the_closest_marks_it_missed_and_exits_1(outlier_file, tmp_path):
     calib, held_out = tmp_path / "calib.npz", tmp_path / "eval.npz"
     np.savez(calib, x=normal(64, 0))
     np.savez(held_out, x=normal(16, 1))
     out = tmp_path / "missed"
-    result = cli.invoke(app, ["build", f"{model_file}:make", "-b", "onnxruntime", "-p", "int8", "--calib", str(calib),
+    result = cli.invoke(app, ["build", f"{outlier_file}:make", "-b", "onnxruntime", "-p", "int8", "--calib", str(calib),
                               "--eval", str(held_out), "--budget", "cos>=0.9999999", "-o", str(out),
                               "--max-candidates", "3"])
     assert result.exit_code == 1, result.output
@@ -113,7 +99,7 @@ def test_an_unreachable_budget_writes_the_closest_marks_it_missed_and_exits_1(mo
     assert len(manifest["tune"]["candidates"]) == 3
 
 
-def test_a_budget_judged_on_its_own_calibration_data_is_refused(source, tmp_path):
+def test_a_budget_judged_on_its_own_calibration_data_is_refused(outlier_source, tmp_path):
     with pytest.raises(BadInput, match="is the calibration data"):
-        search(ModelBundle(source), "onnxruntime", tmp_path / "x", parse_budget(BUDGET), data(source, 32, 0),
-               evaluation=data(source, 32, 0))
+        search(ModelBundle(outlier_source), "onnxruntime", tmp_path / "x", parse_budget(BUDGET),
+               data(outlier_source, 32, 0), evaluation=data(outlier_source, 32, 0))

@@ -1,0 +1,42 @@
+"""The planted-outlier model test_debug and test_tune share: `wide`'s output has one channel 100x wider than the
+others and `head`'s weights on that channel are scaled down by as much, so the float function is unchanged and one
+per-tensor INT8 range for that activation leaves the ordinary channels a handful of levels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+OUTLIER = '''import torch
+from torch import nn
+
+
+class Outlier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.wide = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.head(self.act(self.wide(self.stem(x)))).mean((2, 3)))
+
+
+def make(scale=100.0, seed=0):
+    torch.manual_seed(seed)
+    net = Outlier()
+    with torch.no_grad():
+        net.wide.weight[0] *= scale
+        net.wide.bias[0] *= scale
+        net.head.weight[:, 0] /= scale
+    return net.eval(), (torch.randn(1, 3, 16, 16),)
+
+
+def other():
+    return make(seed=1)
+'''
+
+
+def normal(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
