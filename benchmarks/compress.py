@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import hashlib
-import inspect
 import json
 import os
 import sys
@@ -38,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.peak import count_macs as onnx_macs  # noqa: E402
 from benchmarks.run_suite import RESULTS, machine_slug  # noqa: E402
-from modelport.machine import cache_dir  # noqa: E402
+from modelport.examples.digits import cached_digits_model  # noqa: E402
 
 TRAIN = "modelport.examples:digits_calibration"
 EVAL = "modelport.examples:digits_evaluation"
@@ -83,18 +81,7 @@ def _train_wide() -> WideDigitsCNN:
 
 def wide_digits_cnn() -> tuple[nn.Module, tuple[torch.Tensor]]:
     """The wide CNN, trained once and cached (MODELPORT_CACHE), with one test image as its example input."""
-    from modelport.examples import digits_data
-
-    key = hashlib.sha256((inspect.getsource(WideDigitsCNN) + inspect.getsource(_train_wide)).encode()).hexdigest()
-    path = cache_dir() / "examples" / f"wide_digits_cnn-{key[:12]}.pt"
-    model = WideDigitsCNN()
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        model = _train_wide()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-    return model.eval(), (torch.from_numpy(digits_data("test")[0][:1]),)
+    return cached_digits_model("wide_digits_cnn", WideDigitsCNN, _train_wide)
 
 
 def _open_runner(variant: str, backend: str, model: str, threads: int | None = None):

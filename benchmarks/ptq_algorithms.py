@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import hashlib
-import inspect
 import os
 import tempfile
 from collections.abc import Iterator
@@ -28,7 +26,7 @@ import torch
 from torch import nn
 
 from benchmarks.run_suite import RESULTS, machine_slug
-from modelport.machine import cache_dir
+from modelport.examples.digits import cached_digits_model, fit_digits
 from modelport.quantize.statistics import sqnr_db
 
 OFF = {"cle": "off", "bias_correction": "false", "adaround": "false"}
@@ -62,38 +60,13 @@ class DepthwiseCNN(nn.Module):
 
 
 def _train() -> DepthwiseCNN:
-    from modelport.examples import digits_data
-
     torch.manual_seed(0)
-    x, y = (torch.from_numpy(a) for a in digits_data("train"))
-    model = DepthwiseCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(30):
-        perm = torch.randperm(len(y))
-        for i in range(0, len(y), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return fit_digits(DepthwiseCNN(), epochs=30)
 
 
 def depthwise_cnn() -> tuple[nn.Module, tuple[torch.Tensor]]:
     """The trained depthwise-separable digits CNN (weights cached as the example CNN's are)."""
-    from modelport.examples import digits_data
-
-    code = inspect.getsource(DepthwiseCNN) + inspect.getsource(_train)
-    path = cache_dir() / "examples" / f"digits_dwcnn-{hashlib.sha256(code.encode()).hexdigest()[:12]}.pt"
-    model = DepthwiseCNN()
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        model = _train()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-    return model.eval(), (torch.from_numpy(digits_data("test")[0][:1]),)
+    return cached_digits_model("digits_dwcnn", DepthwiseCNN, _train)
 
 
 @contextlib.contextmanager

@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -50,12 +49,12 @@ def digits_data(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     return images[idx], labels[idx]
 
 
-def _train() -> DigitsCNN:
-    torch.manual_seed(_SEED)
+def fit_digits(model: nn.Module, epochs: int, lr: float = 3e-3) -> nn.Module:
+    """Train `model` on the digits train split (Adam, cross-entropy, batches of 64); returned in eval mode.
+    Seed torch before making the model: its initialisation and the batches' order draw from one stream."""
     x, y = (torch.from_numpy(a) for a in digits_data("train"))
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(25):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
         perm = torch.randperm(len(y))
         for i in range(0, len(y), 64):
             idx = perm[i:i + 64]
@@ -65,26 +64,34 @@ def _train() -> DigitsCNN:
     return model.eval()
 
 
-def _weights_path() -> Path:
-    code = inspect.getsource(DigitsCNN) + inspect.getsource(_train) + inspect.getsource(digits_data)
+def _train() -> DigitsCNN:
+    torch.manual_seed(_SEED)
+    return fit_digits(DigitsCNN(), epochs=25)
+
+
+def cached_digits_model(name: str, make: Callable[[], nn.Module], train: Callable[[], nn.Module]
+                        ) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """`train()`'s model, trained once and cached (MODELPORT_CACHE) under a key of the source of `make`, `train`
+    and the data, with one held-out image as its example input: every digits-trained model here is made so."""
+    code = inspect.getsource(make) + inspect.getsource(train) + inspect.getsource(digits_data)
     key = hashlib.sha256(f"{code}{torch.__version__}".encode()).hexdigest()[:12]
-    return cache_dir() / "examples" / f"digits_cnn-{key}.pt"
-
-
-def digits_cnn() -> tuple[nn.Module, tuple[torch.Tensor]]:
-    """The trained digits CNN and one held-out image as its example input (input `x`, 1x1x8x8)."""
-    path = _weights_path()
-    model = DigitsCNN()
+    path = cache_dir() / "examples" / f"{name}-{key}.pt"
+    model = make()
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
     else:
-        model = _train()
+        model = train()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(model.state_dict(), tmp)
         tmp.replace(path)
     x, _ = digits_data("test")
     return model.eval(), (torch.from_numpy(x[:1]),)
+
+
+def digits_cnn() -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """The trained digits CNN and one held-out image as its example input (input `x`, 1x1x8x8)."""
+    return cached_digits_model("digits_cnn", DigitsCNN, _train)
 
 
 def _samples(split: str) -> Iterator[dict[str, np.ndarray]]:
