@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import json
 import os
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.peak import count_macs as onnx_macs  # noqa: E402
-from benchmarks.run_suite import RESULTS, machine_slug  # noqa: E402
+from benchmarks.run_suite import write_dated_results  # noqa: E402
 from modelport.examples.digits import cached_digits_model  # noqa: E402
 
 TRAIN = "modelport.examples:digits_calibration"
@@ -200,13 +199,10 @@ def main() -> None:
     machine = machine_summary()
     stamp = dt.date.today().isoformat()
     table = markdown(machine, results, args, stamp)
-    name = f"compress-{machine_slug(machine['cpu'])}-{stamp}"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.md").write_text(f"# modelport compress benchmark\n\n{table}\n")
-    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine, "settings": vars(args) | {
-        "work": str(args.work)}, "results": results}, indent=2, default=str))
+    path = write_dated_results("compress", "modelport compress benchmark", table, machine,
+                               {"settings": vars(args) | {"work": str(args.work)}, "results": results})
     print(table)
-    print(f"Wrote {RESULTS / name}.md and .json")
+    print(f"Wrote {path} and .json")
 
 
 if __name__ == "__main__":

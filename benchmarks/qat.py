@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.run_suite import RESULTS, machine_slug  # noqa: E402
+from benchmarks.run_suite import write_dated_results  # noqa: E402
 
 TRAIN = "modelport.examples:digits_calibration"
 EVAL = "modelport.examples:digits_evaluation"
@@ -140,13 +139,10 @@ def main() -> None:
     machine = machine_summary()
     stamp = dt.date.today().isoformat()
     table = markdown(machine, results, args, stamp)
-    name = f"qat-{machine_slug(machine['cpu'])}-{stamp}"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.md").write_text(f"# modelport QAT benchmark\n\n{table}\n")
-    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine, "settings": vars(args) | {
-        "work": str(args.work)}, "results": results}, indent=2, default=str))
+    path = write_dated_results("qat", "modelport QAT benchmark", table, machine,
+                               {"settings": vars(args) | {"work": str(args.work)}, "results": results})
     print(table)
-    print(f"Wrote {RESULTS / name}.md and .json")
+    print(f"Wrote {path} and .json")
 
 
 if __name__ == "__main__":

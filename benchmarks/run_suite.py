@@ -84,6 +84,15 @@ def machine_slug(cpu: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")[:40]
 
 
+def write_dated_results(kind: str, title: str, table: str, machine: dict[str, Any], data: dict[str, Any]) -> Path:
+    """`results/KIND-MACHINE-DATE.md` (the title and table) and `.json` (the machine and `data`); the .md's path."""
+    name = f"{kind}-{machine_slug(machine['cpu'])}-{dt.date.today().isoformat()}"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(f"# {title}\n\n{table}\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine, **data}, indent=2, default=str))
+    return RESULTS / f"{name}.md"
+
+
 def load_suite_model(suite: Suite, batches: list[int]) -> SourceModel:
     """The suite's model as the harness prepares it (the batch axis made dynamic for the batches timed)."""
     from modelport.harness.matrix import prepare_model
