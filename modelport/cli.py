@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from modelport.clihelp import as_prose
 from modelport.console import (
     CalibOpt,
     CalibSizeOpt,
@@ -31,7 +32,12 @@ from modelport.errors import BadInput, ModelportError, ModelportWarning, os_erro
 
 
 class _Commands(TyperGroup):
-    """Turns a ModelportError from any command into one paragraph on stderr and its exit code."""
+    """Turns a ModelportError from any command into one paragraph on stderr and its exit code; help reads as prose
+    (clihelp.as_prose: paragraphs rewrapped, examples for every command)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        as_prose(self)
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
