@@ -213,8 +213,9 @@ def test_html_is_valid_self_contained_and_escapes_model_and_error_text(tmp_path)
     # well-formed as XML (so as HTML) once the doctype is set aside
     root = ET.fromstring(page.split("\n", 1)[1])
     assert root.tag == "html"
-    svgs = root.findall(".//{http://www.w3.org/2000/svg}svg")
-    assert len(svgs) == 1 and svgs[0].findall(".//{http://www.w3.org/2000/svg}circle")
+    svgs = {svg.get("class"): svg for svg in root.findall(".//{http://www.w3.org/2000/svg}svg")}
+    assert set(svgs) == {"chart latency", "chart pareto", "chart size"}
+    assert svgs["chart pareto"].findall(".//{http://www.w3.org/2000/svg}circle")
     parser = StrictHTML()
     parser.feed(page)
     parser.close()
@@ -227,8 +228,8 @@ def test_html_is_valid_self_contained_and_escapes_model_and_error_text(tmp_path)
 def test_scatter_marks_the_pareto_front(tmp_path):
     write(tmp_path, [run_record([]), *labelled_rows()])
     page = render_html(build_report(tmp_path))
-    svg = ET.fromstring(page.split("\n", 1)[1]).find(".//{http://www.w3.org/2000/svg}svg")
     ns = "{http://www.w3.org/2000/svg}"
+    svg = next(s for s in ET.fromstring(page.split("\n", 1)[1]).iter(f"{ns}svg") if s.get("class") == "chart pareto")
     points = [c for c in svg.findall(f"{ns}circle") if c.find(f"{ns}title") is not None]
     assert len(points) == 5  # every ok row with latency and fidelity; the failed one is not plotted
     filled = [c.find(f"{ns}title").text.split(":")[0] for c in points if c.get("fill") == "#3a3"]

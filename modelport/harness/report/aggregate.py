@@ -6,8 +6,11 @@ row wins). Plan items with no row are shown as `not measured` (an interrupted ru
 
 Each row gets its speed-up over PyTorch FP32 at its batch size and thread count, its budget verdict
 (budget.py) and whether it is on the Pareto front: the rows that no other row beats on both p50
-latency and fidelity (the task metric, else SQNR). The report data is plain JSON (report.json holds
-it); its rows are `ReportRow`s as dicts, and renderers read them back with `ReportRow.from_json`.
+latency and fidelity (the task metric, else SQNR). Rows also carry what sits beside them: the per-layer
+plot `modelport debug` wrote for their artifact (ARTIFACT-debug/debug.html, its default place), and the
+accuracy budget their build was held to where the row or its artifact records one (the `tune` record).
+The report data is plain JSON (report.json holds it); its rows are `ReportRow`s as dicts, and renderers
+read them back with `ReportRow.from_json`.
 """
 
 from __future__ import annotations
@@ -71,15 +74,22 @@ class ReportRow:
     build_seconds: float | None = None
     path: str | None = None
     time: str | None = None
+    debug_html: str | None = None  # the artifact's per-layer debug page, relative to the bench directory
+    build_budget: str | None = None  # the budget the build was held to (`build --budget`), as it was written
+    build_budget_met: bool | None = None
     speedup: float | None = None  # PyTorch FP32's time over this row's
     meets_budget: bool | None = None
     pareto: bool = False
 
     @classmethod
-    def of(cls, row: Row) -> ReportRow:
+    def of(cls, row: Row, *, debug_html: str | None = None, build_budget: Mapping[str, Any] | None = None
+           ) -> ReportRow:
         latency, artifact = row.latency or {}, row.artifact or {}
         summary, metric = row.fidelity_part("summary"), row.fidelity_part("metric")
-        return cls(key=row.key, backend=row.backend, title=row.title, precision=row.precision,
+        budget = build_budget or {}
+        return cls(debug_html=debug_html, build_budget=budget.get("budget"),
+                   build_budget_met=budget["status"] == "met" if "status" in budget else budget.get("met"),
+                   key=row.key, backend=row.backend, title=row.title, precision=row.precision,
                    options=row.options or {}, batch=row.batch, threads=row.threads, status=row.status,
                    stage=row.stage, reason=row.reason, **{k: latency.get(k) for k in _LATENCY_SHOWN},
                    metric_name=metric.get("name"), metric=metric.get("value"), metric_delta=metric.get("delta"),
@@ -139,15 +149,32 @@ def _scope(record: Mapping[str, Any]) -> tuple[str, str | None]:
     return record["model"]["content_hash"], (holder.get("evaluation") or {}).get("fingerprint")
 
 
-def _scoped_rows(records: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]]) -> list[ReportRow]:
+def _debug_page(out: Path, artifact: Mapping[str, Any] | None) -> str | None:
+    """Where `modelport debug` wrote its page for this artifact by default, relative to `out`, if it did."""
+    if not artifact or not artifact.get("path"):
+        return None
+    page = Path(f"{artifact['path']}-debug") / "debug.html"
+    return page.as_posix() if (out / page).is_file() else None
+
+
+def _build_budget(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The budget record a row carries (`budget`) or its artifact's manifest did (`tune`): `budget` text and
+    `status` met/missed, or a `met` flag."""
+    found = record.get("budget") or (record.get("artifact") or {}).get("tune")
+    return found if isinstance(found, Mapping) else None
+
+
+def _scoped_rows(out: Path, records: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]]
+                 ) -> list[ReportRow]:
     """The latest row per measurement in the scope of `runs`, then their plan items that have no row."""
     scope = _scope(runs[-1])
-    latest: dict[str, Row] = {}
+    latest: dict[str, tuple[Row, Mapping[str, Any]]] = {}
     for record in records:
         if record["type"] == "row" and _scope(record) == scope:
             row = Row.from_json(record)
-            latest[_identity(row)] = row
-    rows = [ReportRow.of(r) for r in latest.values()]
+            latest[_identity(row)] = row, record
+    rows = [ReportRow.of(r, debug_html=_debug_page(out, r.artifact), build_budget=_build_budget(record))
+            for r, record in latest.values()]
     seen = {r.key for r in rows} | {(r.backend, r.precision, r.batch, r.threads) for r in rows}
     for run in runs:
         threads = run["settings"]["threads"]
@@ -195,7 +222,7 @@ def build_report(out: Path, budget: Budget | None = None) -> dict[str, Any]:
         raise BadInput(f"{out / results.RESULTS} holds no bench run.", hint="Run `modelport bench MODEL -o DIR` first.")
     last = runs[-1]
     scoped_runs = [r for r in runs if _scope(r) == _scope(last)]
-    rows = _scoped_rows(records, scoped_runs)
+    rows = _scoped_rows(out, records, scoped_runs)
     metric = last.get("reference_metric")
     _judge(rows, budget, metric is not None)
     rows.sort(key=lambda r: (r.batch, r.threads, ORDER.get(r.status, 9), not r.is_baseline,

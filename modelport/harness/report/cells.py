@@ -13,6 +13,9 @@ FOOTNOTE = ("* on the Pareto front (no other row is both faster and more faithfu
             "measuring process grew by loading and running the runner (peak RSS minus RSS before loading).")
 
 
+LAYER_PLOT = "layer plot"  # the column of `modelport debug`'s page for the row's artifact, where there is one
+
+
 def _fidelity_text(r: ReportRow, short: bool = False) -> str:
     if not r.has_fidelity:
         return "-"
@@ -27,15 +30,26 @@ def _join(values: list[str], new: str) -> list[str]:
     return values if new in values else [*values, new]
 
 
+def _build_budget_text(r: ReportRow) -> str:
+    """The budget a row's build was held to (`build --budget`) and whether it met it."""
+    verdict = {True: "met", False: "missed", None: ""}[r.build_budget_met]
+    return ": ".join(part for part in (verdict, r.build_budget or "") if part) or "-"
+
+
 def display_rows(report: Mapping[str, Any], short: bool = False) -> list[dict[str, str]]:
     """Table cells as text; unavailable and skipped rows with the same reason share one line.
 
-    `short` is for terminals: backend names instead of titles, terser fidelity cells.
+    `short` is for terminals: backend names instead of titles, terser fidelity cells. A `build budget` column
+    appears where some row's build was held to an accuracy budget, a `layer plot` one (the path of its
+    debug.html) where `modelport debug` has been run on some row's artifact.
     """
     metric = report.get("reference_metric")
+    report_rows = [ReportRow.from_json(r) for r in report["rows"]]
+    with_budget = any(r.build_budget or r.build_budget_met is not None for r in report_rows)
+    with_debug = any(r.debug_html for r in report_rows)
     lines: list[dict[str, str]] = []
     merged: dict[tuple, tuple[dict[str, str], list[str], list[str]]] = {}
-    for r in map(ReportRow.from_json, report["rows"]):
+    for r in report_rows:
         note = r.reason or ""
         group = (r.backend, r.status, note, r.threads)
         if r.status in ("unavailable", "skipped") and group in merged:
@@ -61,8 +75,13 @@ def display_rows(report: Mapping[str, Any], short: bool = False) -> list[dict[st
             "cosine": "-" if r.cosine is None else f"{r.cosine:.5f}", "SQNR": _fidelity_text(r, short),
             "max abs err": "-" if r.max_abs is None else f"{r.max_abs:.2e}",
             "size": fmt.size(r.size_bytes), "build s": fmt.num(r.build_seconds, 1),
-            "runner mem": fmt.size(r.runner_rss_bytes), "flags": flags.strip(), "note": note,
+            "runner mem": fmt.size(r.runner_rss_bytes),
         })
+        if with_budget:
+            cells["build budget"] = _build_budget_text(r)
+        if with_debug:
+            cells[LAYER_PLOT] = r.debug_html or "-"
+        cells.update({"flags": flags.strip(), "note": note})
         lines.append(cells)
         if r.status in ("unavailable", "skipped"):
             merged[group] = (cells, [r.precision], [str(r.batch)])
