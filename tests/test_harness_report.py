@@ -13,6 +13,7 @@ from rich.console import Console
 
 from modelport.harness import results
 from modelport.harness.report import Budget, build_report, render_html, render_terminal, write_reports
+from modelport.harness.report.cells import display_rows
 
 MODEL = {"name": "digits_cnn", "origin": "modelport.examples:digits_cnn", "content_hash": "c0ffee",
          "inputs": ["x:batchx1x8x8:float32"], "outputs": ["output:batchx10:float32"]}
@@ -250,3 +251,97 @@ def test_a_busy_machine_is_called_out_in_every_report(tmp_path):
     files = write_reports(report, busy)
     assert "**Warning:**" in files["markdown"].read_text() and 'class="warn"' in files["html"].read_text()
     assert build_report(idle)["warnings"] == []
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _page(tmp_path: Path, records) -> ET.Element:
+    write(tmp_path, records)
+    return ET.fromstring(render_html(build_report(tmp_path)).split("\n", 1)[1])
+
+
+def _charts(root: ET.Element, kind: str) -> list[ET.Element]:
+    return [s for s in root.iter(f"{SVG}svg") if s.get("class") == f"chart {kind}"]
+
+
+def test_latency_chart_per_batch_size_has_a_bar_and_whisker_per_timed_row(tmp_path):
+    root = _page(tmp_path, [run_record([]), *labelled_rows(1), *labelled_rows(8)])
+    charts = _charts(root, "latency")
+    assert [c.get("aria-label") for c in charts] == ["Latency: batch 1, 2 threads", "Latency: batch 8, 2 threads"]
+    for chart in charts:
+        bars = chart.findall(f".//{SVG}rect[@class='bar']")
+        assert len(bars) == 5  # the failed TFLite row has no latency and no bar
+        assert len(chart.findall(f".//{SVG}g[@class='whisker']")) == 5
+        assert {b.get("fill") for b in bars if b.find(f"{SVG}title").text.startswith("ONNX Runtime int8")} == \
+            {"#54a24b"}  # precision as colour, the same in every chart
+        groups = [t.text for t in chart.iter(f"{SVG}text") if t.get("class") == "group"]
+        assert groups[0] == "PyTorch" and sorted(groups[1:]) == ["ONNX Runtime", "OpenVINO"]
+        legend = {t.text for t in chart.iter(f"{SVG}text")} & {"fp32", "fp16", "int8"}
+        assert legend == {"fp32", "fp16", "int8"}
+    # the rows without a bar are named beside the charts
+    unplotted = [p for p in root.iter("p") if p.get("class") == "unplotted"]
+    assert len(unplotted) == 2 and "tflite fp32 (failed)" in unplotted[0].text
+
+
+def test_size_chart_has_one_bar_per_artifact_not_per_batch_size(tmp_path):
+    root = _page(tmp_path, [run_record([]), *labelled_rows(1), *labelled_rows(8)])
+    (chart,) = _charts(root, "size")
+    assert len(chart.findall(f".//{SVG}rect[@class='bar']")) == 6
+    assert "146.5 KB" in {t.text for t in chart.iter(f"{SVG}text")}
+
+
+def test_failed_and_unavailable_rows_show_their_reason_in_the_status_cell(tmp_path):
+    records = [run_record([]), *labelled_rows(),
+               row("tensorrt", "int8", status="unavailable", reason="no NVIDIA GPU usable: this torch is a CPU build")]
+    root = _page(tmp_path, records)
+    reasons = {td.find("div").text for td in root.iter("td") if td.get("class") == "status" and td.find("div")
+               is not None}
+    assert reasons == {"latency: the measuring process was killed by SIGSEGV",
+                       "no NVIDIA GPU usable: this torch is a CPU build"}
+    assert not [th for th in root.iter("th") if th.text == "note"]  # not a far-right column one must scroll to
+
+
+def test_when_every_row_has_the_same_metric_the_plot_sets_points_by_sqnr(tmp_path):
+    same = [row("pytorch", "fp32", p50=0.4, acc=98.0, identical=True),
+            row("onnxruntime", "fp32", p50=0.1, acc=98.0, sqnr=110.0),
+            row("onnxruntime", "int8", p50=0.05, acc=98.0, sqnr=28.0),
+            row("openvino", "int8", p50=0.03, acc=98.0, sqnr=17.0)]
+    (chart,) = _charts(_page(tmp_path, [run_record([]), *same]), "pareto")
+    texts = [t.text for t in chart.iter(f"{SVG}text")]
+    assert "Every row has top1_accuracy 98: the points are set by SQNR instead." in texts
+    assert "SQNR vs PyTorch FP32, dB: higher is better" in texts
+    ys = {c.find(f"{SVG}title").text.split(":")[0]: float(c.get("cy")) for c in chart.iter(f"{SVG}circle")
+          if c.get("class") == "point"}
+    assert ys["OpenVINO int8"] > ys["ONNX Runtime int8"] > ys["ONNX Runtime fp32"] > ys["PyTorch FP32"]  # SVG y: down
+    front = {c.find(f"{SVG}title").text.split(":")[0] for c in chart.iter(f"{SVG}circle")
+             if c.get("class") == "point" and c.get("fill") == "#3a3"}
+    assert front == {"PyTorch FP32", "ONNX Runtime fp32", "ONNX Runtime int8", "OpenVINO int8"}
+
+
+def test_a_row_whose_artifact_has_a_debug_page_links_to_it(tmp_path):
+    rows = labelled_rows()
+    for r in rows:
+        r["artifact"]["path"] = f"artifacts/{r['backend']}-{r['precision']}"
+    page = tmp_path / "artifacts" / "onnxruntime-int8-debug" / "debug.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+    root = _page(tmp_path, [run_record([]), *rows])
+    links = [a.get("href") for a in root.iter("a")]
+    assert links == ["artifacts/onnxruntime-int8-debug/debug.html"]
+    assert "| artifacts/onnxruntime-int8-debug/debug.html |" in (write_reports(build_report(tmp_path), tmp_path)
+                                                                   ["markdown"].read_text())
+
+
+def test_rows_built_to_a_budget_show_it_and_others_do_not_get_the_column(tmp_path):
+    rows = labelled_rows()
+    rows[2]["budget"] = {"budget": "cos>=0.995, drop<=1.0", "status": "met"}
+    rows[3]["artifact"]["tune"] = {"budget": "drop<=0.5", "status": "missed"}
+    write(tmp_path / "with", [run_record([]), *rows])
+    write(tmp_path / "without", [run_record([]), *labelled_rows()])
+    shown = display_rows(build_report(tmp_path / "with"))
+    cells = {f"{c['backend']} {c['precision']}": c["build budget"] for c in shown}
+    assert cells["ONNX Runtime int8"] == "met: cos>=0.995, drop<=1.0"
+    assert cells["OpenVINO int8"] == "missed: drop<=0.5"
+    assert cells["ONNX Runtime fp32"] == "-"
+    assert "build budget" not in render_html(build_report(tmp_path / "without"))
