@@ -13,7 +13,7 @@ OPTIMUM_VENV ?= .venv-optimum
 OPTIMUM_SPEC ?= "optimum-onnx[onnxruntime]==0.1.0" datasets "transformers<4.58"
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quick optimum-venv lint clean
+.PHONY: setup demo test browser bench bench-quick optimum-venv lint clean
 
 setup: $(STAMP)
 
@@ -29,9 +29,19 @@ demo: setup
 		--precisions fp32,fp16,int8,int8-dynamic --calib modelport.examples:digits_calibration \
 		--eval modelport.examples:digits_evaluation -o $(DEMO_OUT)
 
-test: setup
+test: setup browser
 	$(VENV)/bin/ruff check modelport tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Chromium for tests/test_report_browser.py (report.html in a real browser), from Debian's packages where apt-get
+# can install it (as root, or with password-less sudo); otherwise the test skips and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+		($$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium) \
+			|| echo "chromium could not be installed: the browser test of report.html will skip"; \
+	else echo "no apt-get: install Chromium to run the browser test of report.html (it skips without it)"; fi
 
 bench: setup optimum-venv
 	MODELPORT_OPTIMUM_PYTHON=$(OPTIMUM_VENV)/bin/python $(PY) -m benchmarks.run_suite

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from modelport.harness.report.aggregate import ReportRow
 from modelport.harness.report.fmt import escape, ms, size
-from modelport.harness.report.svg import CHAR_W, Axis, colour, legend, svg_open
+from modelport.harness.report.svg import Axis, colour, legend, svg_open, text_width
 
 LOG_RATIO = 30  # above this spread of values the axis is logarithmic, so the fastest bars stay visible
-BAR, GAP, GROUP_GAP = 16, 4, 10
+BAR, GAP, GROUP_GAP = 18, 4, 10
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,10 @@ def _groups(rows: Sequence[ReportRow], bar) -> list[tuple[str, list[Bar]]]:
 def _chart(groups: list[tuple[str, list[Bar]]], title: str, kind: str, axis_title: str) -> str:
     """Horizontal bars: runtime names on the left, the precision on each bar, the value beside it."""
     bars = [b for _, group in groups for b in group]
-    name_w = 8 + CHAR_W * max(len(name) for name, _ in groups)
-    label_w = 8 + CHAR_W * max(len(b.label) for b in bars)
-    text_w = 10 + CHAR_W * max(len(b.text) for b in bars)
-    width, top = 760, 46
+    name_w = 14 + max(text_width(name, bold=True) for name, _ in groups)
+    label_w = 8 + max(text_width(b.label) for b in bars)
+    text_w = 10 + max(text_width(b.text) for b in bars)
+    width, top = 760, 50
     left = name_w + label_w
     pw = width - left - text_w - 8
     ph = sum(len(g) * (BAR + GAP) for _, g in groups) + GROUP_GAP * (len(groups) - 1)

@@ -31,8 +31,8 @@ p.rec { font-size: 15px; background: #eef7ee; padding: 0.5em 0.8em; border-left:
           align-items: start; }
 figure { margin: 0; background: #fff; border: 1px solid #e3e3e3; padding: 6px; }
 svg.chart { display: block; width: 100%; max-width: 760px; height: auto; }
-svg text { font-size: 11px; fill: #333; }
-svg .title { font-size: 13px; font-weight: 600; }
+svg text { font-size: 12px; fill: #333; }
+svg .title { font-size: 14px; font-weight: 600; }
 svg .group { font-weight: 600; }
 svg .axis { fill: #555; }
 svg .note { fill: #a35f00; }

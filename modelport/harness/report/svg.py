@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from modelport.harness.report.aggregate import ReportRow, pareto_keys
 from modelport.harness.report.fmt import escape, ms
 
-CHAR_W = 6.6  # the width of one character of 11px text, near enough to keep labels apart
+_NARROW, _WIDE = set("fijlrtI.,:;'|!()[]/- "), set("mwMW%+<>=&")
+
+
+def text_width(text: str, bold: bool = False) -> float:
+    """The width of 12px text, from per-glyph widths of DejaVu Sans (among the wider fonts a browser falls back
+    to), so that labels placed apart by it stay apart in narrower fonts too."""
+    width = sum(4.2 if c in _NARROW else 10.5 if c in _WIDE else 8.8 if c.isupper() else 7.7 if c.isdigit() else 7.4
+                for c in text)
+    return width * (1.1 if bold else 1.0)
 PRECISION_COLOURS = {"fp32": "#4c78a8", "fp16": "#f58518", "int8": "#54a24b", "int8-dynamic": "#b279a2"}
 OTHER_COLOUR = "#8c8c8c"
 
@@ -74,7 +82,7 @@ def legend(items: Sequence[tuple[str, str]], x: float, y: float) -> str:
     for fill, text in items:
         parts.append(f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="10" height="10" fill="{fill}"/>'
                      f'<text x="{x + 14:.1f}" y="{y:.1f}">{escape(text)}</text>')
-        x += 26 + CHAR_W * len(text)
+        x += 24 + text_width(text)
     return "".join(parts)
 
 
@@ -90,19 +98,18 @@ def place_labels(points: list[tuple[float, float, str, int]], bounds: tuple[floa
 
     Returns (x, y, text, anchor, leader) per placed label; `leader` is the point to draw a line back to, if any.
     """
-    h = 11.0
     x0, y0, x1, y1 = bounds
     taken: list[tuple[float, ...]] = [(x - 6, y - 6, x + 6, y + 6) for x, y, _, _ in points]
     placed = []
     for x, y, text, _ in sorted(points, key=lambda p: p[3]):
-        w = CHAR_W * len(text)
+        w = text_width(text)
         for dist in (8, 20, 34, 50):
             spot = None
             for dx, dy, anchor in ((dist, 4, "start"), (-dist, 4, "end"), (dist, -dist, "start"),
                                    (dist, dist + 8, "start"), (-dist, -dist, "end"), (-dist, dist + 8, "end"),
                                    (-w / 2, -dist, "middle"), (-w / 2, dist + 10, "middle")):
                 left = x + dx if anchor == "start" else x + dx - w if anchor == "end" else x + dx
-                box = (left - 2, y + dy - h + 2, left + w + 2, y + dy + 3)
+                box = (left - 2, y + dy - 12, left + w + 2, y + dy + 4)  # the text's ascent and descent
                 if x0 <= box[0] and box[2] <= x1 and y0 <= box[1] and box[3] <= y1 and not _overlaps(box, taken):
                     spot = (x + dx + (w / 2 if anchor == "middle" else 0), y + dy, anchor, box)
                     break
@@ -152,7 +159,7 @@ def scatter_svg(rows: Sequence[ReportRow], with_metric: bool, title: str, y_labe
                                ("#fff", "#c33", "over budget"), ("none", "#000", "recommended")):
         parts.append(f'<circle cx="{lx + 5}" cy="30" r="4.5" fill="{fill}" stroke="{stroke}" stroke-width="2"/>'
                      f'<text x="{lx + 13}" y="34">{text}</text>')
-        lx += 26 + CHAR_W * len(text)
+        lx += 24 + text_width(text)
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     for t in fy.ticks():
         if finite and t > max(finite) + 1e-9 and len(finite) < len(pts):
