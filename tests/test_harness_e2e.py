@@ -1,12 +1,16 @@
-"""End to end: `modelport bench` of the digits example on ONNX Runtime (fp32 and int8), then `modelport report`."""
+"""End to end: `modelport bench` of the digits example on ONNX Runtime (fp32 and int8), then `modelport report`,
+and the CI example's compare step against its committed baseline."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import typer.main
+import yaml
 from typer.testing import CliRunner
 
 from modelport.cli import app
@@ -101,3 +105,49 @@ def test_running_again_measures_nothing_new(benched):
           on_row=new_rows.append)
     assert new_rows == []
     assert (out / results.RESULTS).read_text().count('"type": "row"') == before
+
+
+WORKFLOW = Path(__file__).parent.parent / "examples" / "ci" / "bench-regression.yml"
+
+
+def _workflow_steps() -> dict[str, list[str]]:
+    """The modelport command of each step of the CI example, split as its shell would, env substituted."""
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    steps = {}
+    for step in flow["jobs"]["bench"]["steps"]:
+        run = step.get("run", "")
+        for name, value in flow["env"].items():
+            run = run.replace(f'"${name}"', shlex.quote(value))
+        if run.startswith(".venv/bin/modelport "):
+            steps[step["name"]] = shlex.split(run)[1:]
+    return steps
+
+
+def test_the_ci_example_baseline_was_measured_by_its_own_bench_step():
+    steps = _workflow_steps()
+    bench_args, compare_args = steps["Bench"], steps["Compare against the baseline"]
+    command = typer.main.get_command(app).commands["bench"]
+    with command.make_context("bench", bench_args[1:]) as ctx:  # the flags exist and parse
+        given = ctx.params
+    baseline = json.loads((WORKFLOW.parent.parent.parent / compare_args[1]).read_text())
+    assert baseline["model"]["origin"] == given["model"]
+    settings = baseline["settings"]
+    assert ",".join(settings["backends"]) == given["backends"] and ",".join(settings["precisions"]) == \
+        given["precisions"]
+    assert (settings["threads"], settings["iterations"]) == (given["threads"], given["iterations"])
+    assert {r["status"] for r in baseline["rows"]} == {"ok"}
+
+
+def test_the_ci_example_compare_step_passes_a_fresh_run_against_the_baseline(benched, tmp_path):
+    """The workflow's compare command, as written, on a fresh bench (ONNX Runtime, 1 thread, not the 2 the
+    baseline ran with: so latency is judged with a threshold as wide as that difference needs)."""
+    out, _ = benched
+    args = _workflow_steps()["Compare against the baseline"]
+    args[args.index("bench-new")] = str(out)
+    args[args.index("--markdown") + 1] = str(tmp_path / "compare.md")
+    args[args.index("--max-slowdown") + 1] = "1000%"
+    args[1] = str(WORKFLOW.parent.parent.parent / args[1])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    comment = (tmp_path / "compare.md").read_text()
+    assert "**No regression in 5 rows" in comment and "ONNX Runtime" in comment  # OpenVINO rows: in BASE only
