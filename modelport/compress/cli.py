@@ -65,6 +65,8 @@ def compress(
     alpha: Annotated[float, _opt("alpha", "--alpha")] = _DEFAULTS.alpha,
     distill_features: Annotated[str | None, _opt("distill_features", "--distill-features")] = None,
     qat: Annotated[bool, _opt("qat", "--qat")] = False,
+    qat_equalize: Annotated[bool, _opt("qat_equalize", "--qat-equalize/--no-qat-equalize")] = _DEFAULTS.qat_equalize,
+    qat_reduce_range: Annotated[str, _opt("qat_reduce_range", "--qat-reduce-range")] = _DEFAULTS.qat_reduce_range,
     qat_epochs: Annotated[int, _opt("qat_epochs", "--qat-epochs")] = _DEFAULTS.qat_epochs,
     qat_lr: Annotated[float, _opt("qat_lr", "--qat-lr")] = _DEFAULTS.qat_lr,
     epochs: Annotated[int, _opt("epochs", "--epochs")] = _DEFAULTS.epochs,
@@ -100,8 +102,8 @@ def compress(
     settings = Settings(prune=prune, prune_rounds=prune_rounds, importance=importance, low_rank=low_rank,
                         low_rank_target=low_rank_target, distill=distill, temperature=temperature, alpha=alpha,
                         distill_features=tuple(n.strip() for n in (distill_features or "").split(",") if n.strip()),
-                        qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, epochs=epochs, lr=lr, batch_size=batch_size,
-                        seed=seed)
+                        qat=qat, qat_equalize=qat_equalize, qat_reduce_range=qat_reduce_range, qat_epochs=qat_epochs,
+                        qat_lr=qat_lr, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     steps.plan(settings)  # bad ratios and choices fail before any slow work
     if threads is not None:
         torch.set_num_threads(threads)
