@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from modelport.compress.settings import Settings, help_for
-from modelport.console import DynamicOpt, InputOpt, JsonOpt, ModelArg, console, print_json, status
+from modelport.console import DynamicOpt, InputOpt, JsonOpt, ModelArg, console, err_console, print_json, status
 from modelport.errors import BadInput
 
 _DEFAULTS = Settings(distill=True)  # any valid instance: its field values are the defaults
@@ -94,6 +94,7 @@ def compress(
 
     from modelport.compress import steps
     from modelport.compress.api import compress as run_compress
+    from modelport.compress.output import checkpoint_dir
     from modelport.model import load_model
 
     if train is None:
@@ -110,8 +111,13 @@ def compress(
     with status(f"Loading {model}", not json_out):
         source = load_model(model, inputs or (), dynamic or ())
     out = output or Path(f"{source.name}-compressed.pt2")
-    result = run_compress(source, train=train, evaluation=evaluation, out=out, settings=settings, metric=metric,
-                          show_progress=not json_out)
+    try:
+        result = run_compress(source, train=train, evaluation=evaluation, out=out, settings=settings, metric=metric,
+                              show_progress=not json_out)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the finished epochs are checkpointed in {checkpoint_dir(out)}; run the same "
+                          "command again to resume from the last of them.", highlight=False)
+        raise typer.Exit(130) from None
     if json_out:
         print_json(result.report)
     else:

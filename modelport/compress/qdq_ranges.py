@@ -3,13 +3,15 @@
 OUT.pt2 is exported as `modelport build` exports it (the same ModelBundle, cached, so the build reuses
 this export). A quantized layer's node is the Conv/Gemm/MatMul whose weight initializer carries the
 layer's parameter name, else the one whose torch name scope (node metadata the dynamo exporter writes,
-`pkg.torch.onnx.name_scopes`: the module path, then the op) is the layer; its first input is the tensor
+`pkg.torch.onnx.name_scopes`, a Python list literal: the module paths, then the op) is the layer, as for
+a Linear on 3-D inputs (a MatMul whose weight is a transposed copy); its first input is the tensor
 the layer's input quantizer stood for. The int8 builds of OUT.pt2 read the file from beside it (or from
 `--option ranges_file=`).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from collections.abc import Mapping
@@ -27,7 +29,7 @@ def _layer_of(node: Any, layers: set[str]) -> str | None:
     for name in node.input[1:2]:
         if name.endswith(".weight") and name[:-len(".weight")] in layers:
             return name[:-len(".weight")]
-    scopes = next((json.loads(p.value) for p in node.metadata_props if p.key == _SCOPES), None)
+    scopes = next((ast.literal_eval(p.value) for p in node.metadata_props if p.key == _SCOPES), None)
     return scopes[-2] if scopes and len(scopes) >= 2 and scopes[-2] in layers else None
 
 
