@@ -85,7 +85,7 @@ def compress(
     """Prune channels, factorize layers, distill and/or QAT-train MODEL, fine-tuning after each step; write OUT.pt2.
 
     With --qat, the learned activation ranges are written beside OUT as OUT.pt2.ranges.json, and the int8
-    builds take them with --option ranges_file=OUT.pt2.ranges.json (the command is printed).
+    builds of OUT.pt2 read them from there (the command is printed; --option ranges_file= overrides).
 
     Every finished epoch is checkpointed beside OUT: after an interruption the same command resumes from
     the last finished epoch. The same --seed gives the same model.
