@@ -21,6 +21,7 @@ from torch import nn
 SWEEPS = 20  # passes over the pairs; chains (A -> B -> C) settle in a few
 SETTLED = 1e-3  # largest |log s| of a sweep under which the pairs are settled
 _LAYERS = ("aten.conv", "aten.linear")
+_KINDS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _PASSING = ("aten.relu.default", "aten.relu_.default", "aten.max_pool2d.default", "aten.max_pool1d.default")
 
 
@@ -33,9 +34,13 @@ def _is_layer(node: Any) -> bool:
     return node.op == "call_function" and str(node.target).startswith(_LAYERS)
 
 
+def _kind(layer: nn.Module) -> type | None:
+    return next((k for k in _KINDS if isinstance(layer, k)), None)
+
+
 def pairs(module: nn.Module, program: torch.export.ExportedProgram) -> list[tuple[str, str]]:
     """(A, B) module paths where A's output reaches only B's input, through ReLU and max pooling, channel for
-    channel (ungrouped layers, A's output channels B's input channels)."""
+    channel (ungrouped layers of one kind, A's output channels B's input channels)."""
     found = []
     for node in program.graph.nodes:
         if not _is_layer(node):
@@ -46,12 +51,12 @@ def pairs(module: nn.Module, program: torch.export.ExportedProgram) -> list[tupl
             tensor = user
         if not relu or len(tensor.users) != 1 or not _is_layer(b_node := next(iter(tensor.users))):
             continue
-        if b_node.args[0] is not tensor:
-            continue
         a_path, b_path = _path(node), _path(b_node)
-        a, b = module.get_submodule(a_path), module.get_submodule(b_path)
-        if not isinstance(a, nn.Conv1d | nn.Conv2d | nn.Linear) or not isinstance(b, nn.Conv1d | nn.Conv2d | nn.Linear):
+        if b_node.args[0] is not tensor or a_path is None or b_path is None:
             continue
+        a, b = module.get_submodule(a_path), module.get_submodule(b_path)
+        if _kind(a) is None or _kind(a) is not _kind(b):
+            continue  # a Linear after a convolution reads its last axis, not its channels
         if getattr(a, "groups", 1) != 1 or getattr(b, "groups", 1) != 1 or a.weight.shape[0] != b.weight.shape[1]:
             continue
         found.append((a_path, b_path))
