@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelport.artifact import (
     MANIFEST,
@@ -25,12 +25,15 @@ from modelport.artifact import (
     staging_dir,
 )
 from modelport.backends import BACKENDS, get_backend
-from modelport.backends.base import CALIBRATED
+from modelport.backends.base import CALIBRATED, Backend, Recipe
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet, warn_if_weak
 from modelport.errors import BadInput, ModelportError, StepFailed, os_error
 from modelport.machine import machine_summary
 from modelport.staging import no_space_error, out_of_space
+
+if TYPE_CHECKING:
+    from modelport.model import SourceModel
 
 
 def _version() -> str:
@@ -40,12 +43,34 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _ranges_beside(source: SourceModel, backend: Backend, recipe: Recipe, options: Mapping[str, Any] | None
+                   ) -> tuple[Mapping[str, Any] | None, dict[str, Any] | None]:
+    """(the options, with the ranges file beside a .pt2 model added where the build reads ranges and none was
+    named; what the manifest says of that file). An explicit `ranges_file` (`none` too) wins."""
+    from modelport.quantize import given
+
+    if recipe.precision not in CALIBRATED or "ranges_file" in (options or {}) or source.origin is None:
+        return options, None
+    path = given.path_beside(Path(source.origin))
+    if not path.is_file():
+        return options, None
+    if not backend.reads_ranges_file(recipe):
+        return options, {"path": str(path), "used": False,
+                         "why": f"{backend.name} {recipe.precision} with these options calibrates ranges its own way"}
+    given.beside(source.origin)  # refuses a file learned for another version of the model
+    return ({**(options or {}), "ranges_file": str(path)},
+            {"path": str(path), "used": True, "why": "beside the model (--option ranges_file= overrides)"})
+
+
 def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: str | Path, *,
                    options: Mapping[str, Any] | None = None, calibration: CalibrationSet | None = None,
                    force: bool = False) -> tuple[Artifact, bool]:
     """Build (or reuse) the artifact at `out`; returns it and whether it was reused."""
     backend = get_backend(backend_name)
     recipe = backend.recipe(precision, options)
+    options, beside = _ranges_beside(bundle.source, backend, recipe, options)
+    if beside is not None and beside["used"]:
+        recipe = backend.recipe(precision, options)
     backend.require()
     if precision in CALIBRATED and calibration is None:
         raise BadInput(f"{precision} needs calibration data for {backend_name}.",
@@ -67,6 +92,8 @@ def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: 
     with staging_dir(out) as tmp:
         try:
             details = backend.build(bundle, recipe, calibration if precision in CALIBRATED else None, tmp)
+            if beside is not None:
+                details["ranges_file_beside"] = beside
         except ModelportError:
             raise
         except OSError as exc:

@@ -215,9 +215,16 @@ def build(
         table.add_row("onnx exporter", f"{onnx['exporter']} (fallback: {onnx['fallback_reason']})")
     details = manifest["details"]
     for key, value in details.items():
-        if key not in ("main_file", "warning") and value not in (None, "", [], {}, ()):
+        if key not in ("main_file", "warning", "ranges_file_beside") and value not in (None, "", [], {}, ()):
             table.add_row(key.replace("_", " "), _short(value, 160))
     console.print(table)
+    if beside := details.get("ranges_file_beside"):
+        if beside["used"]:
+            console.print(f"Activation ranges from {beside['path']}, found beside the model (learned by compress "
+                          "--qat); --option ranges_file=PATH or ranges_file=none overrides.", highlight=False)
+        else:
+            err_console.print(f"[yellow]note:[/] {escape(beside['path'])} beside the model was not used: "
+                              f"{escape(beside['why'])}.", highlight=False)
     if details.get("warning"):
         err_console.print(f"[yellow]warning:[/] {escape(str(details['warning']))}", highlight=False)
     console.print(f"Everything the build recorded: modelport inspect {artifact.path}", style="dim")

@@ -7,6 +7,7 @@ the timm way (pruning's heads and MLP neurons). One torch thread: small models t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet, open_evaluation
 from modelport.cli import app
 from modelport.compress import Settings, compress
+from modelport.compress.train import cross_entropy
 from modelport.harness.fidelity import compare_output
 from modelport.loading import load_artifact
 from modelport.model import load_model
@@ -116,6 +118,34 @@ def test_pruning_a_transformer_removes_heads_and_mlp_neurons(tmp_path):
     np.testing.assert_allclose(reloaded.run(x)["output"], result.model.run(x)["output"], atol=1e-5)
 
 
+def test_a_transformer_is_pruned_factorized_and_qat_trained_and_its_int8_build_reads_the_ranges(tmp_path):
+    source = load_model("tests.test_compress:tiny_transformer", dynamic=["x:0=batch"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 5, 6)).astype(np.float32)
+    labels = (x.mean(1) @ rng.standard_normal((6, 3))).argmax(1)  # a task the model can learn
+    data = CalibrationSet.from_arrays({"x": x}, source.inputs, labels=labels)
+    settings = Settings(prune=0.5, low_rank=0.5, low_rank_target="macs", qat=True, epochs=1, qat_epochs=1)
+    result = compress(source, train=data, evaluation=data, out=tmp_path / "t.pt2", settings=settings, threads=1)
+    report, module = result.report, result.model.module
+    assert [s["technique"] for s in report["steps"]] == ["prune", "low_rank", "qat"]
+    assert module.attn.num_heads == 2 and report["steps"][0]["details"]["widths"]["fc1"] == [128, 64]
+    factorized = report["steps"][1]["details"]["factorized"]
+    assert factorized and all(f["rank"] < f["full_rank"] for f in factorized.values())
+    assert isinstance(module.get_submodule(next(iter(factorized))), nn.Sequential)  # Linear(in, r) -> Linear(r, out)
+    quantized = report["steps"][2]["details"]["quantized_layers"]
+    linears = sorted(n for n, m in module.named_modules() if isinstance(m, nn.Linear))
+    assert quantized == linears and report["qat"]["unnamed_layers"] == []
+    artifact = build_artifact(ModelBundle(load_model(str(result.path))), "onnxruntime", "int8", tmp_path / "int8",
+                              calibration=data)[0]
+    given = artifact.manifest["details"]["calibration"]["given_ranges"]
+    ranges = json.loads(Path(report["qat"]["ranges_file"]).read_text())["ranges"]
+    assert given["applied"] == sorted(ranges) and given["not_in_prepared_graph"] == []
+    feeds = {"x": x[:16]}
+    with load_artifact(artifact.path, threads=1) as runner:
+        got = runner.run(feeds)["output"]
+    assert compare_output(got, result.model.run(feeds)["output"])["cosine"] > 0.99
+
+
 def test_low_rank_lowers_macs_with_outputs_close_before_fine_tuning(tmp_path, digits, digits_test_data):
     result = _compress(tmp_path, "lr", Settings(low_rank=0.9, epochs=0))
     factorized = result.report["steps"][0]["details"]["factorized"]
@@ -167,6 +197,42 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path, d
                                  strict=True):
         assert torch.equal(a, b), name
     assert resumed.report["after"] == whole.report["after"]
+
+
+def interrupting_cross_entropy(at_call: int | None):
+    """The built-in task loss, raising KeyboardInterrupt (Ctrl-C) on its `at_call`-th call: mid-epoch."""
+    calls = 0
+
+    def loss(outputs, labels):
+        nonlocal calls
+        calls += 1
+        if calls == at_call:
+            raise KeyboardInterrupt
+        return cross_entropy(outputs, labels)
+    return loss
+
+
+@pytest.mark.parametrize("settings", [Settings(qat=True, qat_epochs=2, seed=1),
+                                      Settings(prune=0.5, distill=True, epochs=2, seed=1)],
+                         ids=["qat", "prune_distill"])
+def test_ctrl_c_mid_epoch_resumes_from_the_last_finished_epoch_to_the_same_model(tmp_path, digits, settings):
+    train = open_evaluation(TRAIN, digits.inputs, size=300)  # 5 batches of 64 an epoch
+    whole = _compress(tmp_path / "whole", "m", settings, train=train, loss=interrupting_cross_entropy(None))
+    with pytest.raises(KeyboardInterrupt):  # in epoch 2's third batch
+        _compress(tmp_path / "cut", "m", settings, train=train, loss=interrupting_cross_entropy(8))
+    assert not (tmp_path / "cut" / "m.pt2").exists()
+    resumed = _compress(tmp_path / "cut", "m", settings, train=train, loss=interrupting_cross_entropy(None))
+    assert resumed.report["resumed"] == {"step": 1, "epoch": 1}
+    untimed = [[{k: v for k, v in e.items() if k != "seconds"} for e in r.report["steps"][0]["epochs"]]
+               for r in (whole, resumed)]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 2  # each epoch's loss and metric
+    for (name, a), (_, b) in zip(whole.model.module.state_dict().items(), resumed.model.module.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    assert resumed.report["after"] == whole.report["after"]
+    if settings.qat:  # the learned ranges too
+        assert (json.loads(Path(resumed.report["qat"]["ranges_file"]).read_text())["ranges"]
+                == json.loads(Path(whole.report["qat"]["ranges_file"]).read_text())["ranges"])
 
 
 def test_json_output_has_before_after_and_every_step(tmp_path):

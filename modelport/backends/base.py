@@ -257,6 +257,11 @@ class Backend(ABC):
                 continue
         return out
 
+    def reads_ranges_file(self, recipe: Recipe) -> bool:
+        """Whether this recipe's build takes activation ranges from a file (`ranges_file`, e.g. QAT's): where the
+        backend declares the option at the recipe's precision."""
+        return "ranges_file" in recipe.options
+
     def recipe(self, precision: str, options: Mapping[str, Any] | None = None) -> Recipe:
         """Validate a precision and options; unknown or malformed options are errors, never ignored."""
         if precision not in self.entry.precisions:

@@ -81,6 +81,10 @@ class OpenVinoBackend(Backend):
         _qdq_only("ranges_file"),
     )
 
+    def reads_ranges_file(self, recipe: Recipe) -> bool:
+        """Only the QDQ source reads given ranges; NNCF calibrates its own."""
+        return super().reads_ranges_file(recipe) and recipe.options.get("source") == "qdq"
+
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
               out_dir: Path) -> dict[str, Any]:
         import openvino as ov

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from modelport.compress.settings import Settings, help_for
-from modelport.console import DynamicOpt, InputOpt, JsonOpt, ModelArg, console, print_json, status
+from modelport.console import DynamicOpt, InputOpt, JsonOpt, ModelArg, console, err_console, print_json, status
 from modelport.errors import BadInput
 
 _DEFAULTS = Settings(distill=True)  # any valid instance: its field values are the defaults
@@ -65,6 +65,8 @@ def compress(
     alpha: Annotated[float, _opt("alpha", "--alpha")] = _DEFAULTS.alpha,
     distill_features: Annotated[str | None, _opt("distill_features", "--distill-features")] = None,
     qat: Annotated[bool, _opt("qat", "--qat")] = False,
+    qat_equalize: Annotated[bool, _opt("qat_equalize", "--qat-equalize/--no-qat-equalize")] = _DEFAULTS.qat_equalize,
+    qat_reduce_range: Annotated[str, _opt("qat_reduce_range", "--qat-reduce-range")] = _DEFAULTS.qat_reduce_range,
     qat_epochs: Annotated[int, _opt("qat_epochs", "--qat-epochs")] = _DEFAULTS.qat_epochs,
     qat_lr: Annotated[float, _opt("qat_lr", "--qat-lr")] = _DEFAULTS.qat_lr,
     epochs: Annotated[int, _opt("epochs", "--epochs")] = _DEFAULTS.epochs,
@@ -83,7 +85,7 @@ def compress(
     """Prune channels, factorize layers, distill and/or QAT-train MODEL, fine-tuning after each step; write OUT.pt2.
 
     With --qat, the learned activation ranges are written beside OUT as OUT.pt2.ranges.json, and the int8
-    builds take them with --option ranges_file=OUT.pt2.ranges.json (the command is printed).
+    builds of OUT.pt2 read them from there (the command is printed; --option ranges_file= overrides).
 
     Every finished epoch is checkpointed beside OUT: after an interruption the same command resumes from
     the last finished epoch. The same --seed gives the same model.
@@ -92,6 +94,7 @@ def compress(
 
     from modelport.compress import steps
     from modelport.compress.api import compress as run_compress
+    from modelport.compress.output import checkpoint_dir
     from modelport.model import load_model
 
     if train is None:
@@ -100,16 +103,21 @@ def compress(
     settings = Settings(prune=prune, prune_rounds=prune_rounds, importance=importance, low_rank=low_rank,
                         low_rank_target=low_rank_target, distill=distill, temperature=temperature, alpha=alpha,
                         distill_features=tuple(n.strip() for n in (distill_features or "").split(",") if n.strip()),
-                        qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, epochs=epochs, lr=lr, batch_size=batch_size,
-                        seed=seed)
+                        qat=qat, qat_equalize=qat_equalize, qat_reduce_range=qat_reduce_range, qat_epochs=qat_epochs,
+                        qat_lr=qat_lr, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     steps.plan(settings)  # bad ratios and choices fail before any slow work
     if threads is not None:
         torch.set_num_threads(threads)
     with status(f"Loading {model}", not json_out):
         source = load_model(model, inputs or (), dynamic or ())
     out = output or Path(f"{source.name}-compressed.pt2")
-    result = run_compress(source, train=train, evaluation=evaluation, out=out, settings=settings, metric=metric,
-                          show_progress=not json_out)
+    try:
+        result = run_compress(source, train=train, evaluation=evaluation, out=out, settings=settings, metric=metric,
+                              show_progress=not json_out)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the finished epochs are checkpointed in {checkpoint_dir(out)}; run the same "
+                          "command again to resume from the last of them.", highlight=False)
+        raise typer.Exit(130) from None
     if json_out:
         print_json(result.report)
     else:

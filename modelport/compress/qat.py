@@ -1,13 +1,16 @@
 """Quantization-aware training: fake quantization that is the shared QDQ pass's int8 scheme, ranges learned.
 
 Weights are fake-quantized per output channel, symmetric int8 on [-127, 127] with the scale ONNX Runtime's
-quantizer computes (max |w| / 127), so once training ends the weights sit on the grid the QDQ writer will
-put them on and quantizing them again changes nothing. Each Conv/Linear input is fake-quantized with
+quantizer computes (max |w| / 127), or on ORT's 7-bit grid [-64, 64] (max |w| / 64) where its build reduces
+the range (`reduce_range`: x86 without VNNI, whose u8s8 kernels saturate 16-bit pair sums with full 8-bit
+weights), so once training ends the weights sit on the grid the QDQ writer will put them on and quantizing
+them again changes nothing. Each Conv/Linear input is fake-quantized with
 8-bit asymmetric activations whose range [lo, hi] is learned (LSQ-style: rounding passes gradients
 straight through, so the loss reaches the range and clipping is trained); the range starts at the
 min/max of the training data, as ORT's MinMax calibration would set it, and maps to a scale and zero
 point by ORT's own arithmetic. BatchNorm after a convolution is folded into it first: ORT folds it before
-quantizing, and fake-quantizing the unfolded weights would train the wrong ones.
+quantizing, and fake-quantizing the unfolded weights would train the wrong ones. Consecutive layers are then
+cross-layer equalized (`equalize.py`), so that no channel grown large sets a layer's input range alone.
 
 `freeze` ends it: the fake quantizers go, the weights keep their quantized values, and the learned
 ranges come back keyed by layer, for `qdq_ranges.py` to name by the ONNX tensors they quantize.
@@ -22,9 +25,11 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from modelport.compress import equalize as equalization
 from modelport.errors import BadInput
 
 WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127], as ORT quantizes them
+REDUCED_QMAX = 64  # ORT's reduce_range weights: [-64, 64] (its get_qmin_qmax_for_qType)
 ACTIVATION_LEVELS = 255  # 8-bit activations: 256 levels, the zero point among them
 RANGE_LR_SCALE = 100.0  # the ranges' learning rate over the weights' (ranges are learned as shares of their span)
 QUANTIZED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -37,12 +42,13 @@ def _round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 fake quantization, with ORT's scale (max |w| / 127; 1 for a zero channel)."""
+def quantize_weight(weight: torch.Tensor, qmax: int = WEIGHT_QMAX) -> torch.Tensor:
+    """Per-output-channel symmetric fake quantization on [-qmax, qmax], with ORT's scale (max |w| / qmax; 1 for a
+    zero channel)."""
     absmax = weight.detach().abs().reshape(len(weight), -1).amax(1)
-    scale = torch.where(absmax > 0, absmax / WEIGHT_QMAX, torch.ones_like(absmax))
+    scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
     scale = scale.reshape(-1, *([1] * (weight.ndim - 1)))
-    return torch.clamp(_round(weight / scale), -WEIGHT_QMAX, WEIGHT_QMAX) * scale
+    return torch.clamp(_round(weight / scale), -qmax, qmax) * scale
 
 
 class RangeQuantizer(nn.Module):
@@ -81,13 +87,14 @@ class RangeQuantizer(nn.Module):
 class FakeQuantized(nn.Module):
     """A Conv/Linear layer running on fake-quantized inputs and weights."""
 
-    def __init__(self, layer: nn.Module, lo: float, hi: float) -> None:
+    def __init__(self, layer: nn.Module, lo: float, hi: float, qmax: int = WEIGHT_QMAX) -> None:
         super().__init__()
         self.layer = layer
+        self.qmax = qmax
         self.input_quantizer = RangeQuantizer(lo, hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, weight = self.input_quantizer(x), quantize_weight(self.layer.weight)
+        x, weight = self.input_quantizer(x), quantize_weight(self.layer.weight, self.qmax)
         if isinstance(self.layer, nn.Linear):
             return nn.functional.linear(x, weight, self.layer.bias)
         return self.layer._conv_forward(x, weight, self.layer.bias)
@@ -148,18 +155,23 @@ def _input_ranges(module: nn.Module, layers: Mapping[str, nn.Module], batches: A
     return found
 
 
-def prepare(module: nn.Module, inputs: Mapping[str, torch.Tensor], batches: Any) -> dict[str, Any]:
-    """Fold BatchNorms, then wrap every Conv/Linear in fake quantization whose input ranges start at the min/max
-    of `batches` (of the training data), in place; says what it did."""
+def prepare(module: nn.Module, inputs: Mapping[str, torch.Tensor], batches: Any, *, equalize: bool = True,
+            reduce_range: bool = False) -> dict[str, Any]:
+    """Fold BatchNorms, equalize consecutive layers (`equalize`), then wrap every Conv/Linear in fake
+    quantization (7-bit weights with `reduce_range`) whose input ranges start at the min/max of `batches` (of
+    the training data), in place; says what it did."""
     folded = fold_batch_norms(module, inputs)
     layers = {name: m for name, m in module.named_modules() if isinstance(m, QUANTIZED)}
     if not layers:
         raise BadInput("--qat quantizes Conv and Linear layers, and this model has none.")
+    equalized = equalization.equalize(module, inputs) if equalize else []
     ranges = _input_ranges(module, layers, batches)
+    qmax = REDUCED_QMAX if reduce_range else WEIGHT_QMAX
     for name, layer in layers.items():
         if name in ranges:  # a layer the forward pass never reaches stays as it is
-            _set(module, name, FakeQuantized(layer, *ranges[name]))
-    return {"folded_batch_norms": folded, "quantized_layers": sorted(ranges),
+            _set(module, name, FakeQuantized(layer, *ranges[name], qmax))
+    return {"folded_batch_norms": folded, "equalized": equalized, "weight_qmax": qmax,
+            "quantized_layers": sorted(ranges),
             "initial_ranges": {n: [round(v, 6) for v in r] for n, r in sorted(ranges.items())}}
 
 
@@ -172,7 +184,7 @@ def freeze(module: nn.Module) -> dict[str, tuple[float, float]]:
         if isinstance(wrapper, FakeQuantized):
             layer = wrapper.layer
             with torch.no_grad():
-                layer.weight.copy_(quantize_weight(layer.weight))
+                layer.weight.copy_(quantize_weight(layer.weight, wrapper.qmax))
             _set(module, name, layer)
             learned[name] = wrapper.input_quantizer.bounds()
     return learned

@@ -8,6 +8,8 @@ from typing import Any
 
 from modelport.errors import BadInput
 
+TRISTATE = ("auto", "true", "false")
+
 
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -30,6 +32,11 @@ class Settings:
     qat: bool = _opt(False, "Quantization-aware training, after the other steps: fine-tune with int8 fake "
                             "quantization (per-channel symmetric weights, 8-bit activations with learned ranges); "
                             "writes the learned ranges beside OUT for the int8 builds.")
+    qat_equalize: bool = _opt(True, "Cross-layer equalize consecutive layers before QAT (the same function in float), "
+                                    "so that no channel grown large sets the next layer's 8-bit input range alone.")
+    qat_reduce_range: str = _opt("auto", "Train 7-bit weights, as ONNX Runtime's int8 build quantizes them with "
+                                         "reduce_range: auto (as that build decides on this CPU: x86 without VNNI), "
+                                         "true or false.")
     qat_epochs: int = _opt(2, "Fine-tuning epochs of the QAT step.")
     qat_lr: float = _opt(1e-4, "Learning rate (Adam) of the QAT step: the weights start near their optimum.")
     epochs: int = _opt(2, "Fine-tuning epochs after each step (0: no fine-tuning).")
@@ -46,6 +53,8 @@ class Settings:
         if self.qat and (self.qat_epochs < 1 or self.qat_lr <= 0):
             raise BadInput(f"--qat trains the ranges and weights it quantizes, so it needs --qat-epochs of at least 1 "
                            f"and --qat-lr > 0 (got {self.qat_epochs}, {self.qat_lr}).")
+        if self.qat_reduce_range not in TRISTATE:
+            raise BadInput(f"--qat-reduce-range is one of {', '.join(TRISTATE)}, not {self.qat_reduce_range!r}.")
         if self.distill and self.epochs == 0 and not (self.qat and self.prune is None and self.low_rank is None):
             raise BadInput("--distill trains the compressed model, so it needs --epochs of at least 1.")
 

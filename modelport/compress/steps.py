@@ -83,13 +83,30 @@ class QuantizeAware:
     """Quantization-aware training: fake quantization inserted here, trained by the shared loop, removed by
     `qat.freeze` once the run ends (its learned ranges go to the QDQ writer)."""
 
+    equalize: bool = True
+    reduce_range: bool = False
+    reason: str = ""  # why the weights have the bits they have
     name: str = "qat"
 
     def settings(self) -> dict[str, Any]:
-        return {"weights": "int8 symmetric per channel", "activations": "8-bit asymmetric, learned ranges"}
+        weights = "7-bit (reduce_range)" if self.reduce_range else "int8"
+        return {"weights": f"{weights} symmetric per channel ({self.reason})",
+                "activations": "8-bit asymmetric, learned ranges", "equalize": self.equalize}
 
     def apply(self, module: torch.nn.Module, ctx: Context) -> dict[str, Any]:
-        return qat.prepare(module, ctx.inputs, ctx.train.batches(CALIBRATION_BATCH))
+        return qat.prepare(module, ctx.inputs, ctx.train.batches(CALIBRATION_BATCH), equalize=self.equalize,
+                           reduce_range=self.reduce_range)
+
+
+def qat_reduce_range(setting: str) -> tuple[bool, str]:
+    """Whether QAT trains 7-bit weights, and why: as the user says, else as ONNX Runtime's int8 build on this CPU
+    chooses (the build that most needs the weights on its own grid: its u8s8 kernels saturate otherwise)."""
+    if setting != "auto":
+        return setting == "true", f"--qat-reduce-range {setting}"
+    from modelport.backends.onnxruntime import cpu_choice
+
+    choice = cpu_choice()
+    return choice.reduce_range, f"as ONNX Runtime's int8 build on this CPU: {choice.reason.split(':')[0]}"
 
 
 def plan(settings: Settings) -> list[Technique]:
@@ -103,7 +120,7 @@ def plan(settings: Settings) -> list[Technique]:
     if not steps and not settings.qat:
         steps.append(Distill())
     if settings.qat:
-        steps.append(QuantizeAware())
+        steps.append(QuantizeAware(settings.qat_equalize, *qat_reduce_range(settings.qat_reduce_range)))
     return steps
 
 

@@ -43,6 +43,18 @@ def _batches(text: str) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
+def _say_ranges_beside(model: str, quiet: bool) -> None:
+    """Name the QAT ranges file beside a .pt2 MODEL that the int8 builds will read; a stale one is bad input here,
+    before any slow work, rather than a failed row per build."""
+    from modelport.quantize.given import beside
+
+    path = beside(model)
+    if path is not None and not quiet:
+        console.print(f"Activation ranges from {path}, found beside the model: the int8 builds that read ranges "
+                      "(onnxruntime, openvino source=qdq, tensorrt) use them; --option ranges_file= overrides.",
+                      highlight=False)
+
+
 def _default_out(model: str) -> Path:
     name = model.rpartition(":")[2] if ":" in model and not model.endswith(".pt2") else Path(model).stem
     return Path(f"bench-{name}")
@@ -103,6 +115,7 @@ def bench(
         raise BadInput("Give --iterations or --duration, not both.")
     out = output or _default_out(model)
     budget = Budget(max_drop, min_sqnr, min_cosine)
+    _say_ranges_beside(model, json_out)
     try:
         report = run_bench(model, out=out, backends=backends, precisions=precisions, batches=_batches(batch),
                            threads=threads, iterations=iterations, duration=duration, warmup=warmup, rounds=rounds,

@@ -7,6 +7,11 @@ calibrated ones before anything reads them (the rules, the noise analysis, ORT's
 the output of a shape-preserving op (Reshape, Flatten, MaxPool...) with its input's parameters, so a
 range given for such an output is given to that input too: otherwise the calibrated range upstream
 would win.
+
+A ranges file beside a `.pt2` model (`OUT.pt2.ranges.json`, as `compress --qat` writes it) is picked up by
+every int8 build that reads ranges (`beside`); it records the SHA-256 of the model file it was learned with,
+and one that does not match (the model was written again since) is refused: ranges learned for other
+weights would quantize this model wrongly, without a sign.
 """
 
 from __future__ import annotations
@@ -40,6 +45,45 @@ class RangesFile:
     @property
     def by_tensor(self) -> dict[str, tuple[float, float]]:
         return dict(self.ranges)
+
+
+SUFFIX = ".ranges.json"
+
+
+def path_beside(model: Path) -> Path:
+    """Where the ranges learned for a model file live: beside it, as MODEL.pt2.ranges.json."""
+    return model.with_name(model.name + SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def beside(origin: str) -> Path | None:
+    """The ranges file beside a `.pt2` model, checked against the model file; None where there is none.
+
+    A file for another model file (its `model_sha256` differs or is missing) is bad input: the hint says how
+    to build without it or with it regardless."""
+    from modelport.errors import BadInput
+
+    model = Path(origin)
+    if model.suffix != ".pt2" or not model.is_file() or not (path := path_beside(model)).is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_bytes()).get("model_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded != file_sha256(model):
+        raise BadInput(f"{path} sits beside {model} but was not learned for it: the model file changed since "
+                       f"(its SHA-256 is not the one the ranges file records{'' if recorded else ', which is none'}).",
+                       hint="Run `modelport compress --qat` again to relearn them, delete the file, add "
+                            "--option ranges_file=none to build with calibrated ranges, or name the file with "
+                            f"--option ranges_file={path} to use it regardless.")
+    return path
 
 
 def read_ranges_file(value: Any) -> RangesFile | None:
