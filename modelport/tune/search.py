@@ -27,7 +27,7 @@ from modelport.calibration import CalibrationSet
 from modelport.debug import debug_artifact, rank_layers
 from modelport.debug.mapping import reference_layers
 from modelport.errors import BadInput, StepFailed
-from modelport.harness.fidelity import ACCURACY, evaluate, reference_metric
+from modelport.harness.fidelity import ACCURACY, TaskMetric, evaluate, reference_metric
 from modelport.loading import load_artifact
 from modelport.timing import interleaved_rounds
 from modelport.tune.budget import Budget, check_applies
@@ -59,12 +59,13 @@ class Candidate:
 class Judge:
     """A candidate's figures against PyTorch FP32 on the evaluation data (its outputs computed once)."""
 
-    def __init__(self, bundle: ModelBundle, evaluation: CalibrationSet, budget: Budget) -> None:
+    def __init__(self, bundle: ModelBundle, evaluation: CalibrationSet, budget: Budget,
+                 metric: TaskMetric | None = None) -> None:
         self.batches = list(evaluation.batches())
         self.reference = _concat(bundle.source.run(b) for b in self.batches)
         self.labels = evaluation.labels()
-        self.metric = ACCURACY if budget.needs_labels else None
-        self.baseline = reference_metric(ACCURACY, self.reference, self.labels) if self.metric else None
+        self.metric = (metric or ACCURACY) if budget.needs_labels else None
+        self.baseline = reference_metric(self.metric, self.reference, self.labels) if self.metric else None
 
     def __call__(self, path: Path) -> dict[str, float | None]:
         with load_artifact(path) as runner:
@@ -89,6 +90,7 @@ class Outcome:
 
     artifact: Artifact
     record: dict[str, Any]
+    why_missed: StepFailed | None = None  # the figures and what to try next, when no candidate met the budget
 
     @property
     def met(self) -> bool:
@@ -97,10 +99,24 @@ class Outcome:
 
 def search(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, calibration: CalibrationSet, *,
            evaluation: CalibrationSet | None = None, options: Mapping[str, Any] | None = None,
-           max_candidates: int = MAX_CANDIDATES, threads: int | None = None,
+           max_candidates: int = MAX_CANDIDATES, threads: int | None = None, metric: TaskMetric | None = None,
            report: Callable[[str], None] | None = None) -> Outcome:
     """Search, write the chosen INT8 artifact to `out`, and return it; StepFailed (after writing the closest
-    candidate) when none meets the budget. Without `evaluation`, a quarter of `calibration` is held out."""
+    candidate) when none meets the budget. Without `evaluation`, a quarter of `calibration` is held out.
+    `metric` is the task metric `drop` is measured in (default top-1 accuracy)."""
+    outcome = search_closest(bundle, backend, out, budget, calibration, evaluation=evaluation, options=options,
+                             max_candidates=max_candidates, threads=threads, metric=metric, report=report)
+    if outcome.why_missed is not None:
+        raise outcome.why_missed
+    return outcome
+
+
+def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, calibration: CalibrationSet,
+                   *, evaluation: CalibrationSet | None = None, options: Mapping[str, Any] | None = None,
+                   max_candidates: int = MAX_CANDIDATES, threads: int | None = None,
+                   metric: TaskMetric | None = None, report: Callable[[str], None] | None = None) -> Outcome:
+    """`search` without the error: the bench's INT8 row is the closest candidate whether it meets the budget or
+    not, and its report says which (`Outcome.met`, the manifest's `tune.status`)."""
     start = time.perf_counter()
     if max_candidates < 1:
         raise BadInput(f"--max-candidates {max_candidates}: at least the full INT8 build is judged.")
@@ -113,7 +129,7 @@ def search(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, c
     check_applies(budget, "int8", evaluation.labels() is not None)
     out = Path(out)
     workdir = out.with_name(f"{out.name}.tune")
-    judge = Judge(bundle, evaluation, budget)
+    judge = Judge(bundle, evaluation, budget, metric)
     say = report or (lambda _: None)
     tried: dict[int, Candidate] = {}
     groups: list[tuple[str, ...]] = []
@@ -148,9 +164,7 @@ def search(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, c
         artifact = _write(chosen.path, out, record)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if not passing:
-        raise _missed(budget, backend, chosen, candidates, out)
-    return Outcome(artifact, record)
+    return Outcome(artifact, record, _missed(budget, backend, chosen, candidates, out) if not passing else None)
 
 
 def _ranked_groups(bundle: ModelBundle, int8: Path, evaluation: CalibrationSet,
