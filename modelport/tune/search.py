@@ -3,12 +3,16 @@
 Full INT8 is built and judged first, on held-out evaluation data (never the calibration samples). If it misses,
 debug's ranking on that artifact orders the layers by the error each adds; the top 1, 2, 4... layer groups are
 kept in float until a candidate meets the budget, then a bisection on the count finds the fewest. At most
-`max_candidates` builds are judged. Every candidate is timed in interleaved rounds (harness/latency.py); the
-fastest that meets the budget is written to `out`, or the closest when none does (marked `budget: missed`).
+`max_candidates` builds are judged. Where a backend's default build cannot keep a layer's error out by excluding
+it (OpenVINO's NNCF, exclude.ROUTES), a missed default build is followed by the route's full INT8 build, which
+is ranked and searched instead; the manifest's `tune.exclusion` and `tune.route` say how layers were kept out.
+Every candidate is timed in interleaved rounds (harness/latency.py); the fastest that meets the budget is
+written to `out`, or the closest when none does (marked `budget: missed`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -31,7 +35,7 @@ from modelport.harness.fidelity import ACCURACY, TaskMetric, evaluate, reference
 from modelport.loading import load_artifact
 from modelport.timing import interleaved_rounds
 from modelport.tune.budget import Budget, check_applies
-from modelport.tune.exclude import TO_OPTIONS, layer_groups, with_nodes
+from modelport.tune.exclude import TO_OPTIONS, describe_exclusion, layer_groups, route_for, with_nodes
 
 MAX_CANDIDATES = 10
 TIMING_ROUNDS = 5
@@ -46,6 +50,7 @@ class Candidate:
     figures: dict[str, float | None]
     met: bool
     shortfall: float
+    options: dict[str, Any]  # what it was built with beyond the user's options (a route's and the exclusion)
     latency_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -53,7 +58,7 @@ class Candidate:
             return v if v is None or math.isfinite(v) else None
 
         return {"kept_in_float": list(self.nodes), "figures": {k: clean(v) for k, v in self.figures.items()},
-                "met": self.met, "latency_ms": self.latency_ms}
+                "met": self.met, "latency_ms": self.latency_ms, "options": self.options}
 
 
 class Judge:
@@ -131,26 +136,37 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
     workdir = out.with_name(f"{out.name}.tune")
     judge = Judge(bundle, evaluation, budget, metric)
     say = report or (lambda _: None)
-    tried: dict[int, Candidate] = {}
+    tried: dict[int, Candidate] = {}  # by the number of ranked groups kept in float
+    before_route: list[Candidate] = []  # the default build, where the search then took a route past it
     groups: list[tuple[str, ...]] = []
+    user = dict(options or {})
+    base = dict(user)
+    builds = itertools.count()
 
     def at(count: int) -> Candidate:
         if count not in tried:
             nodes = tuple(n for g in groups[:count] for n in g)
-            opts = with_nodes(backend, options or {}, nodes) if nodes else dict(options or {})
-            path = build_artifact(bundle, backend, "int8", workdir / f"c{len(tried)}", options=opts,
+            opts = with_nodes(backend, base, nodes) if nodes else dict(base)
+            path = build_artifact(bundle, backend, "int8", workdir / f"c{next(builds)}", options=opts,
                                   calibration=calibration)[0].path
             figures = judge(path)
-            tried[count] = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures))
-            say(f"{len(nodes)} node(s) in float: {_figures(figures)} -> "
-                f"{'meets' if tried[count].met else 'misses'} {budget.describe()}")
+            extra = {k: v for k, v in opts.items() if user.get(k) != v}
+            tried[count] = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures), extra)
+            say(f"{len(nodes)} node(s) in float{''.join(f', {k}={v}' for k, v in extra.items() if k != 'exclude')}: "
+                f"{_figures(figures)} -> {'meets' if tried[count].met else 'misses'} {budget.describe()}")
         return tried[count]
 
+    route = route_for(backend, user)
     try:
-        if not at(0).met and backend in TO_OPTIONS and max_candidates > 1:
+        if not at(0).met and route is not None and max_candidates > 1:
+            before_route.append(tried.pop(0))
+            base.update(route.options)
+            at(0)
+        cap = max_candidates - len(before_route)
+        if not tried[0].met and backend in TO_OPTIONS and cap > 1:
             groups = _ranked_groups(bundle, tried[0].path, evaluation, threads)
-            _fewest(at, len(groups), tried, max_candidates)
-        candidates = [tried[k] for k in sorted(tried)]
+            _fewest(at, len(groups), tried, cap)
+        candidates = before_route + [tried[k] for k in sorted(tried)]
         _time(candidates, judge.batches[0], threads)
         passing = [c for c in candidates if c.met]
         chosen = (min(passing, key=lambda c: (c.latency_ms or math.inf, len(c.nodes))) if passing
@@ -158,6 +174,8 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
         record = {"budget": budget.describe(), "status": "met" if passing else "missed", "backend": backend,
                   "evaluation": {"source": evaluation.source.description, "samples": len(evaluation),
                                  "fingerprint": evaluation.fingerprint},
+                  "exclusion": describe_exclusion(backend, base),
+                  **({"route": {"options": route.options, "why": route.why}} if before_route and route else {}),
                   "ranked_groups": [list(g) for g in groups], "max_candidates": max_candidates,
                   "candidates": [c.to_json() for c in candidates], "chosen": candidates.index(chosen),
                   "seconds": round(time.perf_counter() - start, 3)}
