@@ -138,7 +138,8 @@ def test_a_drop_budget_is_judged_in_the_task_metric_end_to_end(digits, tmp_path)
     out = tmp_path / "run"
     result = cli.invoke(app, ["bench", "modelport.examples:digits_cnn", "-b", "onnxruntime", "-p", "int8",
                               "--calib", "modelport.examples:digits_calibration", "--calib-size", "128",
-                              "--eval", "modelport.examples:digits_evaluation", "--metric", f"{metric}:accuracy",
+                              "--eval", "modelport.examples:digits_evaluation", "--eval-size", "128",
+                              "--metric", f"{metric}:accuracy",
                               "--budget", "drop<=1.0", "-o", str(out), "--json", *QUICK])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

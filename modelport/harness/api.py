@@ -84,6 +84,9 @@ def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: 
     budget = Budget(expr=budget) if isinstance(budget, str) else budget or Budget()
     if max_candidates < 1:
         raise BadInput(f"--max-candidates {max_candidates}: at least the full INT8 build is judged.")
+    if debug_misses and calib is None and evaluation is None:
+        raise BadInput("--debug-misses debugs artifacts on the evaluation samples, and this bench would have only "
+                       "synthetic ones.", hint="Give --eval SRC or --calib SRC.")
     load = matrix.load_average()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
