@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from modelport.errors import BadInput
 from modelport.harness.report import fmt
-from modelport.tune.budget import Budget as Bounds
-from modelport.tune.budget import parse_budget
 
 if TYPE_CHECKING:
     from modelport.harness.report.aggregate import ReportRow
+    from modelport.tune.budget import Budget as Bounds
 
 
 @dataclass(frozen=True)
@@ -43,13 +42,13 @@ class Budget:
         if not -1 <= self.min_cosine <= 1:
             raise BadInput(f"--min-cosine must be between -1 and 1, not {self.min_cosine}.")
         if self.expr is not None:  # a bad expression fails here, before any work
-            parse_budget(self.expr)
+            _parse(self.expr)
 
     @property
     def bounds(self) -> Bounds:
         """The expression's bounds (only with `expr`)."""
         assert self.expr is not None
-        return parse_budget(self.expr)
+        return _parse(self.expr)
 
     def describe(self, metric: Mapping[str, Any] | None) -> str:
         """The budget in words, as the recommendation states it."""
@@ -59,6 +58,13 @@ class Budget:
             return (f"at most {self.max_drop:g} {fmt.points(metric, self.max_drop)} below PyTorch FP32's "
                     f"{metric['name']}")
         return f"SQNR >= {self.min_sqnr:g} dB and cosine >= {self.min_cosine:g} against PyTorch FP32"
+
+
+def _parse(expr: str) -> Bounds:
+    """The tune package's parser, imported only where an expression is in use (it imports the search)."""
+    from modelport.tune.budget import parse_budget
+
+    return parse_budget(expr)
 
 
 def meets_budget(row: ReportRow, budget: Budget, with_metric: bool) -> bool | None:
