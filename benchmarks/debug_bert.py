@@ -51,17 +51,19 @@ def debug_run(artifact: Path, samples: int, out: Path, threads: int) -> dict[str
     """`modelport debug ARTIFACT` over `samples` samples in its own process: seconds, peak RSS, what it found."""
     cmd = [sys.executable, "-m", "modelport.cli", "debug", str(artifact), "--model", MODEL, "--eval", DATA,
            "--samples", str(samples), "--threads", str(threads), "-o", str(out), "--json"]
+    out.mkdir(parents=True, exist_ok=True)
+    stdout, stderr = out / "stdout.json", out / "stderr.log"  # files, not pipes: the JSON outgrows a pipe's buffer
     start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    watched, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        peak = max(peak, _tree_rss(watched))
-        time.sleep(POLL_S)
-    stdout, stderr = child.communicate()
+    with stdout.open("w") as so, stderr.open("w") as se:
+        child = subprocess.Popen(cmd, stdout=so, stderr=se, env=os.environ.copy())
+        watched, peak = psutil.Process(child.pid), 0
+        while child.poll() is None:
+            peak = max(peak, _tree_rss(watched))
+            time.sleep(POLL_S)
     seconds = time.perf_counter() - start
     if child.returncode != 0:
-        raise RuntimeError(f"modelport debug failed ({child.returncode}): {stderr[-2000:]}")
-    record = json.loads(stdout)
+        raise RuntimeError(f"modelport debug failed ({child.returncode}): {stderr.read_text()[-2000:]}")
+    record = json.loads(stdout.read_text())
     top = record["culprits"][:3]
     return {"samples": record["samples"], "seconds": round(seconds, 1), "debug_seconds": record["seconds"],
             "peak_rss_mib": round(peak / 2**20), "tensors": len(record["layers"]), "compared": record["compared"],
