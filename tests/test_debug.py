@@ -180,3 +180,36 @@ def test_litert_location_names_map_to_each_modules_last_tensor():
     found = map_tensors(layers, names, by_module=True)
     assert found == {"x": "x", "conv2d": names[2], "relu": names[3], "mean": names[4]}
     assert map_tensors(layers, names, by_module=False) == {"x": "x"}
+
+
+def test_the_python_api_mirrors_the_cli(int8, outlier_file, eval_file, tmp_path):
+    from modelport.debug import debug
+
+    artifact = int8("onnxruntime")
+    record = debug(artifact, f"{outlier_file}:make", str(eval_file), samples=8, out=tmp_path / "api")
+    result = cli.invoke(app, ["debug", str(artifact), "-m", f"{outlier_file}:make", "--eval", str(eval_file),
+                              "--samples", "8", "-o", str(tmp_path / "cli"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert record["layers"] == json.loads(result.stdout)["layers"] and record["samples"] == 8
+    assert record["culprits"][0]["module"] in OUTLIER_MODULES
+    assert json.loads((tmp_path / "api" / "debug.json").read_text())["culprits"] == record["culprits"]
+    assert (tmp_path / "api" / "debug.html").is_file()
+
+
+def test_input_describes_a_bare_modules_inputs_as_for_the_other_commands(eval_file, tmp_path):
+    from modelport.model import load_model
+    from tests.outlier import OUTLIER
+
+    bare = tmp_path / "bare.py"
+    bare.write_text(OUTLIER + "\n\ndef bare():\n    return make()[0]\n")  # a module without example inputs
+    source = load_model(f"{bare}:bare", ["x:1x3x16x16"], ["x:0=batch"])
+    artifact = build_artifact(ModelBundle(source), "onnxruntime", "fp32", tmp_path / "fp32")[0].path
+    args = ["debug", str(artifact), "-m", f"{bare}:bare", "--eval", str(eval_file), "--samples", "4",
+            "-o", str(tmp_path / "out"), "--json"]
+    without = cli.invoke(app, args)
+    assert without.exit_code == 2 and "--input" in without.output, without.output
+    result = cli.invoke(app, [*args, "--input", "x:1x3x16x16"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    ok = [e for e in record["layers"] if e["status"] == "ok"]  # FP32 against FP32: exact or float rounding
+    assert len(ok) == record["compared"] >= 5 and all(e["cosine"] > 0.99999 for e in ok)

@@ -63,9 +63,9 @@ def test_the_cli_refuses_a_budget_before_any_slow_work(outlier_file):
         assert result.exit_code == 2 and says in result.output, result.output
 
 
-# OpenVINO's default NNCF build misses it whatever is kept in float (SQNR stays near 17 dB with four layers in
-# NNCF's ignored scope): there only source=qdq, the shared QDQ pass with its exclude, is searched here.
-@pytest.mark.parametrize("backend, options", [("onnxruntime", {}), ("openvino", {"source": "qdq"})])
+# OpenVINO's default NNCF build misses it whatever is kept in NNCF's ignored scope (SQNR stays near 17 dB), so the
+# search follows the default build with the shared QDQ pass (source=qdq) and its exclude, and says so.
+@pytest.mark.parametrize("backend, options", [("onnxruntime", {}), ("openvino", {})])
 def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(backend, options, outlier_source, tmp_path):
     ok, reason = get_backend(backend).available()
     if not ok:
@@ -81,6 +81,12 @@ def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(backend,
     assert PLANTED & set(chosen["kept_in_float"]), chosen
     assert record["evaluation"]["samples"] == 24 and all(c["latency_ms"] for c in record["candidates"])
     assert len(record["candidates"]) <= 10 and not out.with_name("tuned.tune").exists()
+    if backend == "openvino":  # NNCF's full INT8 first, then the QDQ route's full INT8 and its exclusions
+        assert record["route"]["options"] == {"source": "qdq"} and "source=qdq" in record["exclusion"]
+        assert first["options"] == {} and chosen["options"]["source"] == "qdq"
+        assert Artifact.open(out).manifest["recipe"]["options"]["source"] == "qdq"
+    else:
+        assert "route" not in record and "shared QDQ pass" in record["exclusion"]
 
 
 def test_an_unreachable_budget_writes_the_closest_marks_it_missed_and_exits_1(outlier_file, tmp_path):

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from modelport.console import JsonOpt, SeedOpt, console, err_console, print_json, progress, status
-
-DEFAULT_SAMPLES = 64
+from modelport.console import InputOpt, JsonOpt, SeedOpt, console, err_console, print_json, progress, status
+from modelport.debug.api import DEFAULT_SAMPLES, default_out
 
 
 def debug(
@@ -28,25 +27,24 @@ def debug(
                                                 "(default: ARTIFACT-debug).")] = None,
     top: Annotated[int, typer.Option("--top", help="Culprits shown in the table.")] = 10,
     threads: Annotated[int | None, typer.Option(help="Threads each runtime runs with.")] = None,
+    inputs: InputOpt = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Per-layer divergence of ARTIFACT: every tensor its runtime computes against PyTorch FP32 (or --against),
     mapped to ONNX nodes and torch modules, the layers ranked by the error each adds."""
     from modelport.calibration import open_evaluation
-    from modelport.debug.report import print_table, write_html, write_json
-    from modelport.debug.run import debug_artifact, load_source
+    from modelport.debug.api import debug_to_files
+    from modelport.debug.report import print_table
+    from modelport.debug.run import load_source
 
     with status(f"Loading {model}", not json_out):
-        source = load_source(model, artifact)
+        source = load_source(model, artifact, inputs or ())
     data = open_evaluation(evaluation, source.inputs, size=samples, seed=seed)
     with progress(not json_out) as bar:
         task = bar.add_task(f"Comparing {artifact.name}'s tensors", total=len(data))
-        record = debug_artifact(artifact, source, data, against=against, threads=threads,
-                                on_batch=lambda n: bar.update(task, completed=n))
-    out = output or artifact.with_name(f"{artifact.name}-debug")
-    out.mkdir(parents=True, exist_ok=True)
-    files = [write_json(record, out), write_html(record, out)]
+        record, files = debug_to_files(artifact, source, data, output or default_out(artifact), against=against,
+                                       threads=threads, on_batch=lambda n: bar.update(task, completed=n))
     if json_out:
         print_json(record)
         return

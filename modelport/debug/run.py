@@ -62,14 +62,14 @@ def check_source(artifact: Artifact, source: SourceModel) -> None:
                        hint="Pass the --model the artifact was built from, or rebuild the artifact from this one.")
 
 
-def load_source(ref: str, artifact_path: str | Path) -> SourceModel:
+def load_source(ref: str, artifact_path: str | Path, inputs: Sequence[str] = ()) -> SourceModel:
     """The model as the artifact's build loaded it: the symbolic axes its manifest records marked again, so
-    that the content hash compares like with like."""
+    that the content hash compares like with like. `inputs` (`NAME:SHAPE[:DTYPE]`) describe a bare module's."""
     from modelport.model import load_model
 
     artifact = Artifact.open(artifact_path)
-    return load_model(ref, dynamic=[(s.name, axis, dim) for s in artifact.inputs
-                                    for axis, dim in s.dynamic_axes.items()])
+    return load_model(ref, inputs, dynamic=[(s.name, axis, dim) for s in artifact.inputs
+                                            for axis, dim in s.dynamic_axes.items()])
 
 
 def _side(artifact: Artifact, layers: Sequence[Layer], threads: int | None) -> Side:
@@ -93,10 +93,11 @@ def _reference(bundle: ModelBundle, layers: Sequence[Layer], threads: int | None
 
 def debug_artifact(path: str | Path, source: SourceModel, evaluation: CalibrationSet, *,
                    against: str | Path | None = None, threads: int | None = None,
-                   on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+                   on_batch: Callable[[int], None] | None = None, onnx_dir: str | Path | None = None) -> dict[str, Any]:
     """Compare every tensor of the artifact at `path` with the reference on `evaluation`; the debug.json record.
 
-    `on_batch(samples)` is called after each batch (for progress).
+    `on_batch(samples)` is called after each batch (for progress); `onnx_dir` is where the FP32 export is
+    cached (default: modelport's cache; a bench passes its own).
     """
     start = time.perf_counter()
     artifact = Artifact.open(path)
@@ -104,7 +105,7 @@ def debug_artifact(path: str | Path, source: SourceModel, evaluation: Calibratio
     other = Artifact.open(against) if against is not None else None
     if other is not None:
         check_source(other, source)
-    bundle = ModelBundle(source)
+    bundle = ModelBundle(source, onnx_dir=Path(onnx_dir) if onnx_dir is not None else None)
     layers = reference_layers(bundle.onnx_path)
     target = _side(artifact, layers, threads)
     fp32 = _reference(bundle, layers, threads)

@@ -98,6 +98,18 @@ def bench(
     max_drop: MaxDropOpt = 1.0,
     min_sqnr: MinSqnrOpt = 20.0,
     min_cosine: MinCosineOpt = 0.99,
+    budget_expr: Annotated[str | None, typer.Option(
+        "--budget", help="Accuracy budget, e.g. cos>=0.995,sqnr>=25 or drop<=1.0: each runtime's INT8 row is the "
+                         "searched artifact that keeps the fewest layers in float to meet it (judged on the "
+                         "evaluation samples), and every row is judged by it instead of --max-drop/--min-*.")] = None,
+    max_candidates: Annotated[int, typer.Option(
+        "--max-candidates", help="With --budget: the most INT8 builds each runtime's search judges.")] = 10,
+    ship: Annotated[Path | None, typer.Option(
+        "--ship", help="Copy the recommended artifact (the fastest of any runtime within the budget) to this "
+                       "directory with its manifest and a SHIP.md; exit 1, writing nothing, if none is.")] = None,
+    debug_misses: Annotated[bool, typer.Option(
+        "--debug-misses", help="Debug every artifact that misses the budget (DIR/debug/ARTIFACT/debug.html, "
+                               "linked from the reports).")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory for results and reports "
                                                 "(default bench-NAME).")] = None,
     json_out: JsonOpt = False,
@@ -114,7 +126,7 @@ def bench(
     if iterations is not None and duration is not None:
         raise BadInput("Give --iterations or --duration, not both.")
     out = output or _default_out(model)
-    budget = Budget(max_drop, min_sqnr, min_cosine)
+    budget = Budget(max_drop, min_sqnr, min_cosine, expr=budget_expr)
     _say_ranges_beside(model, json_out)
     try:
         report = run_bench(model, out=out, backends=backends, precisions=precisions, batches=_batches(batch),
@@ -123,7 +135,8 @@ def bench(
                            inputs=inputs or (), dynamic=dynamic or (),
                            options=parse_pairs(option, "--option", "KEY=VALUE or BACKEND.KEY=VALUE"),
                            runners=parse_pairs(runner, "--runner", "NAME=file.py:fn"), metric=metric, timeout=timeout,
-                           budget=budget, show_progress=not json_out)
+                           budget=budget, max_candidates=max_candidates, debug_misses=debug_misses,
+                           show_progress=not json_out)
     except KeyboardInterrupt:
         err_console.print(f"interrupted: the rows measured so far are in {out / 'results.jsonl'}; run the same "
                           "command again to measure the rest.")
@@ -136,6 +149,11 @@ def bench(
     if not any(r["status"] == "ok" for r in report["rows"]):
         raise StepFailed(f"No row was measured: every row failed or was unavailable. The reasons are in "
                          f"{out / 'report.md'} and {out / 'results.jsonl'}.")
+    if ship is not None:  # after the report is shown: when nothing meets the budget, the table says how close
+        from modelport.tune.ship import ship as ship_artifact
+
+        winner, where = ship_artifact(report, out, ship)
+        err_console.print(f"Shipped {winner.label} to {where} (why: {where / 'SHIP.md'})", highlight=False)
 
 
 def report(

@@ -70,6 +70,29 @@ class BuildJob(Job, task="build"):
 
 
 @dataclass(frozen=True)
+class TuneJob(BuildJob, task="tune"):
+    """`bench --budget`: the accuracy-budget search in place of one INT8 build, judged on the held-out `evaluation`
+    samples (reopened like the calibration ones); the closest candidate is written whether it meets or not."""
+
+    budget: str
+    evaluation: dict[str, Any]  # text, indices, seed, fingerprint
+    max_candidates: int
+    metric: str | None  # file.py:fn task metric for `drop`; None: top-1 accuracy
+
+
+@dataclass(frozen=True)
+class DebugJob(Job, task="debug"):
+    """`bench --debug-misses`: `modelport debug` of one artifact on the evaluation samples, into `out`."""
+
+    model: dict[str, Any]
+    onnx_dir: str
+    artifact: str
+    evaluation: dict[str, Any]
+    samples: int
+    out: str
+
+
+@dataclass(frozen=True)
 class RunnerJob(Job):
     """A job that loads one runner and feeds it the evaluation inputs."""
 

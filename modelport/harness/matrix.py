@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.progress import Progress
@@ -39,6 +39,9 @@ from modelport.machine import machine_summary
 from modelport.model import SourceModel
 from modelport.options import PRECISIONS
 from modelport.specs import TensorSpec
+
+if TYPE_CHECKING:
+    from modelport.tune.bench import BenchBudget
 
 CUSTOM = "custom"
 RowFn = Callable[[dict[str, Any]], None]
@@ -306,6 +309,7 @@ class Context:
     progress: Progress | None = None
     on_row: RowFn | None = None
     load_average: float | None = None  # before the run started its own work
+    budget: BenchBudget | None = None  # --budget: each INT8 row is the searched artifact (tune/bench.py)
 
     @property
     def results_path(self) -> Path:
@@ -328,13 +332,14 @@ def assign_keys(plan: list[PlanItem], ctx: Context) -> None:
             "options": item.options, "calibration": calib_fp if item.precision in CALIBRATED else None,
             "evaluation": ctx.data.evaluation.fingerprint, "metric": ctx.settings.metric, "batch": item.batch,
             "threads": ctx.settings.threads, "versions": {**item.versions, "modelport": _version("modelport")},
-            "protocol": ctx.settings.protocol, "fidelity_batch": ctx.settings.fidelity_batch})
+            "protocol": ctx.settings.protocol, "fidelity_batch": ctx.settings.fidelity_batch,
+            **(ctx.budget.key if ctx.budget is not None and item.precision == "int8" else {})})
 
 
 def run_record(ctx: Context, plan: list[PlanItem]) -> dict[str, Any]:
     return {"type": "run", "run": ctx.run_id, "time": _now(), "model": _model_json(ctx.source),
             "machine": machine_summary(), "load_average": ctx.load_average, "versions": package_versions(),
-            "settings": ctx.settings.to_json(),
+            "settings": ctx.settings.to_json(), "budget": ctx.budget.expr if ctx.budget is not None else None,
             "data": ctx.data.describe(), "reference_metric": _metric_json(ctx),
             "plan": [i.to_json() for i in plan]}
 
@@ -508,9 +513,13 @@ class MatrixRun:
         job = jobs.BuildJob(model=model_spec(ctx.source), onnx_dir=str(ctx.out / "onnx"), backend=item.backend,
                             precision=item.precision, options=item.given, out=str(ctx.out / rel),
                             calibration=ctx.calib_job if item.precision in CALIBRATED else None)
-        built = self._isolated(job, f"{item.slug}-build", f"building {label}")
+        if ctx.budget is not None and item.precision == "int8":
+            built = self._isolated(ctx.budget.job(job), f"{item.slug}-tune", f"searching {label} within the budget")
+        else:
+            built = self._isolated(job, f"{item.slug}-build", f"building {label}")
         return {"path": str(rel), "size_bytes": built["size_bytes"], "build_seconds": built["build_seconds"],
-                "reused": built["reused"], "manifest_key": built["manifest_key"], "details": built["details"]}
+                "reused": built["reused"], "manifest_key": built["manifest_key"], "details": built["details"],
+                **({"tune": built["tune"]} if "tune" in built else {})}
 
     def _export(self) -> None:
         """The validated ONNX export, once per run, isolated like every step; a failure fails each ONNX build."""

@@ -27,7 +27,18 @@ import numpy as np
 from modelport.backends.base import Runner
 from modelport.errors import StepFailed
 from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX, needs_torch
-from modelport.harness.jobs import BuildJob, ExportJob, FidelityJob, Job, LatencyJob, ProbeJob, RoundsJob, RunnerJob
+from modelport.harness.jobs import (
+    BuildJob,
+    DebugJob,
+    ExportJob,
+    FidelityJob,
+    Job,
+    LatencyJob,
+    ProbeJob,
+    RoundsJob,
+    RunnerJob,
+    TuneJob,
+)
 from modelport.harness.reference import batch_of
 
 
@@ -114,25 +125,50 @@ def _export(job: ExportJob, threads: int) -> dict[str, Any]:
     return {"path": str(bundle.onnx_path), "export": bundle.export_info}
 
 
+def _reopen(spec: Mapping[str, Any], inputs: Any) -> Any:
+    """The parent's calibration or evaluation samples, read again by their indices (the same fingerprint)."""
+    from modelport.calibration import CalibrationSet, open_source
+
+    samples = CalibrationSet(open_source(spec["text"], inputs), inputs, indices=spec["indices"], seed=spec["seed"])
+    if samples.fingerprint != spec["fingerprint"]:
+        raise RuntimeError(f"the data source {spec['text']} gave different samples when read again "
+                           f"(fingerprint {samples.fingerprint}, expected {spec['fingerprint']}); "
+                           "a calibration or evaluation source must be deterministic")
+    return samples
+
+
 def _build(job: BuildJob, threads: int) -> dict[str, Any]:
     from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
-    from modelport.calibration import CalibrationSet, open_source
 
     source = load_source(job.model)
-    calibration = None
-    if job.calibration:
-        spec = job.calibration
-        calibration = CalibrationSet(open_source(spec["text"], source.inputs), source.inputs, indices=spec["indices"],
-                                     seed=spec["seed"])
-        if calibration.fingerprint != spec["fingerprint"]:
-            raise RuntimeError(f"the calibration source {spec['text']} gave different samples when read again "
-                               f"(fingerprint {calibration.fingerprint}, expected {spec['fingerprint']}); "
-                               "a calibration source must be deterministic")
+    calibration = _reopen(job.calibration, source.inputs) if job.calibration else None
     artifact, reused = build_artifact(ModelBundle(source, onnx_dir=Path(job.onnx_dir)), job.backend,
                                       job.precision, job.out, options=job.options, calibration=calibration)
     return {"reused": reused, "build_seconds": artifact.manifest["build_seconds"], "size_bytes": artifact.size_bytes,
             "manifest_key": artifact.manifest["key"], "details": artifact.details}
+
+
+def _tune(job: TuneJob, threads: int) -> dict[str, Any]:
+    from modelport.bundle import ModelBundle
+    from modelport.tune.bench import tune_for_bench
+
+    source = load_source(job.model)
+    assert job.calibration is not None  # int8 is calibrated
+    return tune_for_bench(job, ModelBundle(source, onnx_dir=Path(job.onnx_dir)),
+                          _reopen(job.calibration, source.inputs), _reopen(job.evaluation, source.inputs), threads)
+
+
+def _debug(job: DebugJob, threads: int) -> dict[str, Any]:
+    from modelport.calibration import CalibrationSet
+    from modelport.debug.api import debug_to_files
+
+    source = load_source(job.model)
+    evaluation = _reopen(job.evaluation, source.inputs)
+    head = CalibrationSet(evaluation.source, evaluation.specs, indices=evaluation.indices[:job.samples],
+                          seed=evaluation.seed)
+    record, files = debug_to_files(job.artifact, source, head, job.out, threads=threads, onnx_dir=job.onnx_dir)
+    return {"files": [str(f) for f in files], "culprits": [c["onnx_node"] for c in record["culprits"][:3]]}
 
 
 def _load_runner(spec: Mapping[str, Any], threads: int) -> Runner:
@@ -276,7 +312,8 @@ def _measuring(measure: Callable[[Any, _Loaded], dict[str, Any]]) -> Handler:
 
 
 HANDLERS: dict[type[Job], Handler] = {
-    ProbeJob: _probe, ExportJob: _export, BuildJob: _build, FidelityJob: _measuring(_fidelity),
+    ProbeJob: _probe, ExportJob: _export, BuildJob: _build, TuneJob: _tune, DebugJob: _debug,
+    FidelityJob: _measuring(_fidelity),
     LatencyJob: _measuring(_latency), RoundsJob: _measuring(_rounds),
 }
 

@@ -3,12 +3,16 @@
 Full INT8 is built and judged first, on held-out evaluation data (never the calibration samples). If it misses,
 debug's ranking on that artifact orders the layers by the error each adds; the top 1, 2, 4... layer groups are
 kept in float until a candidate meets the budget, then a bisection on the count finds the fewest. At most
-`max_candidates` builds are judged. Every candidate is timed in interleaved rounds (harness/latency.py); the
-fastest that meets the budget is written to `out`, or the closest when none does (marked `budget: missed`).
+`max_candidates` builds are judged. Where a backend's default build cannot keep a layer's error out by excluding
+it (OpenVINO's NNCF, exclude.ROUTES), a missed default build is followed by the route's full INT8 build, which
+is ranked and searched instead; the manifest's `tune.exclusion` and `tune.route` say how layers were kept out.
+Every candidate is timed in interleaved rounds (harness/latency.py); the fastest that meets the budget is
+written to `out`, or the closest when none does (marked `budget: missed`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -27,11 +31,11 @@ from modelport.calibration import CalibrationSet
 from modelport.debug import debug_artifact, rank_layers
 from modelport.debug.mapping import reference_layers
 from modelport.errors import BadInput, StepFailed
-from modelport.harness.fidelity import ACCURACY, evaluate, reference_metric
+from modelport.harness.fidelity import ACCURACY, TaskMetric, evaluate, reference_metric
 from modelport.loading import load_artifact
 from modelport.timing import interleaved_rounds
 from modelport.tune.budget import Budget, check_applies
-from modelport.tune.exclude import TO_OPTIONS, layer_groups, with_nodes
+from modelport.tune.exclude import TO_OPTIONS, describe_exclusion, layer_groups, route_for, with_nodes
 
 MAX_CANDIDATES = 10
 TIMING_ROUNDS = 5
@@ -46,6 +50,7 @@ class Candidate:
     figures: dict[str, float | None]
     met: bool
     shortfall: float
+    options: dict[str, Any]  # what it was built with beyond the user's options (a route's and the exclusion)
     latency_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -53,18 +58,19 @@ class Candidate:
             return v if v is None or math.isfinite(v) else None
 
         return {"kept_in_float": list(self.nodes), "figures": {k: clean(v) for k, v in self.figures.items()},
-                "met": self.met, "latency_ms": self.latency_ms}
+                "met": self.met, "latency_ms": self.latency_ms, "options": self.options}
 
 
 class Judge:
     """A candidate's figures against PyTorch FP32 on the evaluation data (its outputs computed once)."""
 
-    def __init__(self, bundle: ModelBundle, evaluation: CalibrationSet, budget: Budget) -> None:
+    def __init__(self, bundle: ModelBundle, evaluation: CalibrationSet, budget: Budget,
+                 metric: TaskMetric | None = None) -> None:
         self.batches = list(evaluation.batches())
         self.reference = _concat(bundle.source.run(b) for b in self.batches)
         self.labels = evaluation.labels()
-        self.metric = ACCURACY if budget.needs_labels else None
-        self.baseline = reference_metric(ACCURACY, self.reference, self.labels) if self.metric else None
+        self.metric = (metric or ACCURACY) if budget.needs_labels else None
+        self.baseline = reference_metric(self.metric, self.reference, self.labels) if self.metric else None
 
     def __call__(self, path: Path) -> dict[str, float | None]:
         with load_artifact(path) as runner:
@@ -89,6 +95,7 @@ class Outcome:
 
     artifact: Artifact
     record: dict[str, Any]
+    why_missed: StepFailed | None = None  # the figures and what to try next, when no candidate met the budget
 
     @property
     def met(self) -> bool:
@@ -97,10 +104,24 @@ class Outcome:
 
 def search(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, calibration: CalibrationSet, *,
            evaluation: CalibrationSet | None = None, options: Mapping[str, Any] | None = None,
-           max_candidates: int = MAX_CANDIDATES, threads: int | None = None,
+           max_candidates: int = MAX_CANDIDATES, threads: int | None = None, metric: TaskMetric | None = None,
            report: Callable[[str], None] | None = None) -> Outcome:
     """Search, write the chosen INT8 artifact to `out`, and return it; StepFailed (after writing the closest
-    candidate) when none meets the budget. Without `evaluation`, a quarter of `calibration` is held out."""
+    candidate) when none meets the budget. Without `evaluation`, a quarter of `calibration` is held out.
+    `metric` is the task metric `drop` is measured in (default top-1 accuracy)."""
+    outcome = search_closest(bundle, backend, out, budget, calibration, evaluation=evaluation, options=options,
+                             max_candidates=max_candidates, threads=threads, metric=metric, report=report)
+    if outcome.why_missed is not None:
+        raise outcome.why_missed
+    return outcome
+
+
+def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, calibration: CalibrationSet,
+                   *, evaluation: CalibrationSet | None = None, options: Mapping[str, Any] | None = None,
+                   max_candidates: int = MAX_CANDIDATES, threads: int | None = None,
+                   metric: TaskMetric | None = None, report: Callable[[str], None] | None = None) -> Outcome:
+    """`search` without the error: the bench's INT8 row is the closest candidate whether it meets the budget or
+    not, and its report says which (`Outcome.met`, the manifest's `tune.status`)."""
     start = time.perf_counter()
     if max_candidates < 1:
         raise BadInput(f"--max-candidates {max_candidates}: at least the full INT8 build is judged.")
@@ -113,28 +134,39 @@ def search(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, c
     check_applies(budget, "int8", evaluation.labels() is not None)
     out = Path(out)
     workdir = out.with_name(f"{out.name}.tune")
-    judge = Judge(bundle, evaluation, budget)
+    judge = Judge(bundle, evaluation, budget, metric)
     say = report or (lambda _: None)
-    tried: dict[int, Candidate] = {}
+    tried: dict[int, Candidate] = {}  # by the number of ranked groups kept in float
+    before_route: list[Candidate] = []  # the default build, where the search then took a route past it
     groups: list[tuple[str, ...]] = []
+    user = dict(options or {})
+    base = dict(user)
+    builds = itertools.count()
 
     def at(count: int) -> Candidate:
         if count not in tried:
             nodes = tuple(n for g in groups[:count] for n in g)
-            opts = with_nodes(backend, options or {}, nodes) if nodes else dict(options or {})
-            path = build_artifact(bundle, backend, "int8", workdir / f"c{len(tried)}", options=opts,
+            opts = with_nodes(backend, base, nodes) if nodes else dict(base)
+            path = build_artifact(bundle, backend, "int8", workdir / f"c{next(builds)}", options=opts,
                                   calibration=calibration)[0].path
             figures = judge(path)
-            tried[count] = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures))
-            say(f"{len(nodes)} node(s) in float: {_figures(figures)} -> "
-                f"{'meets' if tried[count].met else 'misses'} {budget.describe()}")
+            extra = {k: v for k, v in opts.items() if user.get(k) != v}
+            tried[count] = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures), extra)
+            say(f"{len(nodes)} node(s) in float{''.join(f', {k}={v}' for k, v in extra.items() if k != 'exclude')}: "
+                f"{_figures(figures)} -> {'meets' if tried[count].met else 'misses'} {budget.describe()}")
         return tried[count]
 
+    route = route_for(backend, user)
     try:
-        if not at(0).met and backend in TO_OPTIONS and max_candidates > 1:
+        if not at(0).met and route is not None and max_candidates > 1:
+            before_route.append(tried.pop(0))
+            base.update(route.options)
+            at(0)
+        cap = max_candidates - len(before_route)
+        if not tried[0].met and backend in TO_OPTIONS and cap > 1:
             groups = _ranked_groups(bundle, tried[0].path, evaluation, threads)
-            _fewest(at, len(groups), tried, max_candidates)
-        candidates = [tried[k] for k in sorted(tried)]
+            _fewest(at, len(groups), tried, cap)
+        candidates = before_route + [tried[k] for k in sorted(tried)]
         _time(candidates, judge.batches[0], threads)
         passing = [c for c in candidates if c.met]
         chosen = (min(passing, key=lambda c: (c.latency_ms or math.inf, len(c.nodes))) if passing
@@ -142,15 +174,15 @@ def search(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, c
         record = {"budget": budget.describe(), "status": "met" if passing else "missed", "backend": backend,
                   "evaluation": {"source": evaluation.source.description, "samples": len(evaluation),
                                  "fingerprint": evaluation.fingerprint},
+                  "exclusion": describe_exclusion(backend, base),
+                  **({"route": {"options": route.options, "why": route.why}} if before_route and route else {}),
                   "ranked_groups": [list(g) for g in groups], "max_candidates": max_candidates,
                   "candidates": [c.to_json() for c in candidates], "chosen": candidates.index(chosen),
                   "seconds": round(time.perf_counter() - start, 3)}
         artifact = _write(chosen.path, out, record)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if not passing:
-        raise _missed(budget, backend, chosen, candidates, out)
-    return Outcome(artifact, record)
+    return Outcome(artifact, record, _missed(budget, backend, chosen, candidates, out) if not passing else None)
 
 
 def _ranked_groups(bundle: ModelBundle, int8: Path, evaluation: CalibrationSet,

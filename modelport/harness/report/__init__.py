@@ -3,8 +3,8 @@
 `aggregate.py` turns rows into the report data (plain JSON: what report.json holds), `budget.py` says
 which rows may be recommended and recommends one; each renderer reads the report data only:
 `cells.py` (the text every table shows), `markdown.py`, `html.py` (with `svg.py`, the SVG pieces and the
-Pareto plot, and `bars.py`, the latency and size charts) and
-`terminal.py`; `comparison.py` renders `modelport compare`'s data (harness/compare.py). A new file
+Pareto plot, and `bars.py`, the latency and size charts) and `terminal.py`, each with `searched.py`'s
+budget-search section; `comparison.py` renders `modelport compare`'s data (harness/compare.py). A new file
 format is one module with a `render_X(report) -> str` and one line in FORMATS.
 """
 

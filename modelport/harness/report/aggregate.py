@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from modelport.harness.latency import speedup
 from modelport.harness.report.budget import Budget, meets_budget, recommend
 from modelport.harness.results import PYTORCH, Row
 
+DEBUG = "debug"  # the run directory's folder of debug runs, one per artifact
 BUSY_LOAD = 0.5  # a load average above this share of the cores makes latencies noisy
 ORDER = {"ok": 0, "failed": 1, "not measured": 2, "skipped": 3, "unavailable": 4}
 _LATENCY_SHOWN = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput", "iterations", "peak_rss_bytes",
@@ -80,6 +81,7 @@ class ReportRow:
     speedup: float | None = None  # PyTorch FP32's time over this row's
     meets_budget: bool | None = None
     pareto: bool = False
+    tune: dict[str, Any] | None = None  # bench --budget: the search behind this INT8 row (tune/bench.py summary)
 
     @classmethod
     def of(cls, row: Row, *, debug_html: str | None = None, build_budget: Mapping[str, Any] | None = None
@@ -95,7 +97,7 @@ class ReportRow:
                    metric_name=metric.get("name"), metric=metric.get("value"), metric_delta=metric.get("delta"),
                    **{k: summary.get(k) for k in _SUMMARY_SHOWN}, has_fidelity=bool(summary),
                    size_bytes=artifact.get("size_bytes"), build_seconds=artifact.get("build_seconds"),
-                   path=artifact.get("path"), time=row.time)
+                   path=artifact.get("path"), time=row.time, tune=artifact.get("tune"))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReportRow:
@@ -150,11 +152,12 @@ def _scope(record: Mapping[str, Any]) -> tuple[str, str | None]:
 
 
 def _debug_page(out: Path, artifact: Mapping[str, Any] | None) -> str | None:
-    """Where `modelport debug` wrote its page for this artifact by default, relative to `out`, if it did."""
+    """The per-layer page of this artifact, relative to `out`: the one `bench --debug-misses` wrote, else the
+    one `modelport debug` writes by default (ARTIFACT-debug/debug.html), if either exists."""
     if not artifact or not artifact.get("path"):
         return None
-    page = Path(f"{artifact['path']}-debug") / "debug.html"
-    return page.as_posix() if (out / page).is_file() else None
+    page = debug_page(out, artifact["path"]) or out / f"{artifact['path']}-debug" / "debug.html"
+    return page.relative_to(out).as_posix() if page.is_file() else None
 
 
 def _build_budget(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -204,6 +207,17 @@ def _judge(rows: list[ReportRow], budget: Budget, with_metric: bool) -> None:
         r.pareto = r.key in front
 
 
+def debug_dir(out: Path, artifact_path: str) -> Path:
+    """Where `bench --debug-misses` writes the debug run of the artifact at `artifact_path` (run-relative)."""
+    return out / DEBUG / Path(artifact_path).name
+
+
+def debug_page(out: Path, artifact_path: str | None) -> Path | None:
+    """The debug.html of a row's artifact, where a debug run wrote one."""
+    page = debug_dir(out, artifact_path) / "debug.html" if artifact_path else None
+    return page if page is not None and page.is_file() else None
+
+
 def _busy_warnings(last: Mapping[str, Any]) -> list[str]:
     load, cores = last.get("load_average"), last["machine"].get("cores") or 0
     if load is not None and cores and load > BUSY_LOAD * cores:
@@ -221,6 +235,8 @@ def build_report(out: Path, budget: Budget | None = None) -> dict[str, Any]:
     if not runs:
         raise BadInput(f"{out / results.RESULTS} holds no bench run.", hint="Run `modelport bench MODEL -o DIR` first.")
     last = runs[-1]
+    if budget.expr is None and last.get("budget"):  # the expression the run searched its INT8 rows for
+        budget = replace(budget, expr=last["budget"])
     scoped_runs = [r for r in runs if _scope(r) == _scope(last)]
     rows = _scoped_rows(out, records, scoped_runs)
     metric = last.get("reference_metric")

@@ -15,6 +15,7 @@ from modelport.harness.report.aggregate import ReportRow, groups
 from modelport.harness.report.bars import latency_svg, size_svg
 from modelport.harness.report.cells import FOOTNOTE, LAYER_PLOT, display_rows, header_lines
 from modelport.harness.report.fmt import escape
+from modelport.harness.report.searched import budget_lines
 from modelport.harness.report.svg import scatter_svg
 
 _CSS = """
@@ -116,6 +117,10 @@ def render_html(report: Mapping[str, Any]) -> str:
     body += [f'<p class="warn">{escape(w)}</p>' for w in report.get("warnings", [])]
     recs = report["recommendations"] or [{"text": report["recommendation"]}]
     body += [f'<p class="rec">{escape(r["text"])}</p>' for r in recs]
+    if searched := budget_lines(report):
+        body += ["<h2>Accuracy budget</h2>", "<ul>"] + [
+            f"<li>{escape(text)}" + (f': <a href="{escape(link)}">{escape(link)}</a>' if link else "") + "</li>"
+            for text, link in searched] + ["</ul>"]
     report_rows = [ReportRow.from_json(r) for r in report["rows"]]
     for batch, threads in groups(report_rows):
         body += _batch_section(report, [r for r in report_rows if (r.batch, r.threads) == (batch, threads)],

@@ -7,6 +7,7 @@ from typing import Any
 
 from modelport.harness.report.cells import FOOTNOTE, display_rows, header_lines
 from modelport.harness.report.fmt import md_cell
+from modelport.harness.report.searched import budget_lines
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -17,6 +18,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out += ["", "## Recommendation", ""] + [f"- {md_cell(r['text'])}" for r in report["recommendations"]]
     if not report["recommendations"]:
         out.append(f"- {report['recommendation']}")
+    if searched := budget_lines(report):
+        out += ["", "## Accuracy budget", ""] + [f"- {md_cell(text)}" + (f": [{link}]({link})" if link else "")
+                                                 for text, link in searched]
     out += ["", "## Results", ""]
     if rows:
         cols = list(rows[0])

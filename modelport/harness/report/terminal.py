@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelport.harness.report.cells import display_rows
+from modelport.harness.report.searched import budget_lines
 
 
 def _terminal_columns(report: Mapping[str, Any], width: int) -> list[tuple[str, str]]:
@@ -50,6 +51,8 @@ def render_terminal(report: Mapping[str, Any], console: Any) -> None:
         console.print(note, style="dim", highlight=False, markup=False)
     console.print("* on the Pareto front (no other row is both faster and more faithful)  ✓ within the budget",
                   style="dim", highlight=False, markup=False)
+    for text, link in budget_lines(report):
+        console.print(text + (f": {link}" if link else ""), highlight=False, markup=False)
     for warning in report.get("warnings", []):
         console.print(warning, style="yellow", highlight=False, markup=False)
     for rec in report["recommendations"] or [{"text": report["recommendation"]}]:

@@ -1,0 +1,140 @@
+"""What the accuracy-budget search buys per runtime: met or not, layers kept out, and at what latency.
+
+Two models: the trained digits CNN (real weights, 300 training images to calibrate, 128 held-out test images to
+judge) and tests/outlier.py's planted outlier (random weights with one 100x-wide activation channel, random
+normal inputs: a model built for full INT8 to miss). Per CPU runtime, `tune.search_closest` runs from full INT8
+with its defaults; then that runtime's FP32 build, its full INT8 build and the chosen artifact are timed side by
+side at batch 1 (`modelport.timing.interleaved_rounds`), and latencies are the median of per-round ratios.
+
+    python -m benchmarks.budget [--budget cos>=0.9999] [--rounds 7]
+
+writes benchmarks/results/budget-<machine>-<date>.{md,json} (benchmarks/run_suite.py's write_dated_results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.run_suite import write_dated_results
+from modelport.backends import get_backend
+from modelport.builder import build_artifact
+from modelport.bundle import ModelBundle
+from modelport.calibration import CalibrationSet, open_calibration, open_evaluation
+from modelport.loading import load_artifact
+from modelport.machine import machine_summary
+from modelport.model import SourceModel, load_model
+from modelport.timing import interleaved_rounds
+from modelport.tune import parse_budget, search_closest
+from tests.outlier import OUTLIER, normal
+
+RUNTIMES = ("onnxruntime", "openvino", "tflite")
+THREADS = 2
+
+
+def digits() -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
+    source = load_model("modelport.examples:digits_cnn", (), ["x:0=batch"])
+    calib = open_calibration("modelport.examples:digits_calibration", source.inputs, size=300)
+    held_out = open_evaluation("modelport.examples:digits_evaluation", source.inputs, size=128)
+    return source, calib, held_out, "digits CNN (trained, real images)"
+
+
+def outlier(work: Path) -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
+    path = work / "outlier.py"
+    path.write_text(OUTLIER)
+    source = load_model(f"{path}:make", (), ["x:0=batch"])
+    calib = CalibrationSet.from_arrays({"x": normal(128, 0)}, source.inputs)
+    held_out = CalibrationSet.from_arrays({"x": normal(64, 1)}, source.inputs)
+    return source, calib, held_out, "planted outlier (random weights, random inputs)"
+
+
+def side_by_side(paths: dict[str, Path], feeds: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
+    """Each artifact's median ms per run, and the median per-round ratio of each to FP32 and to full INT8."""
+    runners = {k: load_artifact(p, threads=THREADS) for k, p in paths.items()}
+    try:
+        times = interleaved_rounds({k: r.run for k, r in runners.items()}, feeds, rounds, budget_s=1.0 * len(paths))
+    finally:
+        for r in runners.values():
+            r.close()
+    ms = {k: float(np.median(v)) for k, v in times.items()}
+    ratio = {f"vs_{base}": float(np.median([c / b for c, b in zip(times["chosen"], times[base], strict=True)]))
+             for base in ("fp32", "int8")}
+    return {**{f"{k}_ms": round(v, 4) for k, v in ms.items()}, **{k: round(v, 3) for k, v in ratio.items()}}
+
+
+def one(source: SourceModel, calib: CalibrationSet, held_out: CalibrationSet, backend: str, budget: str,
+        work: Path, rounds: int) -> dict[str, Any]:
+    bundle = ModelBundle(source, onnx_dir=work / "onnx")
+    fp32 = build_artifact(bundle, backend, "fp32", work / f"{backend}-fp32")[0].path
+    full = build_artifact(bundle, backend, "int8", work / f"{backend}-int8", calibration=calib)[0].path
+    outcome = search_closest(bundle, backend, work / f"{backend}-tuned", parse_budget(budget), calib,
+                             evaluation=held_out, threads=THREADS)
+    record = outcome.record
+    chosen = record["candidates"][record["chosen"]]
+    feeds = next(held_out.batches())
+    timing = side_by_side({"fp32": fp32, "int8": full, "chosen": outcome.artifact.path}, feeds, rounds)
+    return {"backend": backend, "status": record["status"], "kept_in_float": chosen["kept_in_float"],
+            "chosen_options": chosen["options"], "figures": chosen["figures"],
+            "full_int8": record["candidates"][0]["figures"], "candidates": len(record["candidates"]),
+            "search_seconds": record["seconds"], "exclusion": record["exclusion"], **timing}
+
+
+def _fig(f: dict[str, Any]) -> str:
+    return f"cos {f['cos']:.5f}, {f['sqnr']:.1f} dB" if f.get("cos") is not None else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", default="cos>=0.9999")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
+        work = Path(tmp)
+        for make in (digits, lambda: outlier(work)):
+            source, calib, held_out, label = make()
+            for backend in RUNTIMES:
+                ok, reason = get_backend(backend).available()
+                if not ok:
+                    results.append({"model": label, "backend": backend, "status": f"unavailable: {reason}"})
+                    continue
+                where = work / f"{source.name}-{backend}"
+                results.append({"model": label, **one(source, calib, held_out, backend, args.budget, where,
+                                                       args.rounds)})
+                print(results[-1], flush=True)
+    machine = machine_summary()
+    lines = ["| model | runtime | budget | full INT8 | chosen | kept in float | candidates | search s | "
+             "p50 ms FP32 / full INT8 / chosen | chosen vs full INT8 | chosen vs FP32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "candidates" not in r:
+            lines.append(f"| {r['model']} | {r['backend']} | {r['status']} | | | | | | | | |")
+            continue
+        kept = ", ".join(r["kept_in_float"]) or "none"
+        route = f" ({', '.join(f'{k}={v}' for k, v in r['chosen_options'].items() if k != 'exclude')})" \
+            if any(k != "exclude" for k in r["chosen_options"]) else ""
+        lines.append(f"| {r['model']} | {r['backend']} | {r['status']} | {_fig(r['full_int8'])} | "
+                     f"{_fig(r['figures'])} | {kept}{route} | {r['candidates']} | {r['search_seconds']:.1f} | "
+                     f"{r['fp32_ms']:.4f} / {r['int8_ms']:.4f} / {r['chosen_ms']:.4f} | {r['vs_int8']:.2f}x | "
+                     f"{r['vs_fp32']:.2f}x |")
+    table = (f"Budget `{args.budget}` against PyTorch FP32 on held-out samples. Machine: {machine['cpu']}, "
+             f"{machine['cores']} cores, {THREADS} threads; 1-minute load average {load:.1f} when it started (shared "
+             f"machine: the ratios, measured side by side over {args.rounds} interleaved rounds, are what holds). "
+             "`python -m benchmarks.budget`.\n\n" + "\n".join(lines) +
+             "\n\nRatios are the chosen artifact's time over the other's (below 1: faster). TFLite has no per-layer "
+             "float option, so only its full INT8 is judged; OpenVINO's search follows a missed NNCF build with the "
+             "shared QDQ pass (source=qdq), whose exclude keeps layers in float (tune/exclude.py ROUTES).")
+    path = write_dated_results("budget", f"Accuracy-budget search per runtime ({machine['cpu']})", table, machine,
+                               {"budget": args.budget, "rounds": args.rounds, "threads": THREADS,
+                                "load_average": load, "results": results})
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
