@@ -34,7 +34,8 @@ def budget_lines(report: Mapping[str, Any]) -> list[tuple[str, str | None]]:
     lines: list[tuple[str, str | None]] = []
     seen: set[str] = set()
     for r in (ReportRow.from_json(row) for row in report["rows"]):
-        if r.path is None or r.path in seen or (r.tune is None and r.debug_html is None):
+        missed = r.meets_budget is False and r.debug_html is not None  # a debug run of a row that missed
+        if r.path is None or r.path in seen or (r.tune is None and not missed):
             continue
         seen.add(r.path)
         text = _search_text(r) if r.tune is not None else f"{r.backend} {r.precision}: misses the budget"
