@@ -106,10 +106,13 @@ def _peers(model: Trained, onnx_path: Path, calibration: Any, out: Path) -> dict
                                                   ort_session),
                 f"nncf.quantize ({name.removeprefix('nncf_')})": ("openvino", build_nncf, "nncf.xml",
                                                                     openvino_session)}
+    out.mkdir(parents=True, exist_ok=True)
     peers = {}
     for label, (runtime, build, file, session) in builders.items():
-        path = build(onnx_path, calibration, out / file)
-        peers[label] = (runtime, session(str(path), THREADS).run)
+        try:
+            peers[label] = (runtime, session(str(build(onnx_path, calibration, out / file)), THREADS).run)
+        except Exception as exc:  # a peer that fails is a row with its reason
+            peers[label] = (runtime, f"failed: {type(exc).__name__}: {exc}")
     return peers
 
 
@@ -149,6 +152,9 @@ def measure(model: Trained, work: Path) -> list[dict[str, Any]]:
             rows.append({"runtime": runtime, "row": f"modelport {precision}", "label": label,
                          "build_s": artifact.manifest["build_seconds"]})
     for label, (runtime, run) in _peers(model, bundle.onnx_path, calibration, work / "peers").items():
+        if isinstance(run, str):
+            rows.append({"runtime": runtime, "row": label, "status": run})
+            continue
         runs[label] = run
         rows.append({"runtime": runtime, "row": label, "label": label})
     for row in rows:
@@ -201,7 +207,10 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="trained-") as tmp:
         for model in wanted:
-            results[model.name] = measure(model, Path(tmp) / model.name.replace(" ", "-"))
+            try:
+                results[model.name] = measure(model, Path(tmp) / model.name.replace(" ", "-"))
+            except Exception as exc:  # one model's failure (a missing package) leaves the other's figures
+                results[model.name] = [{"runtime": "-", "row": "-", "status": f"failed: {type(exc).__name__}: {exc}"}]
     machine = machine_summary()
     intro = (f"Measured on {machine['cpu']} ({machine['cores']} cores, {', '.join(machine['flags'])}) with "
              f"`python -m benchmarks.trained`, {THREADS} thread per row, batch 1. Trained weights, real task metrics; "
