@@ -147,7 +147,8 @@ def measure(model: Trained, work: Path) -> list[dict[str, Any]]:
             label = f"{runtime} modelport {precision}"
             try:
                 artifact, _ = build_artifact(bundle, runtime, precision, work / label.replace(" ", "-"),
-                                             options=OPTIONS.get((runtime, precision), {}), calibration=calibration, force=True)
+                                             options=OPTIONS.get((runtime, precision), {}), calibration=calibration,
+                                             force=True)
             except Exception as exc:  # a failed build is a row with its reason, as in the harness
                 rows.append({"runtime": runtime, "row": f"modelport {precision}", "status": f"failed: {exc}"})
                 continue
