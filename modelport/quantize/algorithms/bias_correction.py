@@ -51,9 +51,10 @@ MIN_GAIN_DB = 0.1          # layer output SQNR a correction must add to be appli
 class BiasCorrectionOptions(Declared):
     title: ClassVar[str] = "bias_correction option"
 
-    # Off by default: the correction runs before the fidelity guard decides which nodes fall back to float, and a
-    # node that falls back keeps the corrected bias (an error of its own; measured: a budget search's fallbacks made
-    # a planted-outlier model worse, cos 0.99990 -> 0.99885). Layers named in `exclude` are never corrected.
+    # Off by default still: a layer that falls back to float now gets its original bias back (float_bias_quantizer),
+    # and at the defaults it raised output SQNR on the three trained digits models (+1.0 to +1.8 dB,
+    # benchmarks/results/bias-correction-default-*.md), but the budget search's planted-outlier case that first kept it
+    # off (cos 0.99990 -> 0.99885) has not been measured again. Layers named in `exclude` are never corrected.
     correct: bool = setting(False, "Subtract from each Conv/Gemm/MatMul bias the mean output shift its weight "
                             "rounding causes, measured on calibration samples (kept only where it helps; layers in "
                             "exclude are left alone).", parse_bool, key="bias_correction")
