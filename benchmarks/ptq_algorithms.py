@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.run_suite import RESULTS, machine_slug
+from benchmarks.run_suite import RESULTS, machine_slug, write_dated_results
 from modelport.examples.digits import cached_digits_model, fit_digits
 from modelport.quantize.statistics import sqnr_db
 
@@ -89,8 +89,10 @@ def _scores(ref: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, f
             "sqnr_db": round(sqnr_db(float((r ** 2).sum()), float(((r - g) ** 2).sum())), 1)}
 
 
-def measure(factory: str) -> list[dict[str, Any]]:
-    """Every configuration of one model: its scores, build seconds and what each algorithm changed."""
+def measure(factory: str, configs: dict[str, dict[str, str]] = CONFIGS, common: dict[str, str] = COMMON,
+            weights: tuple[str | None, ...] = ("false", "true")) -> list[dict[str, Any]]:
+    """Every configuration of one model (per weights setting; None: the backend's default): its scores, build
+    seconds and what each algorithm changed."""
     from modelport.backends import get_backend
     from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
@@ -107,15 +109,17 @@ def measure(factory: str) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="ptq-algorithms-") as tmp:
         bundle = ModelBundle(source, onnx_dir=Path(tmp) / "exports")
         _ = bundle.onnx_path  # exported once, outside the build times
-        for per_channel in ("false", "true"):
-            for name, options in CONFIGS.items():
+        for per_channel in weights:
+            for name, options in configs.items():
                 out = Path(tmp) / f"{per_channel}-{len(rows)}"
                 with _fresh_cache(Path(tmp) / f"cache-{len(rows)}"):  # no build reuses another's ranges
+                    chosen = {} if per_channel is None else {"per_channel": per_channel}
                     artifact, _ = build_artifact(bundle, "onnxruntime", "int8", out, calibration=calibration,
-                                                 force=True, options={**COMMON, **options, "per_channel": per_channel})
+                                                 force=True, options={**common, **options, **chosen})
                 runner = get_backend("onnxruntime").load(artifact, threads=2)
                 got = runner.run({"x": x})[runner.outputs[0].name]
-                rows.append({"weights": "per-channel" if per_channel == "true" else "per-tensor", "config": name,
+                label = {None: "default", "true": "per-channel", "false": "per-tensor"}[per_channel]
+                rows.append({"weights": label, "config": name, "kept_float": len(artifact.details["kept_float"]),
                              **_scores(ref, got, labels), "build_s": artifact.manifest["build_seconds"],
                              "changes": artifact.details["algorithms"]})
     return rows
@@ -156,12 +160,39 @@ def markdown(results: dict[str, list[dict[str, Any]]], machine: dict[str, Any], 
     return "\n".join(out)
 
 
+TRAINED = {"digits CNN": "modelport.examples:digits_cnn", "depthwise-separable digits CNN":
+           "benchmarks.ptq_algorithms:depthwise_cnn", "digits encoder": "modelport.examples:digits_transformer"}
+
+
+def bias_correction_by_default(machine: dict[str, Any]) -> Path:
+    """Whether bias correction can be on by default: ORT INT8 at every default (the keep-in-float rules and the
+    fidelity guard on, so layers do fall back) with it off and on, on the trained digits models."""
+    configs = {"defaults": {}, "defaults + bias correction": {"bias_correction": "true"}}
+    results = {name: measure(factory, configs, {"measure": "false"}, (None,)) for name, factory in TRAINED.items()}
+    lines = [f"Measured on {machine['cpu']} ({machine['cores']} cores), `python -m benchmarks.ptq_algorithms "
+             "--bias-default`: ONNX Runtime INT8 with every default option (keep-in-float rules, fidelity guard at "
+             f"0.99), {CALIBRATION_SAMPLES} training digits for calibration, scored on the 497 held-out digits against "
+             "PyTorch FP32. Trained weights. The machine was shared while it ran.", "",
+             "| model | build | top-1 % | cosine | SQNR dB | nodes kept float | what ran |",
+             "|---|---|---|---|---|---|---|"]
+    for model, rows in results.items():
+        lines += [f"| {model} | {r['config']} | {r['top1']:.2f} | {r['cosine']:.5f} | {r['sqnr_db']:.1f} | "
+                  f"{r.get('kept_float', '-')} | {_summary(r['changes'])} |" for r in rows]
+    return write_dated_results("bias-correction-default", "Bias correction on by default? (ONNX Runtime INT8)",
+                               "\n".join(lines), machine, {"results": results})
+
+
 def main() -> None:
     from modelport.machine import machine_summary
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
+    parser.add_argument("--bias-default", action="store_true",
+                        help="only ORT INT8 at its defaults (fidelity guard on) with bias correction off and on")
+    args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.bias_default:
+        print(bias_correction_by_default(machine_summary()).read_text())
+        return
     results = {"digits CNN (modelport.examples:digits_cnn)": measure("modelport.examples:digits_cnn"),
                "depthwise-separable digits CNN": measure("benchmarks.ptq_algorithms:depthwise_cnn")}
     machine = machine_summary()

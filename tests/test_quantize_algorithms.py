@@ -169,6 +169,36 @@ def test_bias_correction_removes_the_mean_shift_that_weight_rounding_adds(write_
     assert model["kept"] and model["model_output_sqnr_db_after"] > model["model_output_sqnr_db_before"]
 
 
+def test_a_corrected_layer_that_stays_float_gets_its_original_bias_back(write_model, tmp_path):
+    from modelport.quantize import cache
+    from modelport.quantize.algorithms.bias_correction import float_bias_quantizer
+    from modelport.quantize.ort_tools import static_quantizer
+
+    source, onnx_path = _model(write_model, OUTLIER_LINEAR)
+    rng = np.random.default_rng(0)
+    x = (0.5 + 0.1 * rng.standard_normal((128, 64))).astype(np.float32)
+    calibration = CalibrationSet.from_arrays({"x": x}, source.inputs)
+    settings = QdqSettings(per_channel=False, auto_exclude=False, fidelity_target=None,
+                           algorithms={**NONE, "bias_correction": BiasCorrectionOptions(correct=True)})
+    result = write_qdq_model(onnx_path, calibration, tmp_path / "corrected.onnx", settings)
+    layer, bias = result.algorithms["bias_correction"][0]["layer"], result.algorithms["bias_correction"][0]["bias"]
+    entry = cache.lookup(result.cache_key)
+    quantize = float_bias_quantizer(entry.model_path, entry.algorithm_runs(),
+                                    lambda model, out: static_quantizer(model, entry.ranges_path, settings, out),
+                                    tmp_path)
+
+    def bias_of(path) -> np.ndarray:
+        return next(numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer if i.name == bias)
+
+    original = bias_of(onnx_path)
+    float_layer = quantize({layer: ("fidelity", "kept in float by the guard")})
+    np.testing.assert_array_equal(bias_of(float_layer), original)  # no rounding to compensate: the float bias
+    np.testing.assert_allclose(_run(float_layer, x), _run(onnx_path, x), rtol=1e-5, atol=1e-5)
+    int8_layer = quantize({})
+    assert {n.op_type for n in onnx.load(str(int8_layer)).graph.node} >= {"DequantizeLinear"}
+    assert not np.array_equal(bias_of(entry.model_path), original)  # the int8 layer keeps its correction
+
+
 def test_adaround_beats_nearest_rounding_on_held_out_samples_and_ort_keeps_its_rounding(write_model, tmp_path):
     source, onnx_path = _model(write_model, OUTLIER_LINEAR)
     rng = np.random.default_rng(0)

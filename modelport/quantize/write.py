@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from modelport.errors import BadInput
 from modelport.quantize import cache, given
 from modelport.quantize.algorithms import apply_algorithms
+from modelport.quantize.algorithms.bias_correction import float_bias_quantizer
 from modelport.quantize.fallback import guard_fidelity
 from modelport.quantize.files import atomic_copy
 from modelport.quantize.graph import Graph, candidate_types, candidates, precision_counts
@@ -88,7 +89,9 @@ def write_qdq_model(onnx_path: str | Path, calibration: CalibrationSet, out_path
         for name, reason in automatic_float(graph, by_algorithms, entry.ranges(), sqnr, nodes, settings,
                                             kept).items():
             kept.setdefault(name, reason)
-        quantize = static_quantizer(entry.model_path, entry.ranges_path, settings, tmp)
+        quantize = float_bias_quantizer(entry.model_path, runs,
+                                        lambda model, out: static_quantizer(model, entry.ranges_path, settings, out),
+                                        tmp)
         q_path = quantize(kept)
         fidelity = None
         if settings.fidelity_target:
