@@ -10,7 +10,7 @@ from modelport.backends import PRECISIONS, parse_backends
 from modelport.console import progress as progress_bar
 from modelport.console import status
 from modelport.errors import BadInput
-from modelport.harness import fidelity, isolate, matrix, reference, results
+from modelport.harness import cluster, fidelity, matrix, reference, results
 from modelport.harness.report import Budget, build_report, write_reports
 from modelport.model import SourceModel, load_model
 from modelport.specs import parse_dynamic_spec
@@ -52,14 +52,16 @@ def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: 
           eval_size: int | None = None, seed: int = 0, inputs: Sequence[str] = (), dynamic: Sequence[str] = (),
           options: Mapping[str, Any] | None = None, runners: Mapping[str, str] | None = None,
           metric: str | None = None, timeout: float = 900.0, budget: Budget | None = None,
-          show_progress: bool = False, on_row: matrix.RowFn | None = None) -> dict[str, Any]:
+          show_progress: bool = False, on_row: matrix.RowFn | None = None,
+          on_cluster: cluster.ClusterSettings | None = None) -> dict[str, Any]:
     """Build MODEL for every backend x precision, measure each against PyTorch FP32, write reports to `out`.
 
     Returns the report (what report.json holds). Rows are appended to `out`/results.jsonl as they
     finish; calling again with the same arguments measures only what is missing. `runners` adds rows
     for your own runner factories (`{"name": "file.py:fn"}`, called as `fn(threads=N)`, returning an
     object with `run(feeds) -> dict`). `rounds` > 1 times the rows of each batch size in turns (interleave.py).
-    `on_row` is called with each row as it is written.
+    `on_row` is called with each row as it is written (from a thread per device on a cluster).
+    `on_cluster` runs the jobs on a Ray cluster (cluster.py), measuring on its device labels.
     """
     settings = matrix.Settings(
         backends=tuple(parse_backends(backends if isinstance(backends, str) else ",".join(backends))),
@@ -69,17 +71,20 @@ def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: 
         warmup=warmup, rounds=rounds, timeout=timeout, options=_options(options), runners=dict(runners or {}),
         metric=metric)
     budget = budget or Budget()
+    if on_cluster is not None and settings.rounds > 1:
+        raise BadInput("--rounds above 1 keeps every runner loaded on one machine; it does not run on a cluster.",
+                       hint="Drop --rounds, or bench without --cluster.")
     load = matrix.load_average()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with isolate.Isolator(out / "work", settings.threads) as isolator:
+    with cluster.executor(on_cluster, out / "work", settings.threads) as isolator:
         return _bench(model, settings, budget, out, isolator, load, calib=calib, evaluation=evaluation,
                       calib_size=calib_size, eval_size=eval_size, seed=seed, inputs=inputs, dynamic=dynamic,
                       show_progress=show_progress, on_row=on_row)
 
 
 def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, out: Path,
-           isolator: isolate.Isolator, load: float | None, *, calib: str | None, evaluation: str | None,
+           isolator: cluster.Executor, load: float | None, *, calib: str | None, evaluation: str | None,
            calib_size: int | None, eval_size: int | None, seed: int, inputs: Sequence[str], dynamic: Sequence[str],
            show_progress: bool, on_row: matrix.RowFn | None) -> dict[str, Any]:
     metric = settings.metric
@@ -87,6 +92,7 @@ def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, 
     with status("Checking which backends work here", show_progress):
         plan = matrix.make_plan(settings, calibrated=calib is not None,
                                 available=matrix.isolated_availability(isolator, settings.timeout))
+        plan = cluster.plan_for(isolator, plan)
     dyn = [parse_dynamic_spec(d) for d in dynamic]
     with status(f"Loading {model if isinstance(model, str) else model.name}", show_progress):
         source = load_model(model, inputs, dyn) if isinstance(model, str) else model.with_dynamic(dyn)
@@ -114,7 +120,7 @@ def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, 
                              progress=bar if show_progress else None, on_row=on_row, load_average=load)
         matrix.assign_keys(plan, ctx)
         results.append(ctx.results_path, matrix.run_record(ctx, plan))
-        matrix.MatrixRun(ctx, isolator).run(plan)
+        cluster.execute(ctx, plan, isolator)
     report = build_report(out, budget)
     write_reports(report, out)
     return report
