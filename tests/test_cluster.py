@@ -1,115 +1,35 @@
 """The bench on a Ray cluster (harness/cluster.py): a real two-node cluster on loopback, started here.
 
-The head offers the device label `dev_a`, a second node `dev_b`, each with one CPU, in a private temp dir,
-each `ray start --block` in a session of its own: the finalizer ends exactly those process groups (`ray
-stop` would end every Ray process of this user on the machine, not only these).
+The head offers the device label `dev_a`, a second node `dev_b`, each with one CPU, in a private temp dir
+(benchmarks/raycluster.py); the fixture stops exactly those nodes at the end, whatever happens.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from benchmarks.raycluster import LocalCluster, local_cluster
 from modelport.errors import BadInput
 from modelport.harness import cluster, jobs, results
 
-NODE_START_S = 90
 DIGITS = "modelport.examples:digits_cnn"
 BENCH = {"backends": "onnxruntime", "precisions": "fp32", "evaluation": "modelport.examples:digits_evaluation",
          "eval_size": 64, "iterations": 30, "warmup": 3, "threads": 1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LocalCluster:
-    """A head and worker nodes on 127.0.0.1, each `ray start --block` in its own session."""
-
-    def __init__(self, temp: Path) -> None:
-        self.temp = temp
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": os.pathsep.join(sys.path),
-                    # a dead node is noticed in ~2 s rather than ~30 s
-                    "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
-
-    def start(self, label: str, *, head: bool = False) -> None:
-        ray = [str(Path(sys.executable).parent / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1",
-               "--num-cpus", "1", "--resources", json.dumps({label: 1}), "--object-store-memory", str(80 * 2**20),
-               "--dashboard-agent-listen-port", str(_free_port()), "--disable-usage-stats"]
-        if head:
-            ray += ["--head", "--port", str(self.port), "--temp-dir", str(self.temp), "--include-dashboard=false",
-                    "--ray-client-server-port", str(_free_port())]
-        else:
-            ray += ["--address", self.address]
-        with open(self.temp / f"{label}.log", "ab") as log:
-            self.nodes[label] = subprocess.Popen(ray, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                                 start_new_session=True)
-        self.wait_for(label)
-
-    def live(self) -> dict[str, str]:
-        """Label -> node id of the live nodes, as the cluster's GCS sees them (asked in a fresh process)."""
-        code = (f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
-                "print(json.dumps({k: n['NodeID'] for n in ray.nodes() if n['Alive'] for k in n['Resources'] "
-                "if k.startswith('dev_')}))")
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=60)
-        return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else {}
-
-    def wait_for(self, label: str) -> None:
-        deadline = time.monotonic() + NODE_START_S
-        while label not in self.live():
-            if self.nodes[label].poll() is not None or time.monotonic() > deadline:
-                log = (self.temp / f"{label}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"the {label} node did not start: {log}")
-            time.sleep(1)
-
-    def kill(self, label: str) -> None:
-        """End a node at once, as a machine that loses power would (SIGKILL to its whole process group)."""
-        proc = self.nodes.pop(label)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def stop(self) -> None:
-        for label in list(self.nodes):
-            proc = self.nodes[label]
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
-            self.kill(label)  # whatever of the group is left
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(digits) -> Iterator[LocalCluster]:
-    """The head (dev_a) and a second node (dev_b); stopped at the end whatever happens. `digits` trains the
-    example's weights into this session's cache first, which the nodes read (they inherit MODELPORT_CACHE)."""
+    """The head (dev_a) and a second node (dev_b). `digits` trains the example's weights into this session's
+    cache first, which the nodes read (they inherit MODELPORT_CACHE)."""
     pytest.importorskip("ray", reason="the cluster tests need Ray: pip install 'modelport[cluster]'")
-    temp = Path(tempfile.mkdtemp(prefix="mpray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    local = LocalCluster(temp)
-    try:
-        local.start("dev_a", head=True)
-        local.start("dev_b")
+    with local_cluster("dev_a", "dev_b") as local:
         yield local
-    finally:
-        local.stop()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _rows(out: Path) -> list[dict]:

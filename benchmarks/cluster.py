@@ -1,0 +1,110 @@
+"""The digits bench on local processes and on a 2-node local Ray cluster: wall time, per-task overhead, fidelity.
+
+Three benches of the same plan, each from scratch in its own output directory, side by side in one run:
+locally (isolate.Isolator), on the cluster measuring on one device label (the same rows: the difference
+is the cluster's cost), and on two labels (every row on both devices, measured at once). Both nodes are on
+this machine (127.0.0.1, one CPU each, benchmarks/raycluster.py), so the figures say what the cluster
+executor costs, not what a second machine gains. Per-task overhead: the same probe job run N times through
+each executor (median seconds). Fidelity: every row's figures next to the local run's, which should be
+identical (the same artifacts, the same evaluation data, the same runtime).
+
+    python -m benchmarks.cluster [--backends onnxruntime,openvino] [--precisions fp32,int8] [--probes 7]
+
+Writes benchmarks/results/cluster-MACHINE-DATE.{md,json} with the machine it ran on and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.raycluster import local_cluster
+from benchmarks.run_suite import write_dated_results
+
+DIGITS = ("modelport.examples:digits_cnn", "modelport.examples:digits_calibration",
+          "modelport.examples:digits_evaluation")
+
+
+def _bench(out: Path, args: argparse.Namespace, on_cluster: Any) -> tuple[float, dict[str, Any]]:
+    from modelport.harness.api import bench
+
+    model, calib, evaluation = DIGITS
+    start = time.perf_counter()
+    report = bench(model, out=out, backends=args.backends, precisions=args.precisions, calib=calib,
+                   evaluation=evaluation, iterations=args.iterations, warmup=10, threads=1, on_cluster=on_cluster)
+    return time.perf_counter() - start, report
+
+
+def _probe_seconds(executor: Any, workdir: Path, n: int) -> float:
+    """The median wall time of one probe job (is ONNX Runtime installed?) through `executor`."""
+    from modelport.harness.jobs import ProbeJob
+
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        outcome = executor.run(ProbeJob("onnxruntime"), name=f"probe-{i}", timeout=300)
+        times.append(time.perf_counter() - start)
+        assert outcome.ok, outcome.error
+    return statistics.median(times)
+
+
+def _fidelity(report: dict[str, Any]) -> dict[tuple[str, str, str | None], tuple[Any, ...]]:
+    return {(r["backend"], r["precision"], r.get("device")): (r["metric"], r["sqnr_db"], r["top1_agreement"])
+            for r in report["rows"] if r["status"] == "ok"}
+
+
+def main() -> None:
+    from modelport.harness.cluster import Cluster, ClusterSettings
+    from modelport.harness.isolate import Isolator
+    from modelport.machine import machine_summary
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="onnxruntime,openvino")
+    parser.add_argument("--precisions", default="fp32,int8")
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--probes", type=int, default=7)
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    runs: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp, local_cluster("dev_a", "dev_b") as nodes:
+        work = Path(tmp)
+        one, two = (ClusterSettings(nodes.address, labels) for labels in (("dev_a",), ("dev_a", "dev_b")))
+        for name, settings in (("local", None), ("cluster, 1 device", one), ("cluster, 2 devices", two)):
+            wall, report = _bench(work / name.replace(", ", "-").replace(" ", "_"), args, settings)
+            ok = sum(r["status"] == "ok" for r in report["rows"])
+            runs[name] = {"wall_s": wall, "rows": len(report["rows"]), "ok": ok, "fidelity": _fidelity(report)}
+            print(f"{name}: {wall:.1f} s, {ok}/{len(report['rows'])} rows ok", flush=True)
+        with Isolator(work / "probe-local", threads=1) as isolator:
+            local_probe = _probe_seconds(isolator, work, args.probes)
+        with Cluster(two, work / "probe-cluster", threads=1) as ray_cluster:
+            cluster_probe = _probe_seconds(ray_cluster, work, args.probes)
+    local_fid = runs["local"]["fidelity"]
+    mismatched = [f"{b} {p} on {d}" for run in runs.values() for (b, p, d), figures in run["fidelity"].items()
+                  if local_fid.get((b, p, None)) != figures]
+    lines = ["| executor | rows (ok) | wall s | vs local |", "|---|---|---|---|"]
+    for name, run in runs.items():
+        lines.append(f"| {name} | {run['rows']} ({run['ok']}) | {run['wall_s']:.1f} | "
+                     f"{run['wall_s'] / runs['local']['wall_s']:.2f}x |")
+    lines += ["", f"Per-task overhead (median of {args.probes} probe jobs): local {local_probe:.2f} s, cluster "
+              f"{cluster_probe:.2f} s, +{cluster_probe - local_probe:.2f} s a task.",
+              f"Fidelity (task metric, SQNR, top-1 agreement per row) identical to the local run on every cluster row: "
+              f"{'yes' if not mismatched else 'no: ' + ', '.join(mismatched)}.",
+              f"Plan: digits CNN (trained weights, real data), {args.backends} x {args.precisions}, 1 thread, "
+              f"{args.iterations} timed runs a row; both nodes on this machine (one CPU each); 1-minute load "
+              f"average {load:.1f} at the start."]
+    table = "\n".join(lines)
+    data = {"load_average": load, "args": vars(args), "local_probe_s": local_probe, "cluster_probe_s": cluster_probe,
+            "runs": {k: {**v, "fidelity": {" ".join(str(p) for p in key): list(f) for key, f in v["fidelity"].items()}}
+                     for k, v in runs.items()}, "fidelity_mismatches": mismatched}
+    print(write_dated_results("cluster", "modelport bench: local processes vs a 2-node local Ray cluster", table,
+                              machine_summary(), data))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
