@@ -44,8 +44,7 @@ class LocalCluster:
                "--num-cpus", "1", "--resources", json.dumps({label: 1}), "--object-store-memory", str(80 * 2**20),
                "--dashboard-agent-listen-port", str(_free_port()), "--disable-usage-stats"]
         if head:
-            ray += ["--head", "--port", str(self.port), "--temp-dir", str(self.temp), "--include-dashboard=false",
-                    "--ray-client-server-port", str(_free_port())]
+            ray += ["--head", "--port", str(self.port), "--temp-dir", str(self.temp), "--include-dashboard=false"]
         else:
             ray += ["--address", self.address]
         with open(self.temp / f"{label}.log", "ab") as log:
