@@ -10,7 +10,7 @@ from modelport.backends import PRECISIONS, parse_backends
 from modelport.console import progress as progress_bar
 from modelport.console import status
 from modelport.errors import BadInput
-from modelport.harness import cluster, fidelity, matrix, reference, results
+from modelport.harness import cluster, fidelity, isolate, matrix, reference, results
 from modelport.harness.report import Budget, build_report, write_reports
 from modelport.model import SourceModel, load_model
 from modelport.specs import parse_dynamic_spec
@@ -84,7 +84,7 @@ def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: 
 
 
 def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, out: Path,
-           isolator: cluster.Executor, load: float | None, *, calib: str | None, evaluation: str | None,
+           isolator: isolate.Executor, load: float | None, *, calib: str | None, evaluation: str | None,
            calib_size: int | None, eval_size: int | None, seed: int, inputs: Sequence[str], dynamic: Sequence[str],
            show_progress: bool, on_row: matrix.RowFn | None) -> dict[str, Any]:
     metric = settings.metric

@@ -1,7 +1,7 @@
 """Where the bench's jobs run: local processes (isolate.Isolator, the default) or a Ray cluster.
 
-An executor runs one job (jobs.py) and returns its `isolate.Outcome`: `run(job, *, name, timeout,
-progress)`. The Isolator is the local one. `Cluster` is the Ray one: each job is a Ray task that runs
+An executor (isolate.Executor) runs one job (jobs.py) and returns its `isolate.Outcome`: `run(job, *,
+name, timeout, progress)`. The Isolator is the local one. `Cluster` is the Ray one: each job is a Ray task that runs
 it on a node, in that node's own Isolator, so isolation, thread pinning and crash reasons are as local.
 Exports, builds and probes run on any node with a CPU free; the runners' jobs (fidelity and latency)
 run on the nodes started with a device label (`--measure-on LABEL`: a Ray custom resource), holding
@@ -33,10 +33,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from modelport.errors import BadInput, Unavailable
-from modelport.harness.isolate import Isolator, Outcome
+from modelport.harness.isolate import Executor, Isolator, Outcome
 from modelport.harness.jobs import BuildJob, ExportJob, FidelityJob, Job, RunnerJob
 
 if TYPE_CHECKING:
@@ -47,12 +47,6 @@ POLL_S = 0.5  # how often the driver checks that a running task's node is still 
 TASK_RETRIES = 1  # Ray re-runs a task whose node died, on another node that can take it
 INSTALL_HINT = "Install the cluster extra: pip install 'modelport[cluster]'."
 Progress = Callable[[float, float], None]
-
-
-class Executor(Protocol):
-    """What runs the bench's jobs: isolate.Isolator here, Cluster on a Ray cluster."""
-
-    def run(self, job: Job, *, name: str, timeout: float, progress: Progress | None = None) -> Outcome: ...
 
 
 # -- files as bytes -------------------------------------------------------------------------------------
@@ -390,4 +384,4 @@ def execute(ctx: Context, plan: list[PlanItem], executor: Executor) -> None:
     if isinstance(executor, Cluster):
         executor.execute(ctx, plan)
     else:
-        MatrixRun(ctx, executor).run(plan)  # type: ignore[arg-type]
+        MatrixRun(ctx, executor).run(plan)

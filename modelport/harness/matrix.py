@@ -206,7 +206,7 @@ def _in_process(name: str) -> tuple[bool, str]:
     return get_backend(name).available()
 
 
-def isolated_availability(isolator: isolate.Isolator, timeout: float) -> Availability:
+def isolated_availability(isolator: isolate.Executor, timeout: float) -> Availability:
     """`Backend.available()` asked in a measuring process: runtime imports (slow, noisy, sometimes crashing)
     stay out of the process that runs the bench."""
 
@@ -371,7 +371,7 @@ def new_run_id() -> str:
 class MatrixRun:
     """Measures the plan item group by group (one artifact = one group) and emits rows."""
 
-    def __init__(self, ctx: Context, isolator: isolate.Isolator) -> None:
+    def __init__(self, ctx: Context, isolator: isolate.Executor) -> None:
         self.ctx = ctx
         self.done = results.measured_keys(ctx.results_path)
         self.overall = ctx.progress.add_task("bench", total=None) if ctx.progress else None
