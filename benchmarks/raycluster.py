@@ -87,7 +87,7 @@ class LocalCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
+                proc.wait(timeout=5)
             self.kill(label)  # whatever of the group is left
 
 
