@@ -2,7 +2,9 @@
 
 Three benches of the same plan, each from scratch in its own output directory, side by side in one run:
 locally (isolate.Isolator), on the cluster measuring on one device label (the same rows: the difference
-is the cluster's cost), and on two labels (every row on both devices, measured at once). Both nodes are on
+is the cluster's cost), and on two labels (every row on both devices, measured at once); in the order
+A B C, then C B A (`--passes 2`), so that what the first bench pays for the machine's cold caches, or a
+change of load, does not land on one executor. Both nodes are on
 this machine (127.0.0.1, one CPU each, benchmarks/raycluster.py), so the figures say what the cluster
 executor costs, not what a second machine gains. Per-task overhead: the same probe job run N times through
 each executor (median seconds). Fidelity: every row's figures next to the local run's, which should be
@@ -68,30 +70,38 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,int8")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--probes", type=int, default=7)
+    parser.add_argument("--passes", type=int, default=2, help="passes over the three benches, every other reversed")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp, local_cluster("dev_a", "dev_b") as nodes:
         work = Path(tmp)
         one, two = (ClusterSettings(nodes.address, labels) for labels in (("dev_a",), ("dev_a", "dev_b")))
-        for name, settings in (("local", None), ("cluster, 1 device", one), ("cluster, 2 devices", two)):
-            wall, report = _bench(work / name.replace(", ", "-").replace(" ", "_"), args, settings)
-            ok = sum(r["status"] == "ok" for r in report["rows"])
-            runs[name] = {"wall_s": wall, "rows": len(report["rows"]), "ok": ok, "fidelity": _fidelity(report)}
-            print(f"{name}: {wall:.1f} s, {ok}/{len(report['rows'])} rows ok", flush=True)
+        order = [("local", None), ("cluster, 1 device", one), ("cluster, 2 devices", two)]
+        for n in range(args.passes):
+            for name, settings in order if n % 2 == 0 else order[::-1]:
+                wall, report = _bench(work / f"{name.replace(', ', '-').replace(' ', '_')}-{n}", args, settings)
+                ok = sum(r["status"] == "ok" for r in report["rows"])
+                run = runs.setdefault(name, {"wall_s": [], "rows": len(report["rows"]), "ok": [], "fidelity": []})
+                run["wall_s"].append(wall)
+                run["ok"].append(ok)
+                run["fidelity"].append(_fidelity(report))
+                print(f"{name} (pass {n + 1}): {wall:.1f} s, {ok}/{len(report['rows'])} rows ok", flush=True)
         with Isolator(work / "probe-local", threads=1) as isolator:
             local_probe = _probe_seconds(isolator, work, args.probes)
         with Cluster(two, work / "probe-cluster", threads=1) as ray_cluster:
             cluster_probe = _probe_seconds(ray_cluster, work, args.probes)
-    local_fid = runs["local"]["fidelity"]
-    mismatched = [f"{b} {p} on {d}" for run in runs.values() for (b, p, d), figures in run["fidelity"].items()
-                  if local_fid.get((b, p, None)) != figures]
-    lines = ["| executor | rows (ok) | wall s | vs local |", "|---|---|---|---|"]
+    local_fid = runs["local"]["fidelity"][0]
+    mismatched = sorted({f"{b} {p} on {d}" for run in runs.values() for fid in run["fidelity"]
+                         for (b, p, d), figures in fid.items() if local_fid.get((b, p, None)) != figures})
+    local_wall = statistics.median(runs["local"]["wall_s"])
+    lines = ["| executor | rows (ok per pass) | wall s per pass | median | vs local |", "|---|---|---|---|---|"]
     for name, run in runs.items():
-        lines.append(f"| {name} | {run['rows']} ({run['ok']}) | {run['wall_s']:.1f} | "
-                     f"{run['wall_s'] / runs['local']['wall_s']:.2f}x |")
+        wall = statistics.median(run["wall_s"])
+        lines.append(f"| {name} | {run['rows']} ({', '.join(map(str, run['ok']))}) | "
+                     f"{', '.join(f'{w:.1f}' for w in run['wall_s'])} | {wall:.1f} | {wall / local_wall:.2f}x |")
     lines += ["", f"Per-task overhead (median of {args.probes} probe jobs): local {local_probe:.2f} s, cluster "
-              f"{cluster_probe:.2f} s, +{cluster_probe - local_probe:.2f} s a task.",
+              f"{cluster_probe:.2f} s, {cluster_probe - local_probe:+.2f} s a task.",
               f"Fidelity (task metric, SQNR, top-1 agreement per row) identical to the local run on every cluster row: "
               f"{'yes' if not mismatched else 'no: ' + ', '.join(mismatched)}.",
               f"Plan: digits CNN (trained weights, real data), {args.backends} x {args.precisions}, 1 thread, "
@@ -99,8 +109,9 @@ def main() -> None:
               f"average {load:.1f} at the start."]
     table = "\n".join(lines)
     data = {"load_average": load, "args": vars(args), "local_probe_s": local_probe, "cluster_probe_s": cluster_probe,
-            "runs": {k: {**v, "fidelity": {" ".join(str(p) for p in key): list(f) for key, f in v["fidelity"].items()}}
-                     for k, v in runs.items()}, "fidelity_mismatches": mismatched}
+            "runs": {k: {**v, "fidelity": [{" ".join(str(p) for p in key): list(f) for key, f in fid.items()}
+                                            for fid in v["fidelity"]]} for k, v in runs.items()},
+            "fidelity_mismatches": mismatched}
     print(write_dated_results("cluster", "modelport bench: local processes vs a 2-node local Ray cluster", table,
                               machine_summary(), data))
     print(table)
