@@ -7,6 +7,7 @@ The head offers the device label `dev_a`, a second node `dev_b`, each with one C
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -135,3 +136,15 @@ def test_cluster_flags_need_a_cluster():
     result = CliRunner().invoke(app, ["bench", DIGITS, "--measure-on", "dev_a"], env={"RAY_ADDRESS": None})
     assert result.exit_code == 2
     assert "--measure-on needs --cluster" in result.output
+
+
+def test_an_address_nothing_answers_on_is_bad_input_at_once(tmp_path):
+    pytest.importorskip("ray", reason="the cluster tests need Ray: pip install 'modelport[cluster]'")
+    from modelport.harness.api import bench
+
+    with socket.socket() as s:  # a port that was free a moment ago, now closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BadInput, match=f"No Ray cluster answers at 127.0.0.1:{port}"):
+        bench(DIGITS, out=tmp_path, **BENCH, on_cluster=cluster.ClusterSettings(f"127.0.0.1:{port}", ("dev_a",)))
+    assert not (tmp_path / results.RESULTS).exists()

@@ -173,6 +173,22 @@ def _ray() -> Any:
     return ray
 
 
+CONNECT_S = 10
+
+
+def _reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on is an error in seconds (Ray itself retries for minutes)."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or "://" in address:
+        return  # "auto", ray://..., or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_S).close()
+    except OSError as exc:
+        raise BadInput(f"No Ray cluster answers at {address} ({exc.strerror or exc}).",
+                       hint="Start its head with `ray start --head --port PORT` (README: Benching on a Ray "
+                            "cluster), and pass HEAD_IP:PORT as --cluster or RAY_ADDRESS.") from exc
+
+
 class Cluster:
     """The Ray executor: jobs as tasks, exports and builds anywhere (each done once), runner jobs on devices."""
 
@@ -181,6 +197,7 @@ class Cluster:
         self.settings = settings
         self.workdir = workdir
         self.threads = threads
+        _reachable(settings.address)
         try:
             self.ray.init(address=settings.address, logging_level="ERROR", log_to_driver=False,
                           configure_logging=True)
