@@ -320,8 +320,8 @@ class Cluster:
             with self._lock:
                 self._sent.pop(returns[file_name], None)
         result = value["result"]
-        if isinstance(result, dict):
-            result = {**result, "node": value["node"]}
+        if isinstance(result, dict):  # where it ran, and how long the job took there (the rest is the cluster's)
+            result = {**result, "node": {**value["node"], "job_seconds": value["seconds"]}}
         return Outcome(value["ok"], result, value["error"], value["returncode"], time.perf_counter() - start, log)
 
     @staticmethod
