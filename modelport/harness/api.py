@@ -11,7 +11,7 @@ from modelport.backends import PRECISIONS, parse_backends
 from modelport.console import progress as progress_bar
 from modelport.console import status
 from modelport.errors import BadInput, ModelportWarning
-from modelport.harness import fidelity, isolate, matrix, reference, results
+from modelport.harness import cluster, fidelity, isolate, matrix, reference, results
 from modelport.harness.report import Budget, build_report, write_reports
 from modelport.model import SourceModel, load_model
 from modelport.specs import parse_dynamic_spec
@@ -59,14 +59,16 @@ def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: 
           options: Mapping[str, Any] | None = None, runners: Mapping[str, str] | None = None,
           metric: str | None = None, timeout: float = 900.0, budget: Budget | str | None = None,
           max_candidates: int = MAX_CANDIDATES, ship: str | Path | None = None, debug_misses: bool = False,
-          show_progress: bool = False, on_row: matrix.RowFn | None = None) -> dict[str, Any]:
+          show_progress: bool = False, on_row: matrix.RowFn | None = None,
+          on_cluster: cluster.ClusterSettings | None = None) -> dict[str, Any]:
     """Build MODEL for every backend x precision, measure each against PyTorch FP32, write reports to `out`.
 
     Returns the report (what report.json holds). Rows are appended to `out`/results.jsonl as they
     finish; calling again with the same arguments measures only what is missing. `runners` adds rows
     for your own runner factories (`{"name": "file.py:fn"}`, called as `fn(threads=N)`, returning an
     object with `run(feeds) -> dict`). `rounds` > 1 times the rows of each batch size in turns (interleave.py).
-    `on_row` is called with each row as it is written.
+    `on_row` is called with each row as it is written (from a thread per device on a cluster).
+    `on_cluster` runs the jobs on a Ray cluster (cluster.py), measuring on its device labels.
 
     `budget` is a Budget or a `--budget` expression (`cos>=0.995,sqnr>=25,drop<=1`): with an expression, each
     runtime's INT8 row is the artifact the accuracy-budget search chose (at most `max_candidates` builds, judged
@@ -87,10 +89,18 @@ def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: 
     if debug_misses and calib is None and evaluation is None:
         raise BadInput("--debug-misses debugs artifacts on the evaluation samples, and this bench would have only "
                        "synthetic ones.", hint="Give --eval SRC or --calib SRC.")
+    if on_cluster is not None and (budget.expr is not None or debug_misses):
+        raise BadInput(f"{'--budget' if budget.expr is not None else '--debug-misses'} runs locally only: the "
+                       "search and the debug runs write artifacts the cluster executor does not ship back.",
+                       hint="Search and debug locally (modelport build --budget on the target), then bench the "
+                            "chosen artifact's model on the cluster.")
+    if on_cluster is not None and settings.rounds > 1:
+        raise BadInput("--rounds above 1 keeps every runner loaded on one machine; it does not run on a cluster.",
+                       hint="Drop --rounds, or bench without --cluster.")
     load = matrix.load_average()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with isolate.Isolator(out / "work", settings.threads) as isolator:
+    with cluster.executor(on_cluster, out / "work", settings.threads) as isolator:
         return _bench(model, settings, budget, out, isolator, load, calib=calib, evaluation=evaluation,
                       calib_size=calib_size, eval_size=eval_size, seed=seed, inputs=inputs, dynamic=dynamic,
                       show_progress=show_progress, on_row=on_row, max_candidates=max_candidates,
@@ -98,7 +108,7 @@ def bench(model: str | SourceModel, *, out: str | Path = "bench-out", backends: 
 
 
 def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, out: Path,
-           isolator: isolate.Isolator, load: float | None, *, calib: str | None, evaluation: str | None,
+           isolator: isolate.Executor, load: float | None, *, calib: str | None, evaluation: str | None,
            calib_size: int | None, eval_size: int | None, seed: int, inputs: Sequence[str], dynamic: Sequence[str],
            show_progress: bool, on_row: matrix.RowFn | None, max_candidates: int, ship: Path | None,
            debug_misses: bool) -> dict[str, Any]:
@@ -107,6 +117,7 @@ def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, 
     with status("Checking which backends work here", show_progress):
         plan = matrix.make_plan(settings, calibrated=calib is not None,
                                 available=matrix.isolated_availability(isolator, settings.timeout))
+        plan = cluster.plan_for(isolator, plan)
     dyn = [parse_dynamic_spec(d) for d in dynamic]
     with status(f"Loading {model if isinstance(model, str) else model.name}", show_progress):
         source = load_model(model, inputs, dyn) if isinstance(model, str) else model.with_dynamic(dyn)
@@ -141,7 +152,7 @@ def _bench(model: str | SourceModel, settings: matrix.Settings, budget: Budget, 
                              budget=searched)
         matrix.assign_keys(plan, ctx)
         results.append(ctx.results_path, matrix.run_record(ctx, plan))
-        matrix.MatrixRun(ctx, isolator).run(plan)
+        cluster.execute(ctx, plan, isolator)
     report = build_report(out, budget)
     if debug_misses:
         with status("Debugging the rows that miss the budget", show_progress):

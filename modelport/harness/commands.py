@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from modelport.console import (
 )
 from modelport.errors import BadInput, StepFailed, os_error
 from modelport.harness.compare import REGRESSIONS, SQNR_CEILING, Thresholds
+
+if TYPE_CHECKING:
+    from modelport.harness.cluster import ClusterSettings
 
 MaxDropOpt = Annotated[float, typer.Option(
     "--max-drop", help="Budget with labels: the most a recommended row's task metric may fall below PyTorch FP32's "
@@ -53,6 +56,30 @@ def _say_ranges_beside(model: str, quiet: bool) -> None:
         console.print(f"Activation ranges from {path}, found beside the model: the int8 builds that read ranges "
                       "(onnxruntime, openvino source=qdq, tensorrt) use them; --option ranges_file= overrides.",
                       highlight=False)
+ClusterOpt = Annotated[str | None, typer.Option(
+    "--cluster", envvar="RAY_ADDRESS", show_envvar=True,
+    help="Run the builds and measurements on the Ray cluster at this address (HOST:PORT; needs the [cluster] "
+         "extra).")]
+MeasureOnOpt = Annotated[str | None, typer.Option(
+    "--measure-on", help="With --cluster: measure every row on the nodes with each of these device labels (Ray "
+                         "custom resources, comma-separated), one measurement per node at a time.")]
+SharedDirOpt = Annotated[bool, typer.Option(
+    "--shared-dir", help="With --cluster: the output directory is at the same path on every node (a shared "
+                         "filesystem), so artifacts are not copied through Ray's object store.")]
+
+
+def _cluster_settings(address: str | None, measure_on: str | None, shared: bool) -> ClusterSettings | None:
+    """The cluster to run on, or None: the local processes (nothing imports Ray then)."""
+    from modelport.harness.cluster import ClusterSettings
+
+    labels = tuple(dict.fromkeys(p.strip() for p in (measure_on or "").split(",") if p.strip()))
+    if address is None:
+        if labels or shared:
+            raise BadInput(f"{'--measure-on' if labels else '--shared-dir'} needs --cluster ADDRESS (or RAY_ADDRESS).")
+        return None
+    if measure_on is not None and not labels:
+        raise BadInput(f"--measure-on {measure_on!r} names no device label.", hint="Write --measure-on LABEL[,LABEL].")
+    return ClusterSettings(address.strip(), labels, shared)
 
 
 def _default_out(model: str) -> Path:
@@ -112,6 +139,9 @@ def bench(
                                "linked from the reports).")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory for results and reports "
                                                 "(default bench-NAME).")] = None,
+    cluster: ClusterOpt = None,
+    measure_on: MeasureOnOpt = None,
+    shared_dir: SharedDirOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build MODEL for every backend x precision, measure fidelity and latency against PyTorch FP32, report.
@@ -136,7 +166,8 @@ def bench(
                            options=parse_pairs(option, "--option", "KEY=VALUE or BACKEND.KEY=VALUE"),
                            runners=parse_pairs(runner, "--runner", "NAME=file.py:fn"), metric=metric, timeout=timeout,
                            budget=budget, max_candidates=max_candidates, debug_misses=debug_misses,
-                           show_progress=not json_out)
+                           show_progress=not json_out,
+                           on_cluster=_cluster_settings(cluster, measure_on, shared_dir))
     except KeyboardInterrupt:
         err_console.print(f"interrupted: the rows measured so far are in {out / 'results.jsonl'}; run the same "
                           "command again to measure the rest.")

@@ -1,10 +1,10 @@
 """`modelport compare BASE NEW`: the regression gate between two bench runs.
 
 BASE and NEW are bench output directories (read through `build_report`, from results.jsonl alone) or
-saved report.json files. Rows are matched by (backend, precision, batch); each pair gets the relative
-change of p50 and p99, the fidelity change (task metric points, SQNR dB, cosine) and the relative size
-change. A row only in one side is `new` or `gone`, never a regression; a row that was ok and is not now is
-`failed`, a regression.
+saved report.json files. Rows are matched by (backend, precision, batch, and device on a cluster); each
+pair gets the relative change of p50 and p99, the fidelity change (task metric points, SQNR dB, cosine) and
+the relative size change. A row only in one side is `new` or `gone`, never a regression; a row that was ok
+and is not now is `failed`, a regression.
 
 Noise rule: a run's spread is p90 - p50 of its timed runs (std where p90 is missing): the upper half of
 the distribution, which a slower run shifts first, and unlike std not inflated by a few stalls. The noise
@@ -149,10 +149,10 @@ def compare_pair(base: ReportRow, new: ReportRow, th: Thresholds) -> dict[str, A
 
 
 def _by_key(rows: Sequence[Mapping[str, Any]], side: str, warnings: list[str]) -> dict[tuple, ReportRow]:
-    """Rows by (backend, precision, batch); where several share one (other threads or options), the first."""
+    """Rows by (backend, precision, batch, device); where several share one (other threads or options), the first."""
     out: dict[tuple, ReportRow] = {}
     for r in map(ReportRow.from_json, rows):
-        key = (r.backend, r.precision, r.batch)
+        key = (r.backend, r.precision, r.batch, r.device)
         if key in out:
             warnings.append(f"{side} has several {r.backend} {r.precision} batch {r.batch} rows (other thread "
                             "counts or options); compared the first.")
@@ -194,7 +194,7 @@ def compare(base_path: Path, new_path: Path, thresholds: Thresholds | None = Non
         row = n or b
         assert row is not None
         rows.append({"backend": row.backend, "title": row.title, "precision": row.precision, "batch": row.batch,
-                     **pair})
+                     **({"device": row.device} if row.device else {}), **pair})
     return results.clean({"base": str(base_path), "new": str(new_path), "model": new["model"]["name"],
                           "thresholds": asdict(th), "warnings": warnings, "rows": rows,
                           "regressions": sum(r["status"] in REGRESSIONS for r in rows)})

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelport.harness.jobs import Job
 
@@ -156,6 +156,13 @@ def server_modules(job: Mapping[str, Any]) -> tuple[str, ...]:
     """What the server that forks `job`'s process has imported: torch where the job needs it, and the model
     factory's module for a job that loads the model."""
     return ("torch", *factory_modules(job)) if needs_torch(job) else ()
+
+
+class Executor(Protocol):
+    """What runs the bench's jobs and says how each went: the Isolator here, cluster.Cluster on a Ray cluster."""
+
+    def run(self, job: Job, *, name: str, timeout: float,
+            progress: Callable[[float, float], None] | None = None) -> Outcome: ...
 
 
 class Isolator:

@@ -130,6 +130,7 @@ class PlanItem:
     given: dict[str, str] = field(default_factory=dict)  # the options the user gave, passed to the build
     versions: dict[str, str] = field(default_factory=dict)
     key: str = ""
+    device: str | None = None  # the device label it is measured on (a cluster's --measure-on), None: anywhere
 
     @property
     def group(self) -> tuple[str, str]:
@@ -142,7 +143,7 @@ class PlanItem:
 
     def to_json(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "batch": self.batch, "status": self.status,
-                "reason": self.reason, "key": self.key}
+                "reason": self.reason, "key": self.key, **({"device": self.device} if self.device else {})}
 
 
 def _version(dist: str) -> str | None:
@@ -208,7 +209,7 @@ def _in_process(name: str) -> tuple[bool, str]:
     return get_backend(name).available()
 
 
-def isolated_availability(isolator: isolate.Isolator, timeout: float) -> Availability:
+def isolated_availability(isolator: isolate.Executor, timeout: float) -> Availability:
     """`Backend.available()` asked in a measuring process: runtime imports (slow, noisy, sometimes crashing)
     stay out of the process that runs the bench."""
 
@@ -333,7 +334,8 @@ def assign_keys(plan: list[PlanItem], ctx: Context) -> None:
             "evaluation": ctx.data.evaluation.fingerprint, "metric": ctx.settings.metric, "batch": item.batch,
             "threads": ctx.settings.threads, "versions": {**item.versions, "modelport": _version("modelport")},
             "protocol": ctx.settings.protocol, "fidelity_batch": ctx.settings.fidelity_batch,
-            **(ctx.budget.key if ctx.budget is not None and item.precision == "int8" else {})})
+            **(ctx.budget.key if ctx.budget is not None and item.precision == "int8" else {}),
+            **({"device": item.device} if item.device else {})})
 
 
 def run_record(ctx: Context, plan: list[PlanItem]) -> dict[str, Any]:
@@ -374,7 +376,7 @@ def new_run_id() -> str:
 class MatrixRun:
     """Measures the plan item group by group (one artifact = one group) and emits rows."""
 
-    def __init__(self, ctx: Context, isolator: isolate.Isolator) -> None:
+    def __init__(self, ctx: Context, isolator: isolate.Executor) -> None:
         self.ctx = ctx
         self.done = results.measured_keys(ctx.results_path)
         self.overall = ctx.progress.add_task("bench", total=None) if ctx.progress else None
@@ -416,7 +418,8 @@ class MatrixRun:
             threads=ctx.settings.threads, status=status, stage=stage, reason=reason, versions=item.versions,
             protocol=ctx.settings.protocol,
             calibration=calibration.describe() if calibration is not None and item.precision in CALIBRATED else None,
-            evaluation=ctx.data.describe()["evaluation"], artifact=artifact, fidelity=fid, latency=latency)
+            evaluation=ctx.data.describe()["evaluation"], artifact=artifact, fidelity=fid, latency=latency,
+            device=item.device)
         results.append(ctx.results_path, row.to_json())
         self._advance()
         if ctx.on_row is not None:
@@ -540,11 +543,13 @@ class MatrixRun:
         ctx = self.ctx
         identity = {"runner": runner_spec if artifact is None else artifact["manifest_key"],
                     "evaluation": ctx.data.evaluation.fingerprint, "batch": ctx.settings.fidelity_batch,
-                    "metric": ctx.settings.metric, "model": ctx.source.content_hash}
+                    "metric": ctx.settings.metric, "model": ctx.source.content_hash,
+                    **({"device": item.device} if item.device else {})}
         cached = ctx.cache / f"fidelity-{results.row_key(identity)}.json"
         if cached.is_file():
             return json.loads(cached.read_text())
-        outputs_path = ctx.work / f"{item.slug}-outputs.npz"
+        where = f"{item.device}-" if item.device else ""
+        outputs_path = ctx.work / f"{where}{item.slug}-outputs.npz"
         job = jobs.FidelityJob(runner=runner_spec, inputs=str(ctx.data.inputs_path), chunk=ctx.settings.fidelity_batch,
                                outputs=str(outputs_path))
         result = self._isolated(job, f"{item.slug}-fidelity", f"fidelity {label}")
@@ -572,7 +577,7 @@ class MatrixRun:
 
 
 LATENCY_KEYS = ("iterations", "warmup", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
-                "throughput", "peak_rss_bytes", "runner_rss_bytes", "load_seconds", "threads")
+                "throughput", "peak_rss_bytes", "runner_rss_bytes", "load_seconds", "threads", "node")
 
 
 @dataclass

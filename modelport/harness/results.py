@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,7 @@ from modelport.errors import BadInput, ModelportWarning
 RESULTS = "results.jsonl"
 SCHEMA = 1
 PYTORCH = "pytorch"  # the backend name of the baseline rows
+_APPENDING = threading.Lock()  # a cluster run's devices write their rows from threads of their own
 
 
 def row_key(parts: Mapping[str, Any]) -> str:
@@ -52,7 +54,7 @@ def append(path: Path, record: Mapping[str, Any]) -> None:
     """
     line = (json.dumps(clean({"schema": SCHEMA, **record}), allow_nan=False, default=str) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
+    with _APPENDING, open(path, "a+b") as f:
         if f.seek(0, os.SEEK_END) > 0:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
@@ -81,7 +83,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     "row": {"key": str, "model": _MODEL, "backend": str, "title": (str, None), "precision": str,
             "options": (dict, None), "batch": int, "threads": int, "status": str, "stage": (str, None),
             "reason": (str, None), "evaluation": (dict, None), "artifact": (dict, None), "latency": _LATENCY,
-            "fidelity": _FIDELITY, "time": (str, None)},
+            "fidelity": _FIDELITY, "time": (str, None), "device": (str, None)},
 }
 _PLAN_ITEM = {"backend": str, "precision": str, "batch": int, "status": str, "key": str, "reason": (str, None)}
 
@@ -178,6 +180,7 @@ class Row:
     artifact: dict[str, Any] | None = None
     fidelity: dict[str, Any] | None = None
     latency: dict[str, Any] | None = None
+    device: str | None = None  # the device label of a cluster run (--measure-on); latency.node says which node
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> Row:

@@ -78,6 +78,7 @@ class ReportRow:
     debug_html: str | None = None  # the artifact's per-layer debug page, relative to the bench directory
     build_budget: str | None = None  # the budget the build was held to (`build --budget`), as it was written
     build_budget_met: bool | None = None
+    device: str | None = None  # the device label a cluster run measured it on
     speedup: float | None = None  # PyTorch FP32's time over this row's
     meets_budget: bool | None = None
     pareto: bool = False
@@ -97,7 +98,7 @@ class ReportRow:
                    metric_name=metric.get("name"), metric=metric.get("value"), metric_delta=metric.get("delta"),
                    **{k: summary.get(k) for k in _SUMMARY_SHOWN}, has_fidelity=bool(summary),
                    size_bytes=artifact.get("size_bytes"), build_seconds=artifact.get("build_seconds"),
-                   path=artifact.get("path"), time=row.time, tune=artifact.get("tune"))
+                   path=artifact.get("path"), time=row.time, tune=artifact.get("tune"), device=row.device)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReportRow:
@@ -140,9 +141,26 @@ def groups(rows: Iterable[ReportRow]) -> list[tuple[int, int]]:
     return sorted({(r.batch, r.threads) for r in rows})
 
 
+def devices(rows: Iterable[ReportRow]) -> list[str | None]:
+    """The device labels of `rows` (a cluster run's --measure-on; None: this machine), each judged on its own."""
+    return sorted({r.device for r in rows}, key=lambda d: (d is not None, d or ""))
+
+
+def _recommend(rows: list[ReportRow], budget: Budget, metric: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """One recommendation per device, batch size and thread count."""
+    recs = []
+    for device in devices(rows):
+        mine = [r for r in rows if r.device == device]
+        for b, t in groups(r for r in mine if r.status == "ok"):
+            rec = recommend(mine, budget, metric, b, t)
+            recs.append(rec if device is None else {**rec, "device": device, "text": f"On {device}: {rec['text']}"})
+    return recs
+
+
 def _identity(row: Row) -> str:
     """What makes two rows the same measurement, whatever their keys (versions, run): the later one wins."""
-    return json.dumps([row.backend, row.precision, row.options, row.batch, row.threads], sort_keys=True, default=str)
+    return json.dumps([row.backend, row.precision, row.options, row.batch, row.threads, row.device], sort_keys=True,
+                      default=str)
 
 
 def _scope(record: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -178,31 +196,34 @@ def _scoped_rows(out: Path, records: Sequence[Mapping[str, Any]], runs: Sequence
             latest[_identity(row)] = row, record
     rows = [ReportRow.of(r, debug_html=_debug_page(out, r.artifact), build_budget=_build_budget(record))
             for r, record in latest.values()]
-    seen = {r.key for r in rows} | {(r.backend, r.precision, r.batch, r.threads) for r in rows}
+    seen = {r.key for r in rows} | {(r.backend, r.precision, r.batch, r.threads, r.device) for r in rows}
     for run in runs:
         threads = run["settings"]["threads"]
         for item in run["plan"]:
-            ident = (item["backend"], item["precision"], item["batch"], threads)
+            ident = (item["backend"], item["precision"], item["batch"], threads, item.get("device"))
             if item["key"] not in seen and ident not in seen:
                 seen |= {item["key"], ident}
                 rows.append(ReportRow(key=item["key"], backend=item["backend"], title=item["backend"],
                                       precision=item["precision"], batch=item["batch"], threads=threads,
+                                      device=item.get("device"),
                                       status="not measured" if item["status"] == "planned" else item["status"],
                                       reason=item.get("reason") or "the run stopped before measuring it"))
     return rows
 
 
 def _judge(rows: list[ReportRow], budget: Budget, with_metric: bool) -> None:
-    """Set each row's speed-up over PyTorch FP32, budget verdict and Pareto membership."""
-    baselines = {(r.batch, r.threads): r for r in rows if r.is_baseline and r.status == "ok"}
+    """Set each row's speed-up over PyTorch FP32 (on the same device), budget verdict and Pareto membership."""
+    baselines = {(r.batch, r.threads, r.device): r for r in rows if r.is_baseline and r.status == "ok"}
     for r in rows:
-        base = baselines.get((r.batch, r.threads))
+        base = baselines.get((r.batch, r.threads, r.device))
         r.speedup = speedup({"round_ms": base.round_ms, "p50_ms": base.p50_ms},
                             {"round_ms": r.round_ms, "p50_ms": r.p50_ms}) if base else None
         r.meets_budget = meets_budget(r, budget, with_metric)
     front = set()
     for batch, threads in groups(rows):
-        front |= pareto_keys([r for r in rows if r.batch == batch and r.threads == threads], with_metric)
+        for device in devices(rows):
+            front |= pareto_keys([r for r in rows if r.batch == batch and r.threads == threads and r.device == device],
+                                 with_metric)
     for r in rows:
         r.pareto = r.key in front
 
@@ -241,9 +262,9 @@ def build_report(out: Path, budget: Budget | None = None) -> dict[str, Any]:
     rows = _scoped_rows(out, records, scoped_runs)
     metric = last.get("reference_metric")
     _judge(rows, budget, metric is not None)
-    rows.sort(key=lambda r: (r.batch, r.threads, ORDER.get(r.status, 9), not r.is_baseline,
+    rows.sort(key=lambda r: (r.batch, r.threads, r.device or "", ORDER.get(r.status, 9), not r.is_baseline,
                              r.p50_ms if r.p50_ms is not None else math.inf, r.backend, r.precision))
-    recs = [recommend(rows, budget, metric, b, t) for b, t in groups(r for r in rows if r.status == "ok")]
+    recs = _recommend(rows, budget, metric)
     return results.clean({
         "generated": datetime.now(UTC).isoformat(timespec="seconds"), "model": last["model"],
         "machine": last["machine"], "load_average": last.get("load_average"), "versions": last["versions"],

@@ -47,11 +47,12 @@ def display_rows(report: Mapping[str, Any], short: bool = False) -> list[dict[st
     report_rows = [ReportRow.from_json(r) for r in report["rows"]]
     with_budget = any(r.build_budget or r.build_budget_met is not None for r in report_rows)
     with_debug = any(r.debug_html for r in report_rows)
+    on_devices = any(r.get("device") for r in report["rows"])
     lines: list[dict[str, str]] = []
     merged: dict[tuple, tuple[dict[str, str], list[str], list[str]]] = {}
     for r in report_rows:
         note = r.reason or ""
-        group = (r.backend, r.status, note, r.threads)
+        group = (r.backend, r.status, note, r.threads, r.device)
         if r.status in ("unavailable", "skipped") and group in merged:
             cells, precisions, batches = merged[group]
             precisions[:] = _join(precisions, r.precision)
@@ -60,7 +61,8 @@ def display_rows(report: Mapping[str, Any], short: bool = False) -> list[dict[st
             continue
         flags = (" *" if r.pareto else "") + (" ✓" if r.meets_budget else "")
         cells = {
-            "backend": r.backend if short else r.title, "precision": r.precision, "batch": str(r.batch),
+            "backend": r.backend if short else r.title, **({"device": r.device or "-"} if on_devices else {}),
+            "precision": r.precision, "batch": str(r.batch),
             "threads": str(r.threads), "status": r.status + (f" ({r.stage})" if r.stage else ""),
             "p50 ms": fmt.ms(r.p50_ms), "p90 ms": fmt.ms(r.p90_ms), "p99 ms": fmt.ms(r.p99_ms),
             "samples/s": fmt.rate(r.throughput),

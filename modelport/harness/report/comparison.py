@@ -41,7 +41,8 @@ def cells(row: Mapping[str, Any]) -> dict[str, str]:
     p50 = "-" if row["base_p50_ms"] is None and row["new_p50_ms"] is None else \
         f"{ms(row['base_p50_ms'])} → {ms(row['new_p50_ms'])}"
     p99, size = (row[k] for k in ("p99_change", "size_change"))
-    return {"backend": row["title"] or row["backend"], "precision": row["precision"], "batch": str(row["batch"]),
+    backend = (row["title"] or row["backend"]) + (f" on {row['device']}" if row.get("device") else "")
+    return {"backend": backend, "precision": row["precision"], "batch": str(row["batch"]),
             "status": row["status"], "p50 ms": p50, "p50": _pct(row["p50_change"], judged),
             "p99": _pct(p99, p99 is not None and abs(p99) >= _MIN_MARKED),
             "fidelity": _fidelity(row["fidelity_change"]),

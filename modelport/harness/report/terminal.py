@@ -13,7 +13,8 @@ def _terminal_columns(report: Mapping[str, Any], width: int) -> list[tuple[str, 
     """(cell key, header) pairs that fit `width`: the least essential columns go first on narrow terminals."""
     metric = report.get("reference_metric")
     single_batch = len({r["batch"] for r in report["rows"]}) == 1
-    columns = [("backend", "backend"), ("precision", "precision"), ("batch", "batch"), ("status", "status"),
+    devices = [("device", "device")] if any(r.get("device") for r in report["rows"]) else []
+    columns = [("backend", "backend"), *devices, ("precision", "precision"), ("batch", "batch"), ("status", "status"),
                ("p50 ms", "p50 ms"), ("p99 ms", "p99 ms"), ("speedup", "speedup")]
     if metric:
         header = "accuracy %" if metric["name"] == "top1_accuracy" else metric["name"]
@@ -37,13 +38,14 @@ def render_terminal(report: Mapping[str, Any], console: Any) -> None:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     columns = _terminal_columns(report, console.width)
     for key, header in columns:
-        table.add_column(header, justify="left" if key in ("backend", "precision", "status") else "right",
+        table.add_column(header, justify="left" if key in ("backend", "device", "precision", "status") else "right",
                          no_wrap=True)
     style = {"ok": "", "failed": "red"}
     notes = []
     for r in display_rows(report, short=True):
         if r["note"]:
-            notes.append(f"{r['backend']} {r['precision']} (batch {r['batch']}): {r['status']}: {r['note']}")
+            where = f"batch {r['batch']}" + (f", {r['device']}" if r.get("device") else "")
+            notes.append(f"{r['backend']} {r['precision']} ({where}): {r['status']}: {r['note']}")
         if r["status"].startswith(("ok", "failed")):  # the rest are only their note
             table.add_row(*(r.get(k, "") for k, _ in columns), style=style.get(r["status"].split(" ")[0], ""))
     console.print(table, highlight=False, markup=False)
