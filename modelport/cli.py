@@ -25,9 +25,13 @@ from modelport.console import (
     human_bytes,
     parse_pairs,
     print_json,
+    routed_console,
+    shows_progress,
+    stages,
     status,
 )
 from modelport.errors import BadInput, ModelportError, ModelportWarning, os_error
+from modelport.quiet import failed, keep_log
 
 
 class _Commands(TyperGroup):
@@ -52,10 +56,13 @@ class _Commands(TyperGroup):
 
 def _fail(message: str, hint: str | None, code: int) -> None:
     if _state["debug"]:
-        traceback.print_exc()
+        traceback.print_exc(file=err_console.file)
     err_console.print(message, highlight=False, markup=True)
     if hint:
         err_console.print(hint, highlight=False, markup=False)
+    if (log := failed()) is not None:
+        err_console.print(f"Other packages' output during this command: {log} (--verbose shows it here).",
+                          style="dim", highlight=False, markup=False)
     raise typer.Exit(code)
 
 
@@ -76,12 +83,17 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Show other packages' warnings and logs on stderr instead of the log file.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
     warnings.showwarning = _show_warning
+    # until the command ends: other packages' output to its log (kept where the command says), ours to the terminal
+    ctx.with_resource(routed_console(f"modelport {ctx.invoked_subcommand or ''}".strip(), verbose))
 
 
 _default_showwarning = warnings.showwarning
@@ -119,7 +131,7 @@ def export(
 
     with status(f"Loading {model}", not json_out):
         source = load_model(model, inputs or (), dynamic or ())
-    with status(f"Exporting {source.name} to ONNX and checking it", not json_out):
+    with stages(f"Exporting {source.name} to ONNX", shows_progress(json_out)):
         report = export_onnx(source, output, opset=opset, atol=atol, check=not no_check,
                              allow_frozen_trace=allow_frozen_trace)
     data = report.to_json()
@@ -166,6 +178,7 @@ def build(
     json_out: JsonOpt = False,
 ) -> None:
     """Build a runtime-native artifact of MODEL for one backend and precision."""
+    from modelport.artifact import BUILD_LOG
     from modelport.backends import get_backend
     from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
@@ -188,12 +201,14 @@ def build(
         from modelport.tune.cli import build_to_budget
 
         held_out = open_evaluation(evaluation, source.inputs, seed=seed) if evaluation is not None else None
+        keep_log(out / BUILD_LOG)  # where the closest candidate lands, even when the budget is missed
         build_to_budget(ModelBundle(source), backend, out, target, calibration, held_out, options, max_candidates,
                         json_out)
         return
-    with status(f"Building {backend} {precision}", not json_out):
+    with stages(f"Building {backend} {precision}", shows_progress(json_out)):
         artifact, reused = build_artifact(ModelBundle(source), backend, precision, out,
                                           options=options, calibration=calibration, force=force)
+    keep_log(artifact.path / BUILD_LOG)
     manifest = artifact.manifest
     if json_out:
         print_json({"path": str(artifact.path), "reused": reused, "manifest": manifest})

@@ -19,9 +19,11 @@ from modelport.console import (
     err_console,
     parse_pairs,
     print_json,
+    shows_progress,
 )
 from modelport.errors import BadInput, StepFailed, os_error
 from modelport.harness.compare import REGRESSIONS, SQNR_CEILING, Thresholds
+from modelport.quiet import keep_log
 
 MaxDropOpt = Annotated[float, typer.Option(
     "--max-drop", help="Budget with labels: the most a recommended row's task metric may fall below PyTorch FP32's "
@@ -102,6 +104,7 @@ def bench(
     if iterations is not None and duration is not None:
         raise BadInput("Give --iterations or --duration, not both.")
     out = output or _default_out(model)
+    keep_log(Path(out) / "log.txt")  # beside results.jsonl; each measuring process keeps its own under work/
     budget = Budget(max_drop, min_sqnr, min_cosine)
     try:
         report = run_bench(model, out=out, backends=backends, precisions=precisions, batches=_batches(batch),
@@ -110,7 +113,7 @@ def bench(
                            inputs=inputs or (), dynamic=dynamic or (),
                            options=parse_pairs(option, "--option", "KEY=VALUE or BACKEND.KEY=VALUE"),
                            runners=parse_pairs(runner, "--runner", "NAME=file.py:fn"), metric=metric, timeout=timeout,
-                           budget=budget, show_progress=not json_out)
+                           budget=budget, show_progress=shows_progress(json_out))
     except KeyboardInterrupt:
         err_console.print(f"interrupted: the rows measured so far are in {out / 'results.jsonl'}; run the same "
                           "command again to measure the rest.")
