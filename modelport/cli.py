@@ -61,8 +61,8 @@ def _fail(message: str, hint: str | None, code: int) -> None:
     if hint:
         err_console.print(hint, highlight=False, markup=False)
     if (log := failed()) is not None:
-        err_console.print(f"Other packages' output during this command: {log} (--verbose shows it here).",
-                          style="dim", highlight=False, markup=False)
+        err_console.print(f"Other packages' output during this command (--verbose shows it here): {log}",
+                          style="dim", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

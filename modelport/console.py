@@ -85,13 +85,17 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+# rich's live displays would otherwise take over sys.stdout/stderr and print other packages' output above them
+KEEP_STREAMS = {"redirect_stdout": False, "redirect_stderr": False}
+
+
 @contextmanager
 def progress(enabled: bool = True) -> Iterator[Progress]:
     """A progress display on stderr (silent when disabled, e.g. under --json): done / planned, elapsed and the time
     left, estimated from the whole run so far (a bench's rows take minutes each; rich's default looks back 30 s)."""
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err_console,
-                   transient=True, disable=not enabled, speed_estimate_period=24 * 3600)
+                   transient=True, disable=not enabled, speed_estimate_period=24 * 3600, **KEEP_STREAMS)
     with bar:
         yield bar
 
@@ -125,7 +129,7 @@ def stages(title: str, enabled: bool = True) -> Iterator[None]:
         yield
         return
     bar = Progress(SpinnerColumn(finished_text="[green]✓[/]"), TextColumn("{task.description}"),
-                   TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=err_console)
+                   TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=err_console, **KEEP_STREAMS)
     display = _Stages(bar)
     with bar, reporting.reporting(display), reporting.stage(title):
         yield
@@ -133,9 +137,8 @@ def stages(title: str, enabled: bool = True) -> Iterator[None]:
 
 @contextmanager
 def status(message: str, enabled: bool = True) -> Iterator[None]:
-    """A spinner with a message on stderr for one long step."""
-    if not enabled:
-        yield
-        return
-    with err_console.status(message):
+    """A spinner with a message and the elapsed time on stderr for one long step."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                  transient=True, disable=not enabled, **KEEP_STREAMS) as bar:
+        bar.add_task(message, total=None)
         yield
