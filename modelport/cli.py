@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -35,7 +37,13 @@ from modelport.quiet import failed, keep_log
 
 
 class _Commands(TyperGroup):
-    """Turns a ModelportError from any command into one paragraph on stderr and its exit code."""
+    """Turns a ModelportError from any command into one paragraph on stderr and its exit code, and runs every
+    command with other packages' output routed to its log (once its arguments are parsed: help stays visible)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in _leaves(self):
+            command.invoke = _routing(command.invoke)  # type: ignore[method-assign]
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
@@ -56,21 +64,49 @@ class _Commands(TyperGroup):
 
 def _fail(message: str, hint: str | None, code: int) -> None:
     if _state["debug"]:
-        traceback.print_exc(file=err_console.file)
+        traceback.print_exc()
     err_console.print(message, highlight=False, markup=True)
     if hint:
         err_console.print(hint, highlight=False, markup=False)
-    if (log := failed()) is not None:
+    if (log := _state.pop("log", None)) is not None:
         err_console.print(f"Other packages' output during this command (--verbose shows it here): {log}",
                           style="dim", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _leaves(group: click.Group) -> list[click.Command]:
+    found = []
+    for command in group.commands.values():
+        found += _leaves(command) if isinstance(command, click.Group) else [command]
+    return found
+
+
+def _routing(invoke: Callable[[click.Context], Any]) -> Callable[[click.Context], Any]:
+    """`invoke` with other packages' output routed to the command's log (quiet.routed); on failure the log is kept
+    and its path left for the error message."""
+
+    def run(ctx: click.Context) -> Any:
+        _state.pop("log", None)
+        names, at = [], ctx
+        while at.parent is not None:
+            names.insert(0, at.info_name or "")
+            at = at.parent
+        with routed_console(" ".join(["modelport", *names]), bool(_state["verbose"])):
+            try:
+                return invoke(ctx)
+            except BaseException as exc:
+                if not (isinstance(exc, typer.Exit) and exc.exit_code == 0):
+                    _state["log"] = failed()
+                raise
+
+    return run
 
 
 app = typer.Typer(name="modelport", cls=_Commands, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
                   help="Take a PyTorch model to ONNX Runtime, OpenVINO, TensorRT and TFLite, and measure which "
                        "deployment to ship.")
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "verbose": False}
 
 
 def _version_callback(value: bool) -> None:
@@ -83,17 +119,14 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     verbose: Annotated[bool, typer.Option(
         "--verbose", help="Show other packages' warnings and logs on stderr instead of the log file.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    _state["debug"] = debug
+    _state["debug"], _state["verbose"] = debug, verbose
     warnings.showwarning = _show_warning
-    # until the command ends: other packages' output to its log (kept where the command says), ours to the terminal
-    ctx.with_resource(routed_console(f"modelport {ctx.invoked_subcommand or ''}".strip(), verbose))
 
 
 _default_showwarning = warnings.showwarning

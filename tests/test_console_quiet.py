@@ -197,3 +197,15 @@ def test_a_route_restores_the_process_as_it_found_it(tmp_path: Path, capfd: pyte
     log = (tmp_path / "log.txt").read_text()
     assert all(m in log for m in ("routed-print", "routed-fd1", "routed-fd2", "routed-handler"))
     assert not Path(str(route.log)).exists()  # the temporary file is gone once appended
+
+
+def test_help_and_usage_errors_still_reach_the_console() -> None:
+    """Output is routed only once a command runs: help printed while its arguments are parsed stays visible."""
+    from typer.testing import CliRunner
+
+    from modelport.cli import app
+
+    shown = CliRunner().invoke(app, ["build", "--help"])
+    assert shown.exit_code == 0 and "--backend" in shown.stdout
+    wrong = CliRunner().invoke(app, ["build"])
+    assert wrong.exit_code == 2 and "Missing argument" in wrong.output
