@@ -49,7 +49,7 @@ runner = modelport.load(sys.argv[1])
 runner.run({s.name: np.zeros([d if isinstance(d, int) else 1 for d in s.shape], s.dtype) for s in runner.inputs})
 t2 = time.perf_counter()
 print(json.dumps({"runtime_s": t1 - t0, "load_path_s": t2 - t1, "modules": len(sys.modules),
-                  "torch": "torch" in sys.modules}))
+                  "torch": "torch" in sys.modules, "modelport": modelport.__file__}))
 """
 
 
@@ -64,9 +64,12 @@ def export_tree(ref: str, into: Path) -> Path:
 
 
 def run(tree: Path, args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` importing modelport from `tree` only: run from the cache's folder, since `-m` and `-c` put
+    the working directory first on sys.path (from this checkout's root it would shadow the tree)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "MODELPORT_CACHE": str(cache), "COLUMNS": "1000"}
     env.pop("FORCE_COLOR", None)
-    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=1800)
+    cache.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, *args], cwd=cache, env=env, capture_output=True, text=True, timeout=1800)
 
 
 def builds(tree: Path, work: Path, backends: list[str]) -> list[dict[str, Any]]:
@@ -102,6 +105,7 @@ def load_path(tree: Path, artifact: Path, cache: Path, repeats: int) -> dict[str
     return {"runtime_import_s": statistics.median(s["runtime_s"] for s in samples),
             "load_path_s": statistics.median(s["load_path_s"] for s in samples),
             "modules": samples[-1]["modules"], "torch_imported": any(s["torch"] for s in samples),
+            "modelport_from": samples[-1]["modelport"],
             "repeats": repeats}
 
 
