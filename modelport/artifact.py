@@ -24,6 +24,7 @@ from modelport.specs import TensorSpec
 from modelport.staging import ensure_dir, make_sibling_dir, remove_stale, sibling_path
 
 MANIFEST = "manifest.json"
+BUILD_LOG = "log.txt"  # other packages' output during the builds (quiet.keep_log); in no manifest
 MANIFEST_VERSION = 1
 
 
@@ -216,7 +217,7 @@ def _refuse_to_replace(out: Path) -> None:
         raise BadInput(f"{str(out)!r} is a non-empty directory that is not a modelport artifact"
                        + (f" (its {MANIFEST} is not modelport's)." if MANIFEST in present else "."),
                        hint="Choose an empty or new -o directory; modelport does not overwrite other files.")
-    extra = sorted(present - set(recorded) - {MANIFEST})
+    extra = sorted(present - set(recorded) - {MANIFEST, BUILD_LOG})
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise BadInput(f"The artifact {str(out)!r} holds files its build did not write: {shown}.",

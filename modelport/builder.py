@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelport import progress
 from modelport.artifact import (
     MANIFEST,
     MANIFEST_VERSION,
@@ -106,29 +107,30 @@ def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: 
         seconds = time.perf_counter() - start
         if "main_file" not in details or not (tmp / details["main_file"]).is_file():
             raise StepFailed(f"The {backend_name} backend wrote no main file.")
-        manifest = {
-            "manifest_version": MANIFEST_VERSION,
-            "key": key,
-            "backend": backend_name,
-            "recipe": recipe.to_json(),
-            "source": {"name": source.name, "origin": source.origin, "weights_hash": source.weights_hash,
-                       "code_hash": source.code_hash,
-                       "content_hash": source.content_hash, "inputs": [s.to_json() for s in source.inputs],
-                       "outputs": [s.to_json() for s in source.outputs]},
-            "onnx": _onnx_info(bundle) if BACKENDS[backend_name].consumes == "onnx" else None,
-            "calibration": calibration.describe() if calibration is not None and precision in CALIBRATED else None,
-            "versions": {"modelport": _version(), **backend.versions()},
-            "machine": machine_summary(),
-            "build_seconds": round(seconds, 3),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "files": file_sizes(tmp),
-            "sha256": file_digests(tmp),
-            "details": details,
-        }
-        try:
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        except OSError as exc:
-            raise os_error(exc, out / MANIFEST) from exc
+        with progress.stage("write"):
+            manifest = {
+                "manifest_version": MANIFEST_VERSION,
+                "key": key,
+                "backend": backend_name,
+                "recipe": recipe.to_json(),
+                "source": {"name": source.name, "origin": source.origin, "weights_hash": source.weights_hash,
+                           "code_hash": source.code_hash,
+                           "content_hash": source.content_hash, "inputs": [s.to_json() for s in source.inputs],
+                           "outputs": [s.to_json() for s in source.outputs]},
+                "onnx": _onnx_info(bundle) if BACKENDS[backend_name].consumes == "onnx" else None,
+                "calibration": calibration.describe() if calibration is not None and precision in CALIBRATED else None,
+                "versions": {"modelport": _version(), **backend.versions()},
+                "machine": machine_summary(),
+                "build_seconds": round(seconds, 3),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "files": file_sizes(tmp),
+                "sha256": file_digests(tmp),
+                "details": details,
+            }
+            try:
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            except OSError as exc:
+                raise os_error(exc, out / MANIFEST) from exc
     return Artifact.open(out), False
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -26,18 +28,25 @@ from modelport.console import (
     human_bytes,
     parse_pairs,
     print_json,
+    routed_console,
+    shows_progress,
+    stages,
     status,
 )
 from modelport.errors import BadInput, ModelportError, ModelportWarning, os_error
+from modelport.quiet import failed, keep_log
 
 
 class _Commands(TyperGroup):
-    """Turns a ModelportError from any command into one paragraph on stderr and its exit code; help reads as prose
-    (clihelp.as_prose: paragraphs rewrapped, examples for every command)."""
+    """Turns a ModelportError from any command into one paragraph on stderr and its exit code, runs every command
+    with other packages' output routed to its log (once its arguments are parsed: help stays visible), and makes
+    help read as prose (clihelp.as_prose: paragraphs rewrapped, examples for every command)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         as_prose(self)
+        for command in _leaves(self):
+            command.invoke = _routing(command.invoke)  # type: ignore[method-assign]
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
@@ -62,14 +71,45 @@ def _fail(message: str, hint: str | None, code: int) -> None:
     err_console.print(message, highlight=False, markup=True)
     if hint:
         err_console.print(hint, highlight=False, markup=False)
+    if (log := _state.pop("log", None)) is not None:
+        err_console.print(f"Other packages' output during this command (--verbose shows it here): {log}",
+                          style="dim", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _leaves(group: click.Group) -> list[click.Command]:
+    found = []
+    for command in group.commands.values():
+        found += _leaves(command) if isinstance(command, click.Group) else [command]
+    return found
+
+
+def _routing(invoke: Callable[[click.Context], Any]) -> Callable[[click.Context], Any]:
+    """`invoke` with other packages' output routed to the command's log (quiet.routed); on failure the log is kept
+    and its path left for the error message."""
+
+    def run(ctx: click.Context) -> Any:
+        _state.pop("log", None)
+        names, at = [], ctx
+        while at.parent is not None:
+            names.insert(0, at.info_name or "")
+            at = at.parent
+        with routed_console(" ".join(["modelport", *names]), bool(_state["verbose"])):
+            try:
+                return invoke(ctx)
+            except BaseException as exc:
+                if not (isinstance(exc, typer.Exit) and exc.exit_code == 0):
+                    _state["log"] = failed()
+                raise
+
+    return run
 
 
 app = typer.Typer(name="modelport", cls=_Commands, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
                   help="Take a PyTorch model to ONNX Runtime, OpenVINO, TensorRT and TFLite, and measure which "
                        "deployment to ship.")
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "verbose": False}
 
 
 def _version_callback(value: bool) -> None:
@@ -83,10 +123,12 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Show other packages' warnings and logs on stderr instead of the log file.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    _state["debug"] = debug
+    _state["debug"], _state["verbose"] = debug, verbose
     warnings.showwarning = _show_warning
 
 
@@ -125,7 +167,7 @@ def export(
 
     with status(f"Loading {model}", not json_out):
         source = load_model(model, inputs or (), dynamic or ())
-    with status(f"Exporting {source.name} to ONNX and checking it", not json_out):
+    with stages(f"Exporting {source.name} to ONNX", shows_progress(json_out)):
         report = export_onnx(source, output, opset=opset, atol=atol, check=not no_check,
                              allow_frozen_trace=allow_frozen_trace)
     data = report.to_json()
@@ -172,6 +214,7 @@ def build(
     json_out: JsonOpt = False,
 ) -> None:
     """Build a runtime-native artifact of MODEL for one backend and precision."""
+    from modelport.artifact import BUILD_LOG
     from modelport.backends import get_backend
     from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
@@ -194,12 +237,14 @@ def build(
         from modelport.tune.cli import build_to_budget
 
         held_out = open_evaluation(evaluation, source.inputs, seed=seed) if evaluation is not None else None
+        keep_log(out / BUILD_LOG)  # where the closest candidate lands, even when the budget is missed
         build_to_budget(ModelBundle(source), backend, out, target, calibration, held_out, options, max_candidates,
                         json_out)
         return
-    with status(f"Building {backend} {precision}", not json_out):
+    with stages(f"Building {backend} {precision}", shows_progress(json_out)):
         artifact, reused = build_artifact(ModelBundle(source), backend, precision, out,
                                           options=options, calibration=calibration, force=force)
+    keep_log(artifact.path / BUILD_LOG)
     manifest = artifact.manifest
     if json_out:
         print_json({"path": str(artifact.path), "reused": reused, "manifest": manifest})

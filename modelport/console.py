@@ -1,17 +1,28 @@
-"""What every command shares: the rich consoles, JSON output, and the option types for models and data."""
+"""What every command shares: the rich consoles (bound to the terminal while other packages' output is routed to a
+log), progress displays, JSON output, and the option types for models and data."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from modelport import progress as reporting
+from modelport import quiet
 from modelport.errors import BadInput
 
 console = Console()
@@ -45,7 +56,25 @@ def parse_pairs(values: list[str] | None, flag: str, example: str) -> dict[str, 
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """The command's JSON result on stdout: nothing else is written there (other packages' output is routed)."""
+    console.file.write(json.dumps(data, indent=2, default=str) + "\n")
+    console.file.flush()
+
+
+@contextmanager
+def routed_console(title: str, verbose: bool) -> Iterator[quiet.Route]:
+    """Route other packages' output for one command (quiet.routed) and keep both consoles on the terminal."""
+    with quiet.routed(title, verbose) as route:
+        console.file, err_console.file = route.stdout, route.stderr
+        try:
+            yield route
+        finally:
+            console.file = err_console.file = None  # type: ignore[assignment]  # rich: back to sys.stdout/stderr
+
+
+def shows_progress(json_out: bool) -> bool:
+    """Progress is for a person at a terminal: off under --json and where stderr is not a terminal."""
+    return not json_out and err_console.is_terminal
 
 
 def human_bytes(n: float) -> str:
@@ -56,20 +85,60 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+# rich's live displays would otherwise take over sys.stdout/stderr and print other packages' output above them
+KEEP_STREAMS = {"redirect_stdout": False, "redirect_stderr": False}
+
+
 @contextmanager
 def progress(enabled: bool = True) -> Iterator[Progress]:
-    """A progress display on stderr (silent when disabled, e.g. under --json)."""
+    """A progress display on stderr (silent when disabled, e.g. under --json): done / planned, elapsed and the time
+    left, estimated from the whole run so far (a bench's rows take minutes each; rich's default looks back 30 s)."""
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=err_console, transient=True, disable=not enabled)
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err_console,
+                   transient=True, disable=not enabled, speed_estimate_period=24 * 3600, **KEEP_STREAMS)
     with bar:
         yield bar
 
 
+class _Stages:
+    """A progress.Reporter on a rich display: one line per stage (nested ones indented) with its elapsed time,
+    and the count (samples seen / total) of the stage that reports one."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.open: list[TaskID] = []
+
+    def begin(self, name: str) -> None:
+        self.open.append(self.bar.add_task("  " * len(self.open) + name, total=None, count=""))
+
+    def end(self, name: str) -> None:
+        task = self.open.pop()
+        self.bar.update(task, total=1, completed=1)
+        self.bar.stop_task(task)
+
+    def count(self, done: int, total: int | None) -> None:
+        if self.open:
+            self.bar.update(self.open[-1], count=f"{done}/{total}" if total is not None else str(done))
+
+
 @contextmanager
-def status(message: str, enabled: bool = True) -> Iterator[None]:
-    """A spinner with a message on stderr for one long step."""
+def stages(title: str, enabled: bool = True) -> Iterator[None]:
+    """Show the stages of one long step (export, calibrate, quantize, write...) with their elapsed times on stderr,
+    left on screen when done; nothing when disabled."""
     if not enabled:
         yield
         return
-    with err_console.status(message):
+    bar = Progress(SpinnerColumn(finished_text="[green]✓[/]"), TextColumn("{task.description}"),
+                   TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=err_console, **KEEP_STREAMS)
+    display = _Stages(bar)
+    with bar, reporting.reporting(display), reporting.stage(title):
+        yield
+
+
+@contextmanager
+def status(message: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner with a message and the elapsed time on stderr for one long step."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                  transient=True, disable=not enabled, **KEEP_STREAMS) as bar:
+        bar.add_task(message, total=None)
         yield

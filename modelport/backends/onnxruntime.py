@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelport import progress
 from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
@@ -264,9 +265,11 @@ class OnnxRuntimeBackend(Backend):
         with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out_dir) as tmp_name, quiet_ort_tools():
             tmp = Path(tmp_name)
             if recipe.precision == "fp32":
-                details = _build_fp32(src, out, o, tmp)
+                with progress.stage("optimize"):
+                    details = _build_fp32(src, out, o, tmp)
             elif recipe.precision == "fp16":
-                details = _build_fp16(src, out, o, tmp)
+                with progress.stage("convert to float16"):
+                    details = _build_fp16(src, out, o, tmp)
             elif recipe.precision == "int8":
                 if calibration is None:
                     raise BadInput("Static int8 needs calibration data.",
@@ -274,9 +277,12 @@ class OnnxRuntimeBackend(Backend):
                                         "--calib synthetic for a latency-only build whose accuracy means nothing.")
                 details = _build_int8(src, out, o, calibration)
             else:
-                details = _build_int8_dynamic(src, out, o, tmp, bundle.source.example_feeds())
+                with progress.stage("quantize"):
+                    details = _build_int8_dynamic(src, out, o, tmp, bundle.source.example_feeds())
             if recipe.precision != "fp32" and o.get("measure"):
-                details["latency"] = _latency_vs_fp32(src, out, bundle.source.example_feeds(), recipe.precision)
+                with progress.stage("latency check"):
+                    details["latency"] = _latency_vs_fp32(src, out, bundle.source.example_feeds(),
+                                                          recipe.precision)
                 if details["latency"]["warning"]:
                     details["warning"] = details["latency"]["warning"]
         details["ops"] = _op_counts(out)

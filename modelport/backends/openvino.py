@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelport import progress
 from modelport.backends.base import Backend, Recipe, Runner, RuntimeOp
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.options import Option, parse_list
@@ -97,18 +98,23 @@ class OpenVinoBackend(Backend):
                 assert calibration is not None  # build_artifact demands it for int8
                 model, info = _from_qdq(bundle.onnx_path, recipe, calibration)
             else:
-                model = _convert(bundle.onnx_path)
+                onnx_path = bundle.onnx_path
+                with progress.stage("convert"):
+                    model = _convert(onnx_path)
                 if precision == "int8":
                     assert calibration is not None  # build_artifact demands it for int8
-                    model, info = _quantize(model, recipe, calibration)
+                    with progress.stage("quantize (NNCF)"):
+                        model, info = _quantize(model, recipe, calibration)
                 elif precision == "int8-dynamic":
-                    model, info = _compress_weights(model, opts["exclude"])
+                    with progress.stage("compress weights"):
+                        model, info = _compress_weights(model, opts["exclude"])
                 else:
                     info = {"weights": precision}
             details.update(info)
             details["shapes"] = {p.get_any_name(): str(p.get_partial_shape()) for p in model.inputs}
             ov.save_model(model, str(out_dir / MAIN_FILE), compress_to_fp16=precision == "fp16")
-        details["runtime"] = _runtime_check(out_dir / MAIN_FILE, opts["device"], precision)
+        with progress.stage("runtime check"):
+            details["runtime"] = _runtime_check(out_dir / MAIN_FILE, opts["device"], precision)
         return details
 
     def load(self, artifact: Artifact, threads: int | None = None) -> OpenVinoRunner:

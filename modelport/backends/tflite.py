@@ -16,11 +16,13 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelport import progress
 from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
@@ -64,6 +66,7 @@ class _SignatureFeed:
         count = 0
         for batch in self.calibration.batches():
             count += len(next(iter(batch.values())))
+            progress.count(count, len(self.calibration))
             yield {self.export.inputs[name]: to_model_layout(array, self.export.layouts.get(name))
                    .astype(self.dtypes[name], copy=False) for name, array in batch.items()}
         self.passes.append(count)
@@ -255,11 +258,13 @@ class TFLiteBackend(Backend):
         from modelport.exporters.litert import convert_to_tflite
 
         source = bundle.source
-        export = convert_to_tflite(source, layout=recipe.options["layout"], dynamic=recipe.options["dynamic"])
+        with progress.stage("convert (litert-torch)"):
+            export = convert_to_tflite(source, layout=recipe.options["layout"], dynamic=recipe.options["dynamic"])
         content = export.path.read_bytes()
         details: dict[str, Any] = {}
         start = time.perf_counter()
-        with quiet_native() as log:
+        quantizing = progress.stage(f"quantize ({recipe.precision})") if recipe.precision != "fp32" else nullcontext()
+        with quiet_native() as log, quantizing:
             try:
                 if recipe.precision == "fp16":
                     content = _fp16(content)

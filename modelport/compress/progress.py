@@ -7,7 +7,7 @@ from types import TracebackType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from modelport.compress.train import EpochRecord
-from modelport.console import err_console
+from modelport.console import KEEP_STREAMS, err_console
 
 
 class EpochProgress:
@@ -18,7 +18,8 @@ class EpochProgress:
         self.metric = metric
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[last]}"), TextColumn("ETA"), TimeRemainingColumn(),
-                            console=err_console, transient=True, disable=not enabled)
+                            console=err_console, transient=True, disable=not enabled,
+                            **KEEP_STREAMS)
         self.task: TaskID | None = None
         self.label = ""
 

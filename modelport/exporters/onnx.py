@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelport import progress
 from modelport.errors import BadInput, StepFailed, os_error
 from modelport.exporters.parity import output_error
 from modelport.model import SourceModel, resize_along
@@ -381,7 +382,7 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
         path = tmp / out.name
         exporter, fallback_reason, notes = "dynamo", None, []
         try:
-            with _quiet():
+            with _quiet(), progress.stage("export"):
                 _dynamo_export(source, args, path, opset, external)
         except Exception as dynamo_exc:
             if _is_file_error(dynamo_exc):  # the disk, not the model: no fallback would help
@@ -391,7 +392,7 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
             for f in tmp.iterdir():
                 f.unlink()
             try:
-                with _quiet() as caught:
+                with _quiet() as caught, progress.stage("export (TorchScript)"):
                     _torchscript_export(source, args, path, opset)
             except Exception as ts_exc:
                 if _is_file_error(ts_exc):
@@ -422,7 +423,8 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
             onnx.shape_inference.infer_shapes_path(str(path), str(path))
         except Exception as exc:
             raise StepFailed(f"The exported ONNX model is invalid: {_first_line(exc)}") from exc
-        parity, cases, checked_notes = check_parity(source, path) if check else ([], [], [])
+        with progress.stage("check"):
+            parity, cases, checked_notes = check_parity(source, path) if check else ([], [], [])
         notes += checked_notes
         bad = [p for p in parity if not p.max_rel <= atol]
         if bad:

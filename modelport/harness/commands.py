@@ -19,9 +19,11 @@ from modelport.console import (
     err_console,
     parse_pairs,
     print_json,
+    shows_progress,
 )
 from modelport.errors import BadInput, StepFailed, os_error
 from modelport.harness.compare import REGRESSIONS, SQNR_CEILING, Thresholds
+from modelport.quiet import keep_log
 
 if TYPE_CHECKING:
     from modelport.harness.cluster import ClusterSettings
@@ -156,6 +158,7 @@ def bench(
     if iterations is not None and duration is not None:
         raise BadInput("Give --iterations or --duration, not both.")
     out = output or _default_out(model)
+    keep_log(Path(out) / "log.txt")  # beside results.jsonl; each measuring process keeps its own under work/
     budget = Budget(max_drop, min_sqnr, min_cosine, expr=budget_expr)
     _say_ranges_beside(model, json_out)
     try:
@@ -166,7 +169,7 @@ def bench(
                            options=parse_pairs(option, "--option", "KEY=VALUE or BACKEND.KEY=VALUE"),
                            runners=parse_pairs(runner, "--runner", "NAME=file.py:fn"), metric=metric, timeout=timeout,
                            budget=budget, max_candidates=max_candidates, debug_misses=debug_misses,
-                           show_progress=not json_out,
+                           show_progress=shows_progress(json_out),
                            on_cluster=_cluster_settings(cluster, measure_on, shared_dir))
     except KeyboardInterrupt:
         err_console.print(f"interrupted: the rows measured so far are in {out / 'results.jsonl'}; run the same "

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport import progress
 from modelport.backends.base import Runner
 from modelport.errors import StepFailed
 from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX, needs_torch
@@ -45,6 +46,20 @@ from modelport.harness.reference import batch_of
 def _report_progress(done: float, total: float) -> None:
     sys.stdout.write(f"{PROGRESS_PREFIX}{done} {total}\n")
     sys.stdout.flush()
+
+
+class _Counts:
+    """A progress.Reporter sending a build's counts (calibration samples seen / total) as progress lines."""
+
+    def begin(self, name: str) -> None:
+        pass
+
+    def end(self, name: str) -> None:
+        pass
+
+    def count(self, done: int, total: int | None) -> None:
+        if total:
+            _report_progress(done, total)
 
 
 def load_source(spec: Mapping[str, Any]) -> Any:
@@ -143,8 +158,9 @@ def _build(job: BuildJob, threads: int) -> dict[str, Any]:
 
     source = load_source(job.model)
     calibration = _reopen(job.calibration, source.inputs) if job.calibration else None
-    artifact, reused = build_artifact(ModelBundle(source, onnx_dir=Path(job.onnx_dir)), job.backend,
-                                      job.precision, job.out, options=job.options, calibration=calibration)
+    with progress.reporting(_Counts()):
+        artifact, reused = build_artifact(ModelBundle(source, onnx_dir=Path(job.onnx_dir)), job.backend,
+                                          job.precision, job.out, options=job.options, calibration=calibration)
     return {"reused": reused, "build_seconds": artifact.manifest["build_seconds"], "size_bytes": artifact.size_bytes,
             "manifest_key": artifact.manifest["key"], "details": artifact.details}
 

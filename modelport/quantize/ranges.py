@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelport import progress
 from modelport.errors import BadInput, StepFailed
 from modelport.quantize.ort_tools import calibration_method
 
@@ -62,10 +63,13 @@ class Reader:
     It pauses (returns None) every `chunk` batches, and wherever the batch shape changes, so that the
     calibrator folds what it holds into its ranges or histograms before reading on: memory stays bounded
     however many samples there are, and ORT's histogram collector only ever stacks equal shapes.
+    `on_samples(seen)` is called after each batch it hands over (for progress).
     """
 
-    def __init__(self, batches: Iterator[dict[str, np.ndarray]], input_names: Sequence[str], chunk: int) -> None:
+    def __init__(self, batches: Iterator[dict[str, np.ndarray]], input_names: Sequence[str], chunk: int,
+                 on_samples: Callable[[int], None] | None = None) -> None:
         self._batches = batches
+        self._on_samples = on_samples
         self._names = list(input_names)
         self._chunk = chunk
         self._pending: dict[str, np.ndarray] | None = None
@@ -91,6 +95,8 @@ class Reader:
         self._given += 1
         self.batches += 1
         self.samples += len(next(iter(batch.values())))
+        if self._on_samples is not None:
+            self._on_samples(self.samples)
         return {n: batch[n] for n in self._names}
 
 
@@ -120,16 +126,17 @@ class Calibrated:
     seconds: float
 
 
-def calibrate(prepared: Path, calibration: CalibrationSet, settings: QdqSettings, ranges_path: Path, tmp: Path
-              ) -> Calibrated:
-    """Run ORT's calibrator for `settings.method` over every sample and save its ranges at `ranges_path`."""
+def calibrate(prepared: Path, calibration: CalibrationSet, settings: QdqSettings, ranges_path: Path, tmp: Path,
+              on_samples: Callable[[int, int], None] = progress.count) -> Calibrated:
+    """Run ORT's calibrator for `settings.method` over every sample and save its ranges at `ranges_path`;
+    `on_samples(seen, total)` follows the pass (by default, the installed progress reporter)."""
     import onnx
     from onnxruntime.quantization.calibrate import TensorData, create_calibrator, save_tensors_data
 
     size = batch_size(calibration, settings.batch_size)
     chunk = max(1, (CHUNK_SAMPLES if settings.method == "minmax" else HISTOGRAM_CHUNK_SAMPLES) // (size or 1))
     input_names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
-    reader = Reader(batches(calibration, size), input_names, chunk)
+    reader = Reader(batches(calibration, size), input_names, chunk, lambda seen: on_samples(seen, len(calibration)))
     extra: dict[str, Any] = {"symmetric": False}
     if settings.method == "percentile":
         extra["percentile"] = settings.percentile

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelport import progress
 from modelport.errors import BadInput
 from modelport.quantize import cache, given
 from modelport.quantize.algorithms import apply_algorithms
@@ -92,12 +93,14 @@ def write_qdq_model(onnx_path: str | Path, calibration: CalibrationSet, out_path
         quantize = float_bias_quantizer(entry.model_path, runs,
                                         lambda model, out: static_quantizer(model, entry.ranges_path, settings, out),
                                         tmp)
-        q_path = quantize(kept)
+        with progress.stage("quantize"):
+            q_path = quantize(kept)
         fidelity = None
         if settings.fidelity_target:
             # against the user's float model: bias correction and AdaRound change the prepared one on purpose
-            q_path, fidelity = guard_fidelity(onnx_path, q_path, calibration, settings, graph, sqnr, nodes, kept,
-                                              quantize)
+            with progress.stage("fidelity guard"):
+                q_path, fidelity = guard_fidelity(onnx_path, q_path, calibration, settings, graph, sqnr, nodes,
+                                                  kept, quantize)
         atomic_copy(q_path, out_path)
         quantized, float_ops = precision_counts(out_path)
     kept_list = [{"node": n, "op_type": graph.nodes[n].op_type, "rule": rule, "reason": reason}
@@ -143,9 +146,11 @@ def _calibrated(onnx_path: Path, calibration: CalibrationSet, settings: QdqSetti
     work = tmp / "entry"
     work.mkdir()
     prepared = work / cache.PREPARED
-    how = prepare(onnx_path, prepared, settings.preprocess)
-    runs = apply_algorithms(prepared, calibration, settings)
-    measured = calibrate(prepared, calibration, settings, work / cache.RANGES, tmp)
+    with progress.stage("prepare"):
+        how = prepare(onnx_path, prepared, settings.preprocess)
+        runs = apply_algorithms(prepared, calibration, settings)
+    with progress.stage("calibrate"):
+        measured = calibrate(prepared, calibration, settings, work / cache.RANGES, tmp)
     given_ranges = (given.apply(work / cache.RANGES, settings.ranges_file, Graph.load(prepared))
                     if settings.ranges_file else None)
     record = {"key": key, "parts": parts, "samples_seen": measured.samples, "batches": measured.batches,

@@ -16,7 +16,6 @@ CPU for small layers), where bias correction and equalization cost one pass over
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from modelport import progress
 from modelport.options import parse_bool
 from modelport.quantize.algorithms.base import Algorithm, AlgorithmRun
 from modelport.quantize.algorithms.layers import (
@@ -187,15 +187,6 @@ def _output_sqnr(layer: Layer, x: torch.Tensor, w: np.ndarray, wq: np.ndarray, b
     return sqnr_db(float(ref.square().sum()), float((ref - got).square().sum()))
 
 
-def _progress(total: int):
-    """A transient progress bar on the terminal (nothing where stderr is not one)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    progress = Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
-    return progress, progress.add_task(f"AdaRound: {total} layers", total=total)
-
-
 def adaround(prepared: Path, calibration: CalibrationSet, options: AdaRoundOptions, settings: QdqSettings
              ) -> AlgorithmRun:
     """Learn the rounding of every layer where it lowers the layer's held-out output error."""
@@ -208,14 +199,13 @@ def adaround(prepared: Path, calibration: CalibrationSet, options: AdaRoundOptio
     values = initial_values(graph, [n for la in layers for n in (la.weight, la.bias)])
     changed: dict[str, np.ndarray] = {}
     done = []
-    progress, task = _progress(len(layers))
-    with progress:
+    with progress.stage(f"AdaRound ({len(layers)} layers)"):
         for chunk in _chunks(graph, layers, settings.analysis_samples):
             inputs = _collect(prepared, graph, chunk, calibration, settings)
             for la in chunk:
                 x = torch.from_numpy(inputs[la.input])
                 done.append(_round_layer(la, x, values, settings, options.steps, changed))
-                progress.advance(task)
+                progress.count(len(done), len(layers))
     if changed:
         write_values(graph, changed, prepared)
     return AlgorithmRun(done)
