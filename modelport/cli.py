@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from modelport.backends import BACKENDS
 from modelport.console import (
     CalibOpt,
     CalibSizeOpt,
@@ -28,6 +29,7 @@ from modelport.console import (
     status,
 )
 from modelport.errors import BadInput, ModelportError, ModelportWarning, os_error
+from modelport.options import PRECISIONS
 
 
 class _Commands(TyperGroup):
@@ -145,13 +147,14 @@ def export(
 @app.command()
 def build(
     model: ModelArg,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="onnxruntime, openvino, tflite or tensorrt.")],
-    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16, int8 or int8-dynamic.")] = "fp32",
+    backend: Annotated[str, typer.Option("--backend", "-b", help=f"One of {', '.join(BACKENDS)}.")],
+    precision: Annotated[str, typer.Option("--precision", "-p", help=f"One of {', '.join(PRECISIONS)}.")] = "fp32",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact directory.")] = None,
     calib: CalibOpt = None,
     calib_size: CalibSizeOpt = None,
     seed: SeedOpt = 0,
-    option: Annotated[list[str] | None, typer.Option("--option", help="Backend option key=value (repeatable).")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="Backend option key=value (repeatable); `modelport backends --options` lists them.")] = None,
     inputs: InputOpt = None,
     dynamic: DynamicOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if an identical artifact exists.")] = False,
@@ -248,7 +251,7 @@ def backends(
     json_out: JsonOpt = False,
 ) -> None:
     """List the backends, what they build, and whether this machine can run them."""
-    from modelport.backends import BACKENDS, get_backend
+    from modelport.backends import get_backend
 
     rows = []
     for name, entry in BACKENDS.items():

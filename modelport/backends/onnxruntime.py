@@ -235,23 +235,25 @@ def _listing(dtypes: Mapping[str, np.dtype]) -> str:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     options = (
-        Option("optimization", "Graph optimization level applied offline and saved: basic, extended or all ('all' "
-               "adds layout changes tied to this CPU).", "extended", str, LEVELS, ("fp32",)),
-        Option("fusions", "Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm): auto applies them "
-               "where the graph has them, off skips them.", "auto", str, ("auto", "off"), ("fp32",)),
-        Option("keep_fp32", "Op types kept in float32 besides those chosen automatically (comma-separated).", (),
-               parse_list, None, ("fp16",)),
+        Option(name="optimization", help="Graph optimization level applied offline and saved: basic, extended or all "
+               "('all' adds layout changes tied to this CPU).", default="extended", choices=LEVELS,
+               precisions=("fp32",)),
+        Option(name="fusions", help="Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm): auto applies "
+               "them where the graph has them, off skips them.", default="auto", choices=("auto", "off"),
+               precisions=("fp32",)),
+        Option(name="keep_fp32", help="Op types kept in float32 besides those chosen automatically "
+               "(comma-separated).", default=(), parse=parse_list, precisions=("fp16",)),
         *QdqSettings.as_options(),  # the shared QDQ pass's knobs, declared in modelport/quantize/settings.py
-        Option("per_channel", "Quantize weights per output channel (measured slower with run-time activation "
-               "quantization, hence off).", False, parse_bool, None, ("int8-dynamic",)),
-        Option("quant_type", "Activation/weight signedness: auto (from the CPU), u8s8 or s8s8.", "auto", str,
-               ("auto", "u8s8", "s8s8"), ("int8",)),
-        Option("reduce_range", "7-bit weights: auto (from the CPU), true or false.", "auto", _tristate,
-               ("auto", "true", "false"), ("int8", "int8-dynamic")),
-        Option("conv", "Dynamic INT8 of Conv too: auto (only where it measures faster), true or false.", "auto",
-               _tristate, ("auto", "true", "false"), ("int8-dynamic",)),
-        Option("measure", "Time the artifact against ORT FP32 at build time and warn when it is slower.", True,
-               parse_bool, None, ("fp16", "int8", "int8-dynamic")),
+        Option(name="per_channel", help="Quantize weights per output channel (measured slower with run-time "
+               "activation quantization, hence off).", default=False, parse=parse_bool, precisions=("int8-dynamic",)),
+        Option(name="quant_type", help="Activation/weight signedness: auto (from the CPU), u8s8 or s8s8.",
+               default="auto", choices=("auto", "u8s8", "s8s8"), precisions=("int8",)),
+        Option(name="reduce_range", help="7-bit weights: auto (from the CPU), true or false.", default="auto",
+               parse=_tristate, choices=("auto", "true", "false"), precisions=("int8", "int8-dynamic")),
+        Option(name="conv", help="Dynamic INT8 of Conv too: auto (only where it measures faster), true or false.",
+               default="auto", parse=_tristate, choices=("auto", "true", "false"), precisions=("int8-dynamic",)),
+        Option(name="measure", help="Time the artifact against ORT FP32 at build time and warn when it is slower.",
+               default=True, parse=parse_bool, precisions=("fp16", "int8", "int8-dynamic")),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,

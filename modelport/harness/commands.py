@@ -22,6 +22,7 @@ from modelport.console import (
 )
 from modelport.errors import BadInput, StepFailed, os_error
 from modelport.harness.compare import REGRESSIONS, SQNR_CEILING, Thresholds
+from modelport.options import PRECISIONS
 
 MaxDropOpt = Annotated[float, typer.Option(
     "--max-drop", help="Budget with labels: the most a recommended row's task metric may fall below PyTorch FP32's "
@@ -52,7 +53,7 @@ def bench(
     model: ModelArg,
     backends: Annotated[str, typer.Option("--backends", "-b", help="Comma-separated backends, or all.")] = "all",
     precisions: Annotated[str, typer.Option("--precisions", "-p", help="Comma-separated precisions.")] =
-    "fp32,fp16,int8,int8-dynamic",
+    ",".join(PRECISIONS),
     calib: CalibOpt = None,
     calib_size: CalibSizeOpt = None,
     evaluation: Annotated[str | None, typer.Option(
