@@ -33,7 +33,8 @@ from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
 from modelport.onnx_fp16 import convert_to_fp16
 from modelport.options import Option, parse_bool, parse_list
-from modelport.quantize import QdqSettings, quiet_ort_tools, resolve_exclude, write_qdq_model
+from modelport.ort_session import ort_session, quiet_ort_tools
+from modelport.quantize import QdqSettings, resolve_exclude, write_qdq_model
 from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
@@ -114,27 +115,6 @@ def _providers() -> list[str]:
     return [*gpu, "CPUExecutionProvider"]
 
 
-def _session(path: Path | bytes, threads: int | None = None, level: str = "all", providers: list[str] | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = _level(level)
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-    model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
-
-
-def _level(name: str):
-    import onnxruntime as ort
-
-    return {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[name]
-
-
 class OnnxRuntimeRunner(Runner):
     """An InferenceSession on the best available providers (TensorRT, CUDA, then CPU)."""
 
@@ -142,7 +122,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], threads: int | None) -> None:
         try:
-            self.session = _session(path, threads, "all", _providers())
+            self.session = ort_session(path, threads=threads, providers=_providers())
         except Exception as exc:
             raise StepFailed(f"ONNX Runtime cannot load {path}: {exc}",
                              hint="Rebuild the artifact with the onnxruntime version installed here.") from exc
@@ -183,7 +163,8 @@ class OnnxRuntimeRunner(Runner):
             model = onnx.load(str(self._path))
             present = {o.name for o in model.graph.output}
             model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in sorted(wanted - present))
-            self._exposing[wanted] = _session(model.SerializeToString(), self.threads, "all", self.providers)
+            self._exposing[wanted] = ort_session(model.SerializeToString(), threads=self.threads,
+                                                 providers=self.providers)
         session = self._exposing[wanted]
         order = sorted(wanted)
         values = dict(zip(order, session.run(order, checked), strict=True))
@@ -321,13 +302,7 @@ def _transformer_fusions(src: Path, tmp: Path) -> tuple[Path | None, dict[str, i
 
 
 def _optimize_offline(src: Path, dst: Path, level: str) -> None:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = _level(level)
-    so.optimized_model_filepath = str(dst)
-    so.log_severity_level = 3
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    ort_session(src, level=level, optimized_path=dst)
 
 
 # ---------------------------------------------------------------- fp16
@@ -350,7 +325,7 @@ def _build_fp16(src: Path, out: Path, o: Mapping[str, Any], tmp: Path) -> dict[s
     else:
         raise StepFailed("Could not find a float16 graph that ONNX Runtime can run.")
     try:
-        _session(candidate, level="all", providers=[provider])
+        ort_session(candidate, providers=[provider])
     except Exception as exc:
         raise StepFailed(f"The float16 model loads but fails once ONNX Runtime fuses it: {exc}",
                          hint="Keep the ops named in the message in float32 with --option keep_fp32=OP,...") from exc
@@ -364,7 +339,7 @@ def _build_fp16(src: Path, out: Path, o: Mapping[str, Any], tmp: Path) -> dict[s
 def _missing_kernel(path: Path, provider: str) -> str | None:
     """The op type ORT reports it has no kernel for, or None when the session loads."""
     try:
-        _session(path, level="basic", providers=[provider])
+        ort_session(path, level="basic", providers=[provider])
     except Exception as exc:
         found = re.search(r"implementation for (\w+)\(", str(exc))
         if found is None:
@@ -510,7 +485,7 @@ def _build_int8_dynamic(src: Path, out: Path, o: Mapping[str, Any], tmp: Path,
     chosen = "with_conv" if has_conv and o["conv"] == "true" else "without_conv"
     if has_conv and o["conv"] == "auto":
         threads = min(2, os.cpu_count() or 1)
-        times = _compare({k: _session(p, threads) for k, p in paths.items()}, feeds)
+        times = _compare({k: ort_session(p, threads=threads) for k, p in paths.items()}, feeds)
         conv_choice["ms"] = {k: round(v, 4) for k, v in times.items()}
         conv_choice["threads"] = threads
         chosen = min(times, key=times.__getitem__)
@@ -596,7 +571,8 @@ def _bound(session: Any, feeds: Mapping[str, np.ndarray]):
 
 def _latency_vs_fp32(src: Path, artifact: Path, feeds: Mapping[str, np.ndarray], precision: str) -> dict[str, Any]:
     threads = min(2, os.cpu_count() or 1)
-    times = _compare({"fp32": _session(src, threads), precision: _session(artifact, threads)}, feeds)
+    times = _compare({"fp32": ort_session(src, threads=threads), precision: ort_session(artifact, threads=threads)},
+                     feeds)
     speedup = times["fp32"] / times[precision]
     shape = {k: list(np.shape(v)) for k, v in feeds.items()}
     warning = None

@@ -27,6 +27,7 @@ import torch
 from modelport.errors import BadInput, StepFailed, os_error
 from modelport.exporters.parity import output_error
 from modelport.model import SourceModel, resize_along
+from modelport.ort_session import ort_session
 from modelport.specs import TensorSpec
 from modelport.staging import ensure_dir, make_sibling_dir, no_space_error, out_of_space
 
@@ -288,11 +289,7 @@ def _fast_path_notes(source: SourceModel, case: str, feeds: dict[str, np.ndarray
 def check_parity(source: SourceModel, onnx_path: Path) -> tuple[list[OutputParity], list[str], list[str]]:
     """Run the ONNX model in ONNX Runtime and PyTorch on the same inputs: the worst error per output, the
     cases, and notes (values where PyTorch itself is not finite, eager's attention fast path)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path)
     worst: dict[str, OutputParity] = {}
     nonfinite: dict[str, list[str]] = {}
     compared: set[str] = set()
