@@ -131,6 +131,21 @@ def resize_along(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     return tiled.narrow(axis, 0, size)
 
 
+def export_args(source: SourceModel, dynamic: bool = True) -> tuple[torch.Tensor, ...]:
+    """The example inputs to hand torch.export: every symbolic dim at size >= 2 when kept dynamic (torch.export
+    specialises dims of size 0 and 1), else the batch axis at 1 and other dims as in the examples."""
+    args = []
+    for spec in source.inputs:
+        t = source.example_inputs[spec.name]
+        for axis in spec.dynamic_axes:
+            if dynamic and t.shape[axis] < 2:
+                t = resize_along(t, axis, 2)
+            elif not dynamic and axis == 0:
+                t = resize_along(t, axis, 1)
+        args.append(t)
+    return tuple(args)
+
+
 def _output_specs(module: torch.nn.Module, inputs: list[TensorSpec],
                   examples: Mapping[str, torch.Tensor]) -> list[TensorSpec]:
     """Output names, dtypes and shapes; an output dim that follows a symbolic input dim becomes symbolic."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from modelport.quiet import loggers_at_error
 
 _ERRORS_ONLY = 3  # ORT's log severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
@@ -51,13 +52,5 @@ def _level(name: str) -> Any:
 def quiet_ort_tools() -> Iterator[None]:
     """ORT's Python tools (quantizer, transformer fusions) print progress and log warnings (root logger and their
     own); keep them to ourselves: the build's summary says what matters."""
-    loggers = [logging.getLogger(), logging.getLogger("onnxruntime"), logging.getLogger("onnxruntime.transformers")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    with loggers_at_error("", "onnxruntime", "onnxruntime.transformers"), contextlib.redirect_stdout(io.StringIO()):
+        yield

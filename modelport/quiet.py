@@ -1,18 +1,34 @@
 """Keeping native libraries' output off modelport's console: what they print and log (C++ logs on fd 2,
 Python warnings, litert-torch's progress) is captured, and kept for the error message when a step fails.
-Used by builds (the LiteRT converter and quantizer) and by runners (XNNPACK announces itself at load).
+Used by builds (the LiteRT converter and quantizer) and by runners (XNNPACK announces itself at load);
+`loggers_at_error` is what the exporters and ORT's Python tools (`ort_session.quiet_ort_tools`) keep quiet with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+
+@contextlib.contextmanager
+def loggers_at_error(*names: str) -> Iterator[None]:
+    """Python loggers (by name; "" is the root) show errors only while inside, then their levels come back."""
+    loggers = [logging.getLogger(n or None) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 @dataclass

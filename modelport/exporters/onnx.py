@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import linecache
-import logging
 import re
 import shutil
 import time
@@ -26,8 +25,9 @@ import torch
 
 from modelport.errors import BadInput, StepFailed, os_error
 from modelport.exporters.parity import output_error
-from modelport.model import SourceModel, resize_along
+from modelport.model import SourceModel, export_args, resize_along
 from modelport.ort_session import ort_session
+from modelport.quiet import loggers_at_error
 from modelport.specs import TensorSpec
 from modelport.staging import ensure_dir, make_sibling_dir, no_space_error, out_of_space
 
@@ -75,18 +75,6 @@ class ExportReport:
 
 def _param_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-
-
-def _export_args(source: SourceModel) -> tuple[torch.Tensor, ...]:
-    """Example inputs with every symbolic dim of size >= 2: torch.export specialises dims of size 0 and 1."""
-    args = []
-    for spec in source.inputs:
-        t = source.example_inputs[spec.name]
-        for axis in spec.dynamic_axes:
-            if t.shape[axis] < 2:
-                t = resize_along(t, axis, 2)
-        args.append(t)
-    return tuple(args)
 
 
 def _dynamo_export(source: SourceModel, args: tuple, path: Path, opset: int | None, external: bool) -> None:
@@ -137,19 +125,11 @@ def _torchscript_export(source: SourceModel, args: tuple, path: Path, opset: int
 def _quiet() -> Iterator[list[warnings.WarningMessage]]:
     """The exporters print progress and warnings of their own; keep them out of the user's terminal, but
     hand the warnings to the caller: the tracer's say where a trace froze the model's control flow."""
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with (warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()),
-              contextlib.redirect_stderr(io.StringIO())):
-            warnings.simplefilter("always")
-            yield caught
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    with (loggers_at_error("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript"),
+          warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()),
+          contextlib.redirect_stderr(io.StringIO())):
+        warnings.simplefilter("always")
+        yield caught
 
 
 _FROZE = " might cause the trace to be incorrect"
@@ -371,7 +351,7 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
                        hint="Omit --opset for the exporter's default, or pick one in that range.")
     ensure_dir(out.parent, out)
     start = time.perf_counter()
-    args = _export_args(source)
+    args = export_args(source)
     external = _param_bytes(source.module) >= _TWO_GB - 2**26
     tmp = make_sibling_dir(out, "exporting")
     try:

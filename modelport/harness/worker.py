@@ -2,9 +2,9 @@
 
 A child pins torch's threads where torch is in the process (an artifact's runner never imports it),
 reads its job (jobs.py), runs the handler HANDLERS registers for the job's type (probe, export,
-build, or load one runner, of a kind runners.py lists, and measure it), and writes its result JSON; progress goes to stdout as
-`@@modelport-progress DONE TOTAL` lines. faulthandler is on, so a segfault leaves the Python stack in
-the log the parent keeps.
+build, or load one runner, of a kind runners.py lists, and measure it), and writes its result JSON;
+progress goes to stdout as `@@modelport-progress DONE TOTAL` lines. faulthandler is on, so a segfault
+leaves the Python stack in the log the parent keeps.
 
 The server (`--serve [MODULE...]`) imports what every child needs once (and the modules named: torch
 for the children that run it, the model factory's for those that load the model), then for each
