@@ -2,6 +2,11 @@
 
 Each entry says what the backend consumes, which precisions it builds, which extra installs it and
 which modules must import for it to work. The backend classes are imported only when asked for.
+
+To add a runtime: write `backends/NAME.py` with a `Backend` subclass (its `options` a tuple of keyword-built
+`Option`s, `build` and `load`, runtime packages imported inside methods) and a `Runner` that implements `_run`
+(`base.py` says the contract), then add one `BackendEntry` below. `tests/test_runner_contract.py` holds it to
+the contract at once.
 """
 
 from __future__ import annotations
