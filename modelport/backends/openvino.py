@@ -46,6 +46,9 @@ _SHAPE_OPS = ("Convert", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPoo
 _DEQUANT_OPS = ("Subtract", "Multiply")
 
 
+QDQ_ONLY = ("method", "symmetric_activations", "ranges_file")  # the shared QDQ pass's settings source=qdq takes
+
+
 def _qdq_only(setting: str) -> Option:
     """A setting of the shared QDQ pass as an option of source=qdq; None by default, so that giving it with NNCF
     is caught."""
@@ -76,9 +79,7 @@ class OpenVinoBackend(Backend):
         Option(name="exclude", help="Layers to keep in float, comma-separated: ONNX or OpenVINO node names, torch "
                "module paths (classifier.3), or op types (Conv, MatMul, Softmax); with source=qdq, ONNX node names or "
                "op types.", default=(), parse=parse_list, precisions=("int8", "int8-dynamic")),
-        _qdq_only("method"),
-        _qdq_only("symmetric_activations"),
-        _qdq_only("ranges_file"),
+        *(_qdq_only(name) for name in QDQ_ONLY),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
@@ -121,8 +122,8 @@ def _check_source_options(opts: Mapping[str, Any]) -> None:
         if nncf_only:
             raise BadInput(f"Option(s) {', '.join(nncf_only)} tune NNCF's quantization, which source=qdq does not run.",
                            hint="Drop them, or use source=nncf (the default).")
-    elif any(opts[k] is not None for k in ("method", "symmetric_activations", "ranges_file")):
-        raise BadInput("Options method, symmetric_activations and ranges_file apply only to the shared QDQ pass.",
+    elif any(opts[k] is not None for k in QDQ_ONLY):
+        raise BadInput(f"Options {', '.join(QDQ_ONLY)} apply only to the shared QDQ pass.",
                        hint="Add --option source=qdq, or drop them (NNCF's calibration has its own).")
 
 
