@@ -308,7 +308,7 @@ def _onnx_summary(path: Path) -> dict:
 
     import onnx
 
-    from modelport.exporters.onnx import _onnx_specs, onnx_opset
+    from modelport.exporters.onnx import onnx_opset, onnx_specs
 
     if not path.is_file():
         raise BadInput(f"{str(path)!r} does not exist.")
@@ -319,7 +319,7 @@ def _onnx_summary(path: Path) -> dict:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise BadInput(f"{str(path)!r} is not a readable ONNX file: {exc}") from exc
-    ins, outs = _onnx_specs(path)
+    ins, outs = onnx_specs(path)
     ops = collections.Counter(n.op_type for n in model.graph.node)
     return {"file": str(path), "opset": onnx_opset(path), "inputs": [str(s) for s in ins],
             "outputs": [str(s) for s in outs], "nodes": len(model.graph.node), "ops": dict(ops.most_common()),

@@ -82,7 +82,7 @@ class SourceModel:
                 raise BadInput(f"--dynamic {name}:{axis}={dim}: input {name!r} has rank {len(inputs[name])}.")
             inputs[name][axis] = dim
         new_inputs = [replace(s, shape=tuple(inputs[s.name])) for s in self.inputs]
-        outputs = _output_specs(self.module, new_inputs, self.example_inputs)
+        outputs = output_specs(self.module, new_inputs, self.example_inputs)
         return replace(self, inputs=new_inputs, outputs=outputs)
 
 
@@ -146,8 +146,8 @@ def export_args(source: SourceModel, dynamic: bool = True) -> tuple[torch.Tensor
     return tuple(args)
 
 
-def _output_specs(module: torch.nn.Module, inputs: list[TensorSpec],
-                  examples: Mapping[str, torch.Tensor]) -> list[TensorSpec]:
+def output_specs(module: torch.nn.Module, inputs: list[TensorSpec],
+                 examples: Mapping[str, torch.Tensor]) -> list[TensorSpec]:
     """Output names, dtypes and shapes; an output dim that follows a symbolic input dim becomes symbolic."""
     args = [examples[s.name] for s in inputs]
     with torch.inference_mode():
@@ -401,7 +401,7 @@ def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
     if specs:
         _check_specs_match(specs, input_specs)
     try:
-        outputs = _output_specs(module, input_specs, examples)
+        outputs = output_specs(module, input_specs, examples)
     except Exception as exc:
         if isinstance(exc, BadInput):
             raise

@@ -308,7 +308,8 @@ def check_parity(source: SourceModel, onnx_path: Path) -> tuple[list[OutputParit
     return [worst[n] for n in source.output_names], cases, notes
 
 
-def _onnx_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def onnx_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs an ONNX file declares, as TensorSpecs (for `modelport inspect` and the export report)."""
     import onnx
     from onnx import helper
 
@@ -412,7 +413,7 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
                                   "shapes) and for a Python `if` on an input's values or size, which export fixes "
                                   "(write it with torch.where or torch.cond); raise --atol if the error is "
                                   "acceptable, or pass --no-check.")
-        inputs, outputs = _onnx_specs(path)
+        inputs, outputs = onnx_specs(path)
         opset_used = onnx_opset(path)
         if opset is not None and opset_used != opset:
             raise BadInput(f"The exporter wrote opset {opset_used}, not the {opset} asked for: onnx's version "
