@@ -47,13 +47,13 @@ def _build(width: int, folder: Path):
     from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
     from modelport.loading import load_artifact
-    from modelport.model import SourceModel, _output_specs, weights_hash
+    from modelport.model import SourceModel, output_specs, weights_hash
     from modelport.specs import TensorSpec as Spec
     from modelport.specs import dtype_name
 
     module, (x,) = mlp(width)
     inputs = [Spec("x", tuple(x.shape), dtype_name(x.dtype))]
-    source = SourceModel(f"mlp{width}", f"{__file__}:mlp", module, inputs, _output_specs(module, inputs, {"x": x}),
+    source = SourceModel(f"mlp{width}", f"{__file__}:mlp", module, inputs, output_specs(module, inputs, {"x": x}),
                          {"x": x}, weights_hash(module))
     artifact, _ = build_artifact(ModelBundle(source, onnx_dir=folder / "onnx"), "onnxruntime", "fp32",
                                  folder / f"ort-{width}")

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, shape_inference
 
+from modelport.ort_session import ort_session
+
 
 def _matmul_model(kind: str, m: int, k: int, n: int) -> onnx.ModelProto:
     if kind == "fp32":
@@ -31,13 +33,7 @@ def _matmul_model(kind: str, m: int, k: int, n: int) -> onnx.ModelProto:
 
 def matmul_peak(kind: str, threads: int, size: int = 1024, seconds: float = 3.0) -> float:
     """Sustained multiply-accumulates per second of one large (size x size x size) MatMul."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(_matmul_model(kind, size, size, size).SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
+    session = ort_session(_matmul_model(kind, size, size, size).SerializeToString(), threads=threads)
     rng = np.random.default_rng(0)
     if kind == "fp32":
         feeds = {"a": rng.standard_normal((size, size), np.float32), "b": rng.standard_normal((size, size), np.float32)}

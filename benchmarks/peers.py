@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from modelport.ort_session import ort_session as quiet_session
+
 PEERS = "MODELPORT_BENCH_PEERS"
 OPTIMUM_PYTHON = "MODELPORT_OPTIMUM_PYTHON"  # the interpreter of the venv that holds optimum-onnx (make optimum-venv)
 DEFAULT_OPTIMUM_VENV = Path(__file__).resolve().parent.parent / ".venv-optimum"
@@ -98,12 +100,7 @@ class _Session:
 
 def ort_session(path: str, threads: int) -> _Session:
     """An ONNX Runtime CPU session of `path` with pinned threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    session = quiet_session(path, threads=threads)
     return _Session(session, [o.name for o in session.get_outputs()])
 
 

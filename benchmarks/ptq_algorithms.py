@@ -27,7 +27,7 @@ from torch import nn
 
 from benchmarks.run_suite import RESULTS, machine_slug, write_dated_results
 from modelport.examples.digits import cached_digits_model, fit_digits
-from modelport.quantize.statistics import sqnr_db
+from modelport.similarity import array_sqnr_db, mean_cosine
 
 OFF = {"cle": "off", "bias_correction": "false", "adaround": "false"}
 CONFIGS: dict[str, dict[str, str]] = {
@@ -83,10 +83,8 @@ def _fresh_cache(folder: Path) -> Iterator[None]:
 
 
 def _scores(ref: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    r, g = ref.astype(np.float64), got.astype(np.float64)
-    cos = (r * g).sum(1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1))
-    return {"top1": round(100 * float((got.argmax(1) == labels).mean()), 2), "cosine": round(float(cos.mean()), 5),
-            "sqnr_db": round(sqnr_db(float((r ** 2).sum()), float(((r - g) ** 2).sum())), 1)}
+    return {"top1": round(100 * float((got.argmax(1) == labels).mean()), 2), "cosine": round(mean_cosine(ref, got), 5),
+            "sqnr_db": round(array_sqnr_db(ref, got), 1)}
 
 
 def measure(factory: str, configs: dict[str, dict[str, str]] = CONFIGS, common: dict[str, str] = COMMON,

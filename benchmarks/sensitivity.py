@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from modelport.similarity import array_sqnr_db
+
 if TYPE_CHECKING:
     from modelport.model import SourceModel
 
@@ -35,4 +37,4 @@ def output_sqnr_under_input_noise(source: SourceModel, calib: str, samples: int 
     with torch.no_grad():
         ref, out = source.module(**feeds), source.module(**noisy)
     ref, out = (o if isinstance(o, torch.Tensor) else o[0] for o in (ref, out))
-    return round(float(10 * torch.log10((ref.double() ** 2).sum() / ((ref - out).double() ** 2).sum())), 1)
+    return round(array_sqnr_db(ref.numpy(), out.numpy()), 1)

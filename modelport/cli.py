@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from modelport.backends import BACKENDS
 from modelport.clihelp import as_prose
 from modelport.console import (
     CalibOpt,
@@ -34,6 +35,7 @@ from modelport.console import (
     status,
 )
 from modelport.errors import BadInput, ModelportError, ModelportWarning, os_error
+from modelport.options import PRECISIONS
 from modelport.quiet import failed, keep_log
 
 
@@ -193,13 +195,14 @@ def export(
 @app.command()
 def build(
     model: ModelArg,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="onnxruntime, openvino, tflite or tensorrt.")],
-    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16, int8 or int8-dynamic.")] = "fp32",
+    backend: Annotated[str, typer.Option("--backend", "-b", help=f"One of {', '.join(BACKENDS)}.")],
+    precision: Annotated[str, typer.Option("--precision", "-p", help=f"One of {', '.join(PRECISIONS)}.")] = "fp32",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Artifact directory.")] = None,
     calib: CalibOpt = None,
     calib_size: CalibSizeOpt = None,
     seed: SeedOpt = 0,
-    option: Annotated[list[str] | None, typer.Option("--option", help="Backend option key=value (repeatable).")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="Backend option key=value (repeatable); `modelport backends --options` lists them.")] = None,
     inputs: InputOpt = None,
     dynamic: DynamicOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if an identical artifact exists.")] = False,
@@ -306,7 +309,7 @@ def backends(
     json_out: JsonOpt = False,
 ) -> None:
     """List the backends, what they build, and whether this machine can run them."""
-    from modelport.backends import BACKENDS, get_backend
+    from modelport.backends import get_backend
 
     rows = []
     for name, entry in BACKENDS.items():
@@ -363,7 +366,7 @@ def _onnx_summary(path: Path) -> dict:
 
     import onnx
 
-    from modelport.exporters.onnx import _onnx_specs, onnx_opset
+    from modelport.exporters.onnx import onnx_opset, onnx_specs
 
     if not path.is_file():
         raise BadInput(f"{str(path)!r} does not exist.")
@@ -374,7 +377,7 @@ def _onnx_summary(path: Path) -> dict:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise BadInput(f"{str(path)!r} is not a readable ONNX file: {exc}") from exc
-    ins, outs = _onnx_specs(path)
+    ins, outs = onnx_specs(path)
     ops = collections.Counter(n.op_type for n in model.graph.node)
     return {"file": str(path), "opset": onnx_opset(path), "inputs": [str(s) for s in ins],
             "outputs": [str(s) for s in outs], "nodes": len(model.graph.node), "ops": dict(ops.most_common()),

@@ -82,7 +82,7 @@ class SourceModel:
                 raise BadInput(f"--dynamic {name}:{axis}={dim}: input {name!r} has rank {len(inputs[name])}.")
             inputs[name][axis] = dim
         new_inputs = [replace(s, shape=tuple(inputs[s.name])) for s in self.inputs]
-        outputs = _output_specs(self.module, new_inputs, self.example_inputs)
+        outputs = output_specs(self.module, new_inputs, self.example_inputs)
         return replace(self, inputs=new_inputs, outputs=outputs)
 
 
@@ -131,8 +131,23 @@ def resize_along(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     return tiled.narrow(axis, 0, size)
 
 
-def _output_specs(module: torch.nn.Module, inputs: list[TensorSpec],
-                  examples: Mapping[str, torch.Tensor]) -> list[TensorSpec]:
+def export_args(source: SourceModel, dynamic: bool = True) -> tuple[torch.Tensor, ...]:
+    """The example inputs to hand torch.export: every symbolic dim at size >= 2 when kept dynamic (torch.export
+    specialises dims of size 0 and 1), else the batch axis at 1 and other dims as in the examples."""
+    args = []
+    for spec in source.inputs:
+        t = source.example_inputs[spec.name]
+        for axis in spec.dynamic_axes:
+            if dynamic and t.shape[axis] < 2:
+                t = resize_along(t, axis, 2)
+            elif not dynamic and axis == 0:
+                t = resize_along(t, axis, 1)
+        args.append(t)
+    return tuple(args)
+
+
+def output_specs(module: torch.nn.Module, inputs: list[TensorSpec],
+                 examples: Mapping[str, torch.Tensor]) -> list[TensorSpec]:
     """Output names, dtypes and shapes; an output dim that follows a symbolic input dim becomes symbolic."""
     args = [examples[s.name] for s in inputs]
     with torch.inference_mode():
@@ -386,7 +401,7 @@ def load_model(ref: str, inputs: Sequence[str | TensorSpec] = (),
     if specs:
         _check_specs_match(specs, input_specs)
     try:
-        outputs = _output_specs(module, input_specs, examples)
+        outputs = output_specs(module, input_specs, examples)
     except Exception as exc:
         if isinstance(exc, BadInput):
             raise

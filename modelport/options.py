@@ -29,7 +29,7 @@ def parse_list(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(text)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Option:
     """A named build option: how to read it from `--option key=value`, its default and where it applies."""
 

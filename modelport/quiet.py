@@ -5,6 +5,7 @@ logging, prints, C++ logs on fds 1 and 2) goes to a log file that the command ke
 (`keep_log`), or to stderr under --verbose; modelport's own output keeps the terminal. `quiet_native` is a
 step's: it captures one step's native output (the LiteRT converter and quantizer, XNNPACK announcing
 itself at load) for the error message when the step fails, and hands it on to the command's log.
+`loggers_at_error` is what the exporters and ORT's Python tools (`ort_session.quiet_ort_tools`) keep quiet with.
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
+
+
+@contextlib.contextmanager
+def loggers_at_error(*names: str) -> Iterator[None]:
+    """Python loggers (by name; "" is the root) show errors only while inside, then their levels come back."""
+    loggers = [logging.getLogger(n or None) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 @dataclass

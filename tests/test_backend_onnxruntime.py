@@ -17,6 +17,8 @@ from modelport.errors import BadInput
 from modelport.examples import digits_data
 from modelport.loading import load_artifact
 from modelport.model import load_model
+from modelport.ort_session import ort_session
+from modelport.similarity import mean_cosine
 
 SEQ, VOCAB = 32, 500
 
@@ -77,11 +79,6 @@ def _token_data(n: int, seed: int) -> dict[str, np.ndarray]:
     return {"input_ids": rng.integers(1, VOCAB, (n, SEQ)).astype(np.int64) * mask, "attention_mask": mask}
 
 
-def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
-    a, b = ref.reshape(len(ref), -1).astype(np.float64), got.reshape(len(got), -1).astype(np.float64)
-    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, digits):
     """name -> (SourceModel, bundle, calibration, evaluation feeds) for the CNN, the encoder and the MLP."""
@@ -138,7 +135,7 @@ def test_every_precision_runs_close_to_torch(models, built, model, precision):
     got = runner.run(feeds)[source.output_names[0]]
     ref = source.run(feeds)[source.output_names[0]]
     assert got.shape == ref.shape and got.dtype == np.float32
-    assert _cosine(ref, got) >= MIN_COSINE[precision]
+    assert mean_cosine(ref, got) >= MIN_COSINE[precision]
 
 
 def test_int8_keeps_digits_accuracy_within_one_point(models, built):
@@ -174,11 +171,9 @@ def test_static_int8_encoder_keeps_cosine_where_by_hand_quantize_static_collapse
     source, bundle, calibration, feeds = models["encoder"]
     artifact, _ = built("encoder", "int8")
     ref = source.run(feeds)["output"]
-    ours = _cosine(ref, load_artifact(artifact.path).run(feeds)["output"])
+    ours = mean_cosine(ref, load_artifact(artifact.path).run(feeds)["output"])
     by_hand = build_ort_static_defaults(bundle.onnx_path, calibration, tmp_path / "by_hand.onnx")
-    import onnxruntime as ort
-
-    theirs = _cosine(ref, ort.InferenceSession(str(by_hand), providers=["CPUExecutionProvider"]).run(None, feeds)[0])
+    theirs = mean_cosine(ref, ort_session(by_hand).run(None, feeds)[0])
     assert ours >= 0.99
     assert theirs < ours - 0.02
     details = artifact.details

@@ -24,6 +24,7 @@ from modelport.examples import digits_data
 from modelport.loading import load_artifact
 from modelport.machine import cpu_flags
 from modelport.model import load_model
+from modelport.similarity import row_cosines
 
 BERT_DYNAMIC = ["input_ids:0=batch", "attention_mask:0=batch", "input_ids:1=seq", "attention_mask:1=seq"]
 
@@ -59,8 +60,7 @@ def token_batch(n: int, length: int, seed: int) -> dict[str, np.ndarray]:
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """The worst per-sample cosine similarity."""
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+    return float(row_cosines(a, b).min())
 
 
 def accuracy(artifact_dir: Path, images: np.ndarray, labels: np.ndarray) -> float:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from typer.testing import CliRunner
@@ -19,6 +18,7 @@ from modelport.calibration import CalibrationSet
 from modelport.cli import app
 from modelport.errors import BadInput
 from modelport.examples import digits_data
+from modelport.ort_session import ort_session
 from modelport.specs import TensorSpec
 
 backend = get_backend("tensorrt")
@@ -27,7 +27,7 @@ gpu = pytest.mark.skipif(not AVAILABLE, reason=f"TensorRT backend unavailable: {
 
 
 def _session_outputs(path: Path, feeds: dict) -> np.ndarray:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    return ort_session(path).run(None, feeds)[0]
 
 
 @pytest.mark.skipif(AVAILABLE, reason="this machine has a GPU and TensorRT")

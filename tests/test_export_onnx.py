@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from modelport.errors import BadInput, StepFailed
 from modelport.exporters.onnx import export_onnx
 from modelport.model import load_model
+from modelport.ort_session import ort_session
 from tests.models import CNN, ENCODER, MLP, TWO_OUTPUTS, UNSUPPORTED_OP
 
 
 def _run(path, feeds):
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
 
 

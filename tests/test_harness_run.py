@@ -12,6 +12,7 @@ import pytest
 from modelport.backends import BACKENDS, get_backend
 from modelport.errors import BadInput
 from modelport.harness import bench, isolate, jobs, matrix, results
+from modelport.harness.runners import model_spec
 from modelport.model import load_model
 from tests.models import MLP
 
@@ -237,7 +238,7 @@ def test_the_model_factory_module_is_imported_once_for_all_the_jobs_that_load_th
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     source = load_model("warmpkg.factory:tiny")
-    job = jobs.ExportJob(model=matrix.model_spec(source), onnx_dir=str(tmp_path / "onnx"))
+    job = jobs.ExportJob(model=model_spec(source), onnx_dir=str(tmp_path / "onnx"))
     assert isolate.factory_modules(job.to_json()) == ("warmpkg.factory",)
     with isolate.Isolator(tmp_path / "work", threads=1, fork=True) as isolator:
         outcomes = [isolator.run(job, name=f"export-{i}", timeout=300) for i in range(2)]

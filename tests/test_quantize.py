@@ -14,8 +14,10 @@ from modelport.errors import BadInput
 from modelport.examples import digits_data
 from modelport.machine import cache_dir
 from modelport.model import load_model
+from modelport.ort_session import ort_session
 from modelport.quantize import write_qdq_model
 from modelport.quantize.algorithms.bias_correction import BiasCorrectionOptions
+from modelport.similarity import mean_cosine
 
 ATTENTION = '''
 import math
@@ -126,16 +128,9 @@ class CountingCalibrator:
 
 
 def _run(path, feeds):
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     names = [i.name for i in session.get_inputs()]
     return session.run(None, {n: feeds[n] for n in names})[0]
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
 def test_every_calibration_sample_reaches_the_calibrator(digits_onnx, digits_calib, tmp_path, monkeypatch):
@@ -222,7 +217,7 @@ def test_mask_add_and_softmax_stay_float_and_attention_holds(attention, tmp_path
     assert result.quantized.get("MatMul", 0) >= 2
     feeds = _token_data(48, 7)
     ref, got = _run(onnx_path, feeds), _run(result.path, feeds)
-    assert _cosine(ref, got) >= 0.99
+    assert mean_cosine(ref, got) >= 0.99
 
 
 def test_by_hand_quantize_static_collapses_on_the_same_attention(attention, tmp_path):
@@ -234,7 +229,7 @@ def test_by_hand_quantize_static_collapses_on_the_same_attention(attention, tmp_
     feeds = _token_data(48, 7)
     ref = _run(onnx_path, feeds)
     ours = write_qdq_model(onnx_path, calibration, tmp_path / "ours.onnx").path
-    by_hand, ours_cos = _cosine(ref, _run(tmp_path / "by_hand.onnx", feeds)), _cosine(ref, _run(ours, feeds))
+    by_hand, ours_cos = mean_cosine(ref, _run(tmp_path / "by_hand.onnx", feeds)), mean_cosine(ref, _run(ours, feeds))
     assert ours_cos >= 0.99
     assert by_hand < ours_cos - 0.01
 

@@ -17,10 +17,12 @@ from modelport.cli import app
 from modelport.errors import BadInput
 from modelport.machine import cache_dir
 from modelport.model import load_model
+from modelport.ort_session import ort_session
 from modelport.quantize import QdqSettings, write_qdq_model
 from modelport.quantize.algorithms.adaround import AdaRoundOptions
 from modelport.quantize.algorithms.bias_correction import BiasCorrectionOptions
 from modelport.quantize.algorithms.cle import CleOptions
+from modelport.similarity import array_sqnr_db
 
 NONE = {"cle": CleOptions(mode="off"), "bias_correction": BiasCorrectionOptions(correct=False),
         "adaround": AdaRoundOptions(learn=False)}
@@ -98,13 +100,7 @@ def _model(write_model, body: str):
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-
-def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
-    return float(10 * np.log10(np.square(ref).sum() / np.square(ref - got).sum()))
+    return ort_session(path).run(None, {"x": x})[0]
 
 
 def _quantize(onnx_path, calibration, tmp_path, name: str, **algorithms):
@@ -121,7 +117,7 @@ def test_cle_equalizes_mismatched_conv_channels_without_changing_the_float_funct
     plain = _quantize(onnx_path, calibration, tmp_path, "plain")
     equalized = _quantize(onnx_path, calibration, tmp_path, "cle", cle=CleOptions(mode="on"))
     ref = _run(onnx_path, held_out)
-    assert _sqnr(ref, _run(equalized.path, held_out)) >= _sqnr(ref, _run(plain.path, held_out)) + 3
+    assert array_sqnr_db(ref, _run(equalized.path, held_out)) >= array_sqnr_db(ref, _run(plain.path, held_out)) + 3
     [chain] = equalized.algorithms["cle"]
     assert chain["kept"] and chain["output_sqnr_db_after"] > chain["output_sqnr_db_before"]
     assert max(chain["range_spread_after"]) < max(chain["range_spread_before"]) / 10

@@ -193,22 +193,26 @@ def nothing(threads):
 
 
 def test_the_harness_runners_keep_the_contract(tiny, tmp_path):
-    """The PyTorch baseline and `--runner` objects are Runners too: feeds checked alike, results checked."""
-    from modelport.harness.matrix import model_spec
-    from modelport.harness.worker import TorchRunner, UserRunner
+    """The PyTorch baseline and `--runner` objects are Runners too, loaded from their specs through the one table
+    of runner kinds: feeds checked alike, results checked."""
+    from modelport.harness.runners import load_runner, runner_spec
 
-    with TorchRunner(model_spec(tiny)) as torch_runner:
+    with load_runner(runner_spec("torch", tiny, {}), threads=1) as torch_runner:
         assert torch_runner.run(feeds(3))["output"].shape == (3, 3)
         with pytest.raises(BadInput, match=r"'x'.*x:batchx6:float32"):
             torch_runner.run({**feeds(2), "x": np.zeros((2, 7), np.float32)})
     path = tmp_path / "user_runners.py"
     path.write_text(USER_RUNNERS)
-    specs = {"inputs": [s.to_json() for s in tiny.inputs], "outputs": [s.to_json() for s in tiny.outputs]}
+
+    def user(fn: str):
+        return load_runner(runner_spec("python", tiny, {"runner": f"{path}:{fn}"}), threads=1)
+
     for fn, message in [("listing", "returned a list from run"), ("texts", "returned 'output' as a str")]:
-        ref = f"{path}:{fn}"
-        with pytest.raises(StepFailed, match=re.escape(f"The runner {ref} {message}")):
-            UserRunner({"kind": "python", "ref": ref, **specs}, threads=1).run(feeds(2))
+        with pytest.raises(StepFailed, match=re.escape(f"The runner {path}:{fn} {message}")):
+            user(fn).run(feeds(2))
     with pytest.raises(BadInput, match=r"missing \['ids'\]"):
-        UserRunner({"kind": "python", "ref": f"{path}:listing", **specs}, threads=1).run({"x": feeds(2)["x"]})
+        user("listing").run({"x": feeds(2)["x"]})
     with pytest.raises(StepFailed, match="returned a NoneType without a run"):
-        UserRunner({"kind": "python", "ref": f"{path}:nothing", **specs}, threads=1)
+        user("nothing")
+    with pytest.raises(ValueError, match="unknown runner kind 'onnx'"):
+        load_runner({"kind": "onnx"}, threads=1)

@@ -2,6 +2,11 @@
 
 Each entry says what the backend consumes, which precisions it builds, which extra installs it and
 which modules must import for it to work. The backend classes are imported only when asked for.
+
+To add a runtime: write `backends/NAME.py` with a `Backend` subclass (its `options` a tuple of keyword-built
+`Option`s, `build` and `load`, runtime packages imported inside methods) and a `Runner` that implements `_run`
+(`base.py` says the contract), then add one `BackendEntry` below. `tests/test_runner_contract.py` holds it to
+the contract at once.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from modelport.errors import BadInput
 from modelport.options import PRECISIONS, Option
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackendEntry:
+    """One row of the table: a backend's name and class, what it consumes and builds, and what it needs."""
+
     name: str
     title: str
     module: str
@@ -33,20 +40,21 @@ class BackendEntry:
 BACKENDS: dict[str, BackendEntry] = {
     e.name: e
     for e in (
-        BackendEntry("onnxruntime", "ONNX Runtime", "modelport.backends.onnxruntime", "OnnxRuntimeBackend",
-                     "onnx", PRECISIONS, ("cpu", "cuda"), None, ("onnxruntime",), ("onnxruntime",),
-                     ("onnxruntime", "onnx"),
-                     "model.onnx"),
-        BackendEntry("openvino", "OpenVINO", "modelport.backends.openvino", "OpenVinoBackend",
-                     "onnx", PRECISIONS, ("cpu", "gpu", "npu"), "openvino", ("openvino", "nncf"), ("openvino",),
-                     ("openvino", "nncf"), "model.xml + model.bin (IR)"),
-        BackendEntry("tflite", "TFLite (LiteRT)", "modelport.backends.tflite", "TFLiteBackend",
-                     "torch", PRECISIONS, ("cpu",), "tflite", ("litert_torch", "ai_edge_quantizer"),
-                     ("ai_edge_litert", "tflite_runtime"), ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"),
-                     "model.tflite"),
-        BackendEntry("tensorrt", "TensorRT", "modelport.backends.tensorrt", "TensorRTBackend",
-                     "onnx", ("fp32", "fp16", "int8"), ("cuda",), "tensorrt", ("tensorrt",), ("tensorrt",),
-                     ("tensorrt",), "model.engine"),
+        BackendEntry(name="onnxruntime", title="ONNX Runtime", module="modelport.backends.onnxruntime",
+                     cls="OnnxRuntimeBackend", consumes="onnx", precisions=PRECISIONS, devices=("cpu", "cuda"),
+                     extra=None, imports=("onnxruntime",), runtimes=("onnxruntime",),
+                     packages=("onnxruntime", "onnx"), artifact="model.onnx"),
+        BackendEntry(name="openvino", title="OpenVINO", module="modelport.backends.openvino", cls="OpenVinoBackend",
+                     consumes="onnx", precisions=PRECISIONS, devices=("cpu", "gpu", "npu"), extra="openvino",
+                     imports=("openvino", "nncf"), runtimes=("openvino",), packages=("openvino", "nncf"),
+                     artifact="model.xml + model.bin (IR)"),
+        BackendEntry(name="tflite", title="TFLite (LiteRT)", module="modelport.backends.tflite", cls="TFLiteBackend",
+                     consumes="torch", precisions=PRECISIONS, devices=("cpu",), extra="tflite",
+                     imports=("litert_torch", "ai_edge_quantizer"), runtimes=("ai_edge_litert", "tflite_runtime"),
+                     packages=("litert-torch", "ai-edge-quantizer", "ai-edge-litert"), artifact="model.tflite"),
+        BackendEntry(name="tensorrt", title="TensorRT", module="modelport.backends.tensorrt", cls="TensorRTBackend",
+                     consumes="onnx", precisions=("fp32", "fp16", "int8"), devices=("cuda",), extra="tensorrt",
+                     imports=("tensorrt",), runtimes=("tensorrt",), packages=("tensorrt",), artifact="model.engine"),
     )
 }
 

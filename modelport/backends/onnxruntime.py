@@ -34,7 +34,8 @@ from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
 from modelport.onnx_fp16 import convert_to_fp16
 from modelport.options import Option, parse_bool, parse_list
-from modelport.quantize import QdqSettings, quiet_ort_tools, resolve_exclude, write_qdq_model
+from modelport.ort_session import ort_session, quiet_ort_tools
+from modelport.quantize import QdqSettings, resolve_exclude, write_qdq_model
 from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
@@ -115,27 +116,6 @@ def _providers() -> list[str]:
     return [*gpu, "CPUExecutionProvider"]
 
 
-def _session(path: Path | bytes, threads: int | None = None, level: str = "all", providers: list[str] | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = _level(level)
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-    model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
-
-
-def _level(name: str):
-    import onnxruntime as ort
-
-    return {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[name]
-
-
 class OnnxRuntimeRunner(Runner):
     """An InferenceSession on the best available providers (TensorRT, CUDA, then CPU)."""
 
@@ -143,7 +123,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], threads: int | None) -> None:
         try:
-            self.session = _session(path, threads, "all", _providers())
+            self.session = ort_session(path, threads=threads, providers=_providers())
         except Exception as exc:
             raise StepFailed(f"ONNX Runtime cannot load {path}: {exc}",
                              hint="Rebuild the artifact with the onnxruntime version installed here.") from exc
@@ -184,7 +164,8 @@ class OnnxRuntimeRunner(Runner):
             model = onnx.load(str(self._path))
             present = {o.name for o in model.graph.output}
             model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in sorted(wanted - present))
-            self._exposing[wanted] = _session(model.SerializeToString(), self.threads, "all", self.providers)
+            self._exposing[wanted] = ort_session(model.SerializeToString(), threads=self.threads,
+                                                 providers=self.providers)
         session = self._exposing[wanted]
         order = sorted(wanted)
         values = dict(zip(order, session.run(order, checked), strict=True))
@@ -236,23 +217,25 @@ def _listing(dtypes: Mapping[str, np.dtype]) -> str:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     options = (
-        Option("optimization", "Graph optimization level applied offline and saved: basic, extended or all ('all' "
-               "adds layout changes tied to this CPU).", "extended", str, LEVELS, ("fp32",)),
-        Option("fusions", "Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm): auto applies them "
-               "where the graph has them, off skips them.", "auto", str, ("auto", "off"), ("fp32",)),
-        Option("keep_fp32", "Op types kept in float32 besides those chosen automatically (comma-separated).", (),
-               parse_list, None, ("fp16",)),
+        Option(name="optimization", help="Graph optimization level applied offline and saved: basic, extended or all "
+               "('all' adds layout changes tied to this CPU).", default="extended", choices=LEVELS,
+               precisions=("fp32",)),
+        Option(name="fusions", help="Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm): auto applies "
+               "them where the graph has them, off skips them.", default="auto", choices=("auto", "off"),
+               precisions=("fp32",)),
+        Option(name="keep_fp32", help="Op types kept in float32 besides those chosen automatically "
+               "(comma-separated).", default=(), parse=parse_list, precisions=("fp16",)),
         *QdqSettings.as_options(),  # the shared QDQ pass's knobs, declared in modelport/quantize/settings.py
-        Option("per_channel", "Quantize weights per output channel (measured slower with run-time activation "
-               "quantization, hence off).", False, parse_bool, None, ("int8-dynamic",)),
-        Option("quant_type", "Activation/weight signedness: auto (from the CPU), u8s8 or s8s8.", "auto", str,
-               ("auto", "u8s8", "s8s8"), ("int8",)),
-        Option("reduce_range", "7-bit weights: auto (from the CPU), true or false.", "auto", _tristate,
-               ("auto", "true", "false"), ("int8", "int8-dynamic")),
-        Option("conv", "Dynamic INT8 of Conv too: auto (only where it measures faster), true or false.", "auto",
-               _tristate, ("auto", "true", "false"), ("int8-dynamic",)),
-        Option("measure", "Time the artifact against ORT FP32 at build time and warn when it is slower.", True,
-               parse_bool, None, ("fp16", "int8", "int8-dynamic")),
+        Option(name="per_channel", help="Quantize weights per output channel (measured slower with run-time "
+               "activation quantization, hence off).", default=False, parse=parse_bool, precisions=("int8-dynamic",)),
+        Option(name="quant_type", help="Activation/weight signedness: auto (from the CPU), u8s8 or s8s8.",
+               default="auto", choices=("auto", "u8s8", "s8s8"), precisions=("int8",)),
+        Option(name="reduce_range", help="7-bit weights: auto (from the CPU), true or false.", default="auto",
+               parse=_tristate, choices=("auto", "true", "false"), precisions=("int8", "int8-dynamic")),
+        Option(name="conv", help="Dynamic INT8 of Conv too: auto (only where it measures faster), true or false.",
+               default="auto", parse=_tristate, choices=("auto", "true", "false"), precisions=("int8-dynamic",)),
+        Option(name="measure", help="Time the artifact against ORT FP32 at build time and warn when it is slower.",
+               default=True, parse=parse_bool, precisions=("fp16", "int8", "int8-dynamic")),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
@@ -325,13 +308,7 @@ def _transformer_fusions(src: Path, tmp: Path) -> tuple[Path | None, dict[str, i
 
 
 def _optimize_offline(src: Path, dst: Path, level: str) -> None:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = _level(level)
-    so.optimized_model_filepath = str(dst)
-    so.log_severity_level = 3
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    ort_session(src, level=level, optimized_path=dst)
 
 
 # ---------------------------------------------------------------- fp16
@@ -354,7 +331,7 @@ def _build_fp16(src: Path, out: Path, o: Mapping[str, Any], tmp: Path) -> dict[s
     else:
         raise StepFailed("Could not find a float16 graph that ONNX Runtime can run.")
     try:
-        _session(candidate, level="all", providers=[provider])
+        ort_session(candidate, providers=[provider])
     except Exception as exc:
         raise StepFailed(f"The float16 model loads but fails once ONNX Runtime fuses it: {exc}",
                          hint="Keep the ops named in the message in float32 with --option keep_fp32=OP,...") from exc
@@ -368,7 +345,7 @@ def _build_fp16(src: Path, out: Path, o: Mapping[str, Any], tmp: Path) -> dict[s
 def _missing_kernel(path: Path, provider: str) -> str | None:
     """The op type ORT reports it has no kernel for, or None when the session loads."""
     try:
-        _session(path, level="basic", providers=[provider])
+        ort_session(path, level="basic", providers=[provider])
     except Exception as exc:
         found = re.search(r"implementation for (\w+)\(", str(exc))
         if found is None:
@@ -525,7 +502,7 @@ def _build_int8_dynamic(src: Path, out: Path, o: Mapping[str, Any], tmp: Path,
     chosen = "with_conv" if has_conv and o["conv"] == "true" else "without_conv"
     if has_conv and o["conv"] == "auto":
         threads = min(2, os.cpu_count() or 1)
-        times = _compare({k: _session(p, threads) for k, p in paths.items()}, feeds)
+        times = _compare({k: ort_session(p, threads=threads) for k, p in paths.items()}, feeds)
         conv_choice["ms"] = {k: round(v, 4) for k, v in times.items()}
         conv_choice["threads"] = threads
         chosen = min(times, key=times.__getitem__)
@@ -564,10 +541,10 @@ def _fidelity_guard(src: Path, built: Mapping[str, Path], feeds: Mapping[str, np
     from modelport.quantize.statistics import sqnr_db
 
     probes = _probe_feeds(feeds)
-    reference = _float_outputs(_session(src, 1), probes)
+    reference = _float_outputs(ort_session(src, threads=1), probes)
     scores = {}
     for label, path in built.items():
-        got = _float_outputs(_session(path, 1), probes)
+        got = _float_outputs(ort_session(path, threads=1), probes)
         scores[label] = round(sqnr_db(float((reference ** 2).sum()), float(((reference - got) ** 2).sum())), 2)
     chosen = "modelport"
     if scores.get("ort_defaults", -np.inf) > scores["modelport"] + GUARD_MARGIN_DB:
@@ -669,7 +646,8 @@ def _bound(session: Any, feeds: Mapping[str, np.ndarray]):
 
 def _latency_vs_fp32(src: Path, artifact: Path, feeds: Mapping[str, np.ndarray], precision: str) -> dict[str, Any]:
     threads = min(2, os.cpu_count() or 1)
-    times = _compare({"fp32": _session(src, threads), precision: _session(artifact, threads)}, feeds)
+    times = _compare({"fp32": ort_session(src, threads=threads), precision: ort_session(artifact, threads=threads)},
+                     feeds)
     speedup = times["fp32"] / times[precision]
     shape = {k: list(np.shape(v)) for k, v in feeds.items()}
     warning = None

@@ -47,6 +47,9 @@ _SHAPE_OPS = ("Convert", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPoo
 _DEQUANT_OPS = ("Subtract", "Multiply")
 
 
+QDQ_ONLY = ("method", "symmetric_activations", "ranges_file")  # the shared QDQ pass's settings source=qdq takes
+
+
 def _qdq_only(setting: str) -> Option:
     """A setting of the shared QDQ pass as an option of source=qdq; None by default, so that giving it with NNCF
     is caught."""
@@ -58,28 +61,26 @@ def _qdq_only(setting: str) -> Option:
 class OpenVinoBackend(Backend):
     name = "openvino"
     options = (
-        Option("device", "The OpenVINO device the runner compiles for (cpu, gpu or npu, as OpenVINO reports them); "
-               "int8 also tunes NNCF's quantization scheme to it.", "cpu", str.lower, ("cpu", "gpu", "npu")),
-        Option("source", "nncf: quantize the IR with NNCF over the calibration set; qdq: convert the QDQ ONNX "
-               "model of modelport's shared calibration pass (the one TensorRT reads).", "nncf", str.lower,
-               ("nncf", "qdq"), ("int8",)),
-        Option("preset", "NNCF preset: performance (symmetric activations) or mixed (asymmetric activations); "
-               "auto takes NNCF's choice for the model type (mixed for transformers).", "auto", str.lower,
-               ("auto", "performance", "mixed"), ("int8",)),
-        Option("model_type", "transformer applies NNCF's transformer scheme (SmoothQuant, attention kept "
-               "accurate); auto chooses it when the graph has MatMul -> Softmax -> MatMul attention.", "auto",
-               str.lower, ("auto", "transformer", "generic"), ("int8",)),
-        Option("ranges", "How NNCF sets activation ranges: histogram (the clipping that minimises quantization "
-               "error over a histogram of the calibration activations) or mean_minmax (NNCF's default: the mean "
-               "of per-sample min and max); auto takes histogram, and NNCF's default for transformers.", "auto",
-               str.lower, ("auto", "histogram", "mean_minmax"), ("int8",)),
-        Option("exclude", "Layers to keep in float, comma-separated: ONNX or OpenVINO node names, torch module "
-               "paths (classifier.3), or op types (Conv, MatMul, Softmax); with source=qdq, ONNX node names or "
-               "op types.", (), parse_list,
-               precisions=("int8", "int8-dynamic")),
-        _qdq_only("method"),
-        _qdq_only("symmetric_activations"),
-        _qdq_only("ranges_file"),
+        Option(name="device", help="The OpenVINO device the runner compiles for (cpu, gpu or npu, as OpenVINO "
+               "reports them); int8 also tunes NNCF's quantization scheme to it.", default="cpu", parse=str.lower,
+               choices=("cpu", "gpu", "npu")),
+        Option(name="source", help="nncf: quantize the IR with NNCF over the calibration set; qdq: convert the QDQ "
+               "ONNX model of modelport's shared calibration pass (the one TensorRT reads).", default="nncf",
+               parse=str.lower, choices=("nncf", "qdq"), precisions=("int8",)),
+        Option(name="preset", help="NNCF preset: performance (symmetric activations) or mixed (asymmetric "
+               "activations); auto takes NNCF's choice for the model type (mixed for transformers).", default="auto",
+               parse=str.lower, choices=("auto", "performance", "mixed"), precisions=("int8",)),
+        Option(name="model_type", help="transformer applies NNCF's transformer scheme (SmoothQuant, attention kept "
+               "accurate); auto chooses it when the graph has MatMul -> Softmax -> MatMul attention.", default="auto",
+               parse=str.lower, choices=("auto", "transformer", "generic"), precisions=("int8",)),
+        Option(name="ranges", help="How NNCF sets activation ranges: histogram (the clipping that minimises "
+               "quantization error over a histogram of the calibration activations) or mean_minmax (NNCF's default: "
+               "the mean of per-sample min and max); auto takes histogram, and NNCF's default for transformers.",
+               default="auto", parse=str.lower, choices=("auto", "histogram", "mean_minmax"), precisions=("int8",)),
+        Option(name="exclude", help="Layers to keep in float, comma-separated: ONNX or OpenVINO node names, torch "
+               "module paths (classifier.3), or op types (Conv, MatMul, Softmax); with source=qdq, ONNX node names or "
+               "op types.", default=(), parse=parse_list, precisions=("int8", "int8-dynamic")),
+        *(_qdq_only(name) for name in QDQ_ONLY),
     )
 
     def reads_ranges_file(self, recipe: Recipe) -> bool:
@@ -131,8 +132,8 @@ def _check_source_options(opts: Mapping[str, Any]) -> None:
         if nncf_only:
             raise BadInput(f"Option(s) {', '.join(nncf_only)} tune NNCF's quantization, which source=qdq does not run.",
                            hint="Drop them, or use source=nncf (the default).")
-    elif any(opts[k] is not None for k in ("method", "symmetric_activations", "ranges_file")):
-        raise BadInput("Options method, symmetric_activations and ranges_file apply only to the shared QDQ pass.",
+    elif any(opts[k] is not None for k in QDQ_ONLY):
+        raise BadInput(f"Options {', '.join(QDQ_ONLY)} apply only to the shared QDQ pass.",
                        hint="Add --option source=qdq, or drop them (NNCF's calibration has its own).")
 
 

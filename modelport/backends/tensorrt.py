@@ -113,13 +113,13 @@ def prepare_network_onnx(onnx_path: Path, recipe: Recipe, calibration: Any, work
 class TensorRTBackend(Backend):
     name = "tensorrt"
     options = (
-        Option("workspace_mb", "Builder workspace limit in MiB (default: TensorRT's, the GPU's memory).",
+        Option(name="workspace_mb", help="Builder workspace limit in MiB (default: TensorRT's, the GPU's memory).",
                parse=int),
-        Option("profile", "Optimization profile per symbolic dim: DIM=MIN:OPT:MAX,... (e.g. batch=1:8:32).",
+        Option(name="profile", help="Optimization profile per symbolic dim: DIM=MIN:OPT:MAX,... (e.g. batch=1:8:32).",
                parse=parse_profile),
-        Option("optimization_level", "Builder optimization level 0-5: higher searches longer for faster kernels.",
-               default=3, parse=int, choices=(0, 1, 2, 3, 4, 5)),
-        Option("exclude", "Comma-separated node names or op types kept in higher precision.", default=(),
+        Option(name="optimization_level", help="Builder optimization level 0-5: higher searches longer for faster "
+               "kernels.", default=3, parse=int, choices=(0, 1, 2, 3, 4, 5)),
+        Option(name="exclude", help="Comma-separated node names or op types kept in higher precision.", default=(),
                parse=parse_list, precisions=("fp16", "int8")),
         QdqSettings.as_option("method", name="calibration_method"),
         QdqSettings.as_option("ranges_file"),

@@ -239,18 +239,20 @@ def describe_tflite(path: Path) -> dict[str, Any]:
 class TFLiteBackend(Backend):
     name = "tflite"
     options = (
-        Option("layout", "Layout of 4-D float inputs inside the .tflite: nchw as in PyTorch, or nhwc as mobile "
-                         "pipelines feed (the runner transposes what you feed in NCHW).", "nchw", _lower, LAYOUTS),
-        Option("dynamic", "auto: keep the model's dynamic axes where litert-torch can, else convert with static "
-                          "shapes (batch 1, batches run per sample); off: convert static shapes directly.",
-               "auto", _lower, DYNAMIC_MODES),
-        Option("io", "Input/output type of the INT8 model: float32 (quantize/dequantize inside the model) or int8 "
-                     "(integer I/O; the runner quantizes inputs and dequantizes outputs with each tensor's scale "
-                     "and zero point).", "float32", _lower, ("float32", "int8"), precisions=("int8",)),
-        Option("ops", "Which ops run in INT8: all (full-integer, activation ranges from the calibration set), matmul "
-                      "(only FULLY_CONNECTED/CONV/BATCH_MATMUL with constant weights, inputs quantized at run time; "
-                      "softmax, normalization, GELU stay FP32), or auto: matmul on transformer-like graphs "
-                      "(attention, layer norms), all otherwise.", "auto", _lower, INT8_OP_SETS, precisions=("int8",)),
+        Option(name="layout", help="Layout of 4-D float inputs inside the .tflite: nchw as in PyTorch, or nhwc as "
+               "mobile pipelines feed (the runner transposes what you feed in NCHW).", default="nchw", parse=_lower,
+               choices=LAYOUTS),
+        Option(name="dynamic", help="auto: keep the model's dynamic axes where litert-torch can, else convert with "
+               "static shapes (batch 1, batches run per sample); off: convert static shapes directly.",
+               default="auto", parse=_lower, choices=DYNAMIC_MODES),
+        Option(name="io", help="Input/output type of the INT8 model: float32 (quantize/dequantize inside the model) "
+               "or int8 (integer I/O; the runner quantizes inputs and dequantizes outputs with each tensor's scale "
+               "and zero point).", default="float32", parse=_lower, choices=("float32", "int8"), precisions=("int8",)),
+        Option(name="ops", help="Which ops run in INT8: all (full-integer, activation ranges from the calibration "
+               "set), matmul (only FULLY_CONNECTED/CONV/BATCH_MATMUL with constant weights, inputs quantized at run "
+               "time; softmax, normalization, GELU stay FP32), or auto: matmul on transformer-like graphs "
+               "(attention, layer norms), all otherwise.", default="auto", parse=_lower, choices=INT8_OP_SETS,
+               precisions=("int8",)),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,

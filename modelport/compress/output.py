@@ -13,9 +13,8 @@ from typing import Any
 import torch
 
 from modelport.errors import BadInput, StepFailed
-from modelport.exporters.onnx import _export_args
 from modelport.machine import machine_summary
-from modelport.model import SourceModel
+from modelport.model import SourceModel, export_args
 
 
 def manifest_path(out: Path) -> Path:
@@ -39,7 +38,7 @@ def save_program(source: SourceModel, out: Path) -> None:
     shapes = tuple({axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in s.dynamic_axes.items()}
                    or None for s in source.inputs)
     try:
-        program = torch.export.export(source.module.eval(), _export_args(source),
+        program = torch.export.export(source.module.eval(), export_args(source),
                                       dynamic_shapes=shapes if any(shapes) else None)
     except Exception as exc:
         raise StepFailed(f"torch.export failed on the compressed model: {type(exc).__name__}: {exc}") from exc

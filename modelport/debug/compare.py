@@ -1,7 +1,7 @@
 """Per-tensor metrics accumulated sample by sample, the jump (the error a layer adds), and the ranking.
 
 Only running sums are kept per tensor (signal and noise power, per-sample cosines, maxima), so memory does
-not grow with the number of samples. SQNR and cosine are the harness's own (`harness/fidelity.py`).
+not grow with the number of samples. SQNR and cosine are modelport's one implementation (`modelport/similarity.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from modelport.debug.mapping import Layer
-from modelport.harness.fidelity import row_cosines, sqnr_db
+from modelport.similarity import finite_or_none, row_cosines, sqnr_db
 
 
 def align(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -63,7 +63,7 @@ class Accumulator:
         reference's largest magnitude."""
         if not self.rows:
             return {"sqnr_db": None, "cosine": None, "max_abs": None, "max_rel": None, "nonfinite": self.nonfinite}
-        return {"sqnr_db": sqnr_db(self.signal, self.noise), "cosine": self.cosines / self.rows,
+        return {"sqnr_db": finite_or_none(sqnr_db(self.signal, self.noise)), "cosine": self.cosines / self.rows,
                 "max_abs": self.max_abs, "max_rel": self.max_abs / self.ref_max if self.ref_max else None,
                 "nonfinite": self.nonfinite}
 

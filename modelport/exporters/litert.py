@@ -30,7 +30,7 @@ from modelport.errors import BadInput, StepFailed
 from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
 from modelport.exporters.parity import output_error
 from modelport.machine import cache_dir
-from modelport.model import SourceModel, flatten_outputs, random_inputs, resize_along
+from modelport.model import SourceModel, export_args, flatten_outputs, random_inputs, resize_along
 from modelport.quiet import NativeLog, quiet_native
 from modelport.specs import TensorSpec
 
@@ -92,21 +92,6 @@ def to_model_layout(array: np.ndarray, layout: str | None) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if layout == "NHWC" else array
 
 
-def _conversion_args(source: SourceModel, dynamic: bool) -> tuple[torch.Tensor, ...]:
-    """Example inputs: symbolic dims at size >= 2 when kept dynamic (torch.export specialises 0 and 1),
-    else the batch axis at 1 and other dims as in the examples."""
-    args = []
-    for spec in source.inputs:
-        t = source.example_inputs[spec.name]
-        for axis in spec.dynamic_axes:
-            if dynamic and t.shape[axis] < 2:
-                t = resize_along(t, axis, 2)
-            elif not dynamic and axis == 0:
-                t = resize_along(t, axis, 1)
-        args.append(t)
-    return tuple(args)
-
-
 def _nhwc_args(source: SourceModel, args: tuple[torch.Tensor, ...], layouts: dict[str, str]) -> tuple:
     return tuple(a.permute(0, 2, 3, 1).contiguous() if layouts.get(s.name) == "NHWC" else a
                  for s, a in zip(source.inputs, args, strict=True))
@@ -117,7 +102,7 @@ def _convert_once(source: SourceModel, layout: str, dynamic: bool) -> bytes:
 
     layouts = layouts_for(source.inputs, layout)
     module: torch.nn.Module = _NamedOutputs(source.module, source.output_names).eval()
-    args = _conversion_args(source, dynamic)
+    args = export_args(source, dynamic)
     if layout == "nhwc" and layouts:
         positions = [i for i, s in enumerate(source.inputs) if s.name in layouts]
         module = litert_torch.to_channel_last_io(module, args=positions).eval()
@@ -179,7 +164,7 @@ def run_signature(path: Path, feeds: Mapping[str, np.ndarray], export: LiteRTExp
 def _parity(source: SourceModel, path: Path, export: LiteRTExport, batches: tuple[int, ...]) -> list[dict]:
     """Worst error of each output against PyTorch on the example inputs and a random draw, per batch size."""
     worst: dict[str, dict[str, Any]] = {}
-    base = dict(zip(source.input_names, _conversion_args(source, dynamic=False), strict=True))
+    base = dict(zip(source.input_names, export_args(source, dynamic=False), strict=True))
     drawn = random_inputs([TensorSpec(s.name, tuple(base[s.name].shape), s.dtype) for s in source.inputs], seed=1)
     for batch in batches:
         for case, feeds in (("example", base), ("random", drawn)):

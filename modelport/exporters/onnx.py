@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import linecache
-import logging
 import re
 import shutil
 import time
@@ -27,7 +26,9 @@ import torch
 from modelport import progress
 from modelport.errors import BadInput, StepFailed, os_error
 from modelport.exporters.parity import output_error
-from modelport.model import SourceModel, resize_along
+from modelport.model import SourceModel, export_args, resize_along
+from modelport.ort_session import ort_session
+from modelport.quiet import loggers_at_error
 from modelport.specs import TensorSpec
 from modelport.staging import ensure_dir, make_sibling_dir, no_space_error, out_of_space
 
@@ -75,18 +76,6 @@ class ExportReport:
 
 def _param_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-
-
-def _export_args(source: SourceModel) -> tuple[torch.Tensor, ...]:
-    """Example inputs with every symbolic dim of size >= 2: torch.export specialises dims of size 0 and 1."""
-    args = []
-    for spec in source.inputs:
-        t = source.example_inputs[spec.name]
-        for axis in spec.dynamic_axes:
-            if t.shape[axis] < 2:
-                t = resize_along(t, axis, 2)
-        args.append(t)
-    return tuple(args)
 
 
 def _dynamo_export(source: SourceModel, args: tuple, path: Path, opset: int | None, external: bool) -> None:
@@ -137,19 +126,11 @@ def _torchscript_export(source: SourceModel, args: tuple, path: Path, opset: int
 def _quiet() -> Iterator[list[warnings.WarningMessage]]:
     """The exporters print progress and warnings of their own; keep them out of the user's terminal, but
     hand the warnings to the caller: the tracer's say where a trace froze the model's control flow."""
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with (warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()),
-              contextlib.redirect_stderr(io.StringIO())):
-            warnings.simplefilter("always")
-            yield caught
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    with (loggers_at_error("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript"),
+          warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()),
+          contextlib.redirect_stderr(io.StringIO())):
+        warnings.simplefilter("always")
+        yield caught
 
 
 _FROZE = " might cause the trace to be incorrect"
@@ -289,11 +270,7 @@ def _fast_path_notes(source: SourceModel, case: str, feeds: dict[str, np.ndarray
 def check_parity(source: SourceModel, onnx_path: Path) -> tuple[list[OutputParity], list[str], list[str]]:
     """Run the ONNX model in ONNX Runtime and PyTorch on the same inputs: the worst error per output, the
     cases, and notes (values where PyTorch itself is not finite, eager's attention fast path)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path)
     worst: dict[str, OutputParity] = {}
     nonfinite: dict[str, list[str]] = {}
     compared: set[str] = set()
@@ -332,7 +309,8 @@ def check_parity(source: SourceModel, onnx_path: Path) -> tuple[list[OutputParit
     return [worst[n] for n in source.output_names], cases, notes
 
 
-def _onnx_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def onnx_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs an ONNX file declares, as TensorSpecs (for `modelport inspect` and the export report)."""
     import onnx
     from onnx import helper
 
@@ -375,7 +353,7 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
                        hint="Omit --opset for the exporter's default, or pick one in that range.")
     ensure_dir(out.parent, out)
     start = time.perf_counter()
-    args = _export_args(source)
+    args = export_args(source)
     external = _param_bytes(source.module) >= _TWO_GB - 2**26
     tmp = make_sibling_dir(out, "exporting")
     try:
@@ -437,7 +415,7 @@ def export_onnx(source: SourceModel, out: str | Path, *, opset: int | None = Non
                                   "shapes) and for a Python `if` on an input's values or size, which export fixes "
                                   "(write it with torch.where or torch.cond); raise --atol if the error is "
                                   "acceptable, or pass --no-check.")
-        inputs, outputs = _onnx_specs(path)
+        inputs, outputs = onnx_specs(path)
         opset_used = onnx_opset(path)
         if opset is not None and opset_used != opset:
             raise BadInput(f"The exporter wrote opset {opset_used}, not the {opset} asked for: onnx's version "

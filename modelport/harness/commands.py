@@ -27,6 +27,8 @@ from modelport.quiet import keep_log
 
 if TYPE_CHECKING:
     from modelport.harness.cluster import ClusterSettings
+from modelport.harness.report.budget import Budget
+from modelport.options import PRECISIONS
 
 MaxDropOpt = Annotated[float, typer.Option(
     "--max-drop", help="Budget with labels: the most a recommended row's task metric may fall below PyTorch FP32's "
@@ -35,6 +37,7 @@ MinSqnrOpt = Annotated[float, typer.Option(
     "--min-sqnr", help="Budget without labels: the least SQNR (dB) against PyTorch FP32 on the worst output.")]
 MinCosineOpt = Annotated[float, typer.Option(
     "--min-cosine", help="Budget without labels: the least mean cosine similarity to PyTorch FP32.")]
+BUDGET = Budget()  # the defaults of the three flags above, declared once on Budget
 
 
 def _batches(text: str) -> list[int]:
@@ -93,7 +96,7 @@ def bench(
     model: ModelArg,
     backends: Annotated[str, typer.Option("--backends", "-b", help="Comma-separated backends, or all.")] = "all",
     precisions: Annotated[str, typer.Option("--precisions", "-p", help="Comma-separated precisions.")] =
-    "fp32,fp16,int8,int8-dynamic",
+    ",".join(PRECISIONS),
     calib: CalibOpt = None,
     calib_size: CalibSizeOpt = None,
     evaluation: Annotated[str | None, typer.Option(
@@ -124,9 +127,9 @@ def bench(
     dynamic: DynamicOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds each build or measurement may take before it is "
                                                 "killed and its row failed.")] = 900.0,
-    max_drop: MaxDropOpt = 1.0,
-    min_sqnr: MinSqnrOpt = 20.0,
-    min_cosine: MinCosineOpt = 0.99,
+    max_drop: MaxDropOpt = BUDGET.max_drop,
+    min_sqnr: MinSqnrOpt = BUDGET.min_sqnr,
+    min_cosine: MinCosineOpt = BUDGET.min_cosine,
     budget_expr: Annotated[str | None, typer.Option(
         "--budget", help="Accuracy budget, e.g. cos>=0.995,sqnr>=25 or drop<=1.0: each runtime's INT8 row is the "
                          "searched artifact that keeps the fewest layers in float to meet it (judged on the "
@@ -153,7 +156,7 @@ def bench(
     (axis 0 of every input) are made dynamic unless --dynamic is given.
     """
     from modelport.harness.api import bench as run_bench
-    from modelport.harness.report import Budget, render_terminal
+    from modelport.harness.report import render_terminal
 
     if iterations is not None and duration is not None:
         raise BadInput("Give --iterations or --duration, not both.")
@@ -193,15 +196,15 @@ def bench(
 def report(
     directory: Annotated[Path, typer.Argument(help="A bench output directory (holds results.jsonl).",
                                               show_default=False)],
-    max_drop: MaxDropOpt = 1.0,
-    min_sqnr: MinSqnrOpt = 20.0,
-    min_cosine: MinCosineOpt = 0.99,
+    max_drop: MaxDropOpt = BUDGET.max_drop,
+    min_sqnr: MinSqnrOpt = BUDGET.min_sqnr,
+    min_cosine: MinCosineOpt = BUDGET.min_cosine,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write report.{json,md,html} "
                                                 "(default: DIRECTORY).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Render the table, report.md, report.json and report.html from DIRECTORY/results.jsonl alone."""
-    from modelport.harness.report import Budget, build_report, render_terminal, write_reports
+    from modelport.harness.report import build_report, render_terminal, write_reports
 
     data = build_report(directory, Budget(max_drop, min_sqnr, min_cosine))
     files = write_reports(data, output or directory)

@@ -7,7 +7,8 @@ data has labels, a task metric (top-1 accuracy in percent, or a user's `file.py:
 both sides and the row carries its delta to PyTorch FP32.
 
 Every number is a plain float or None, so rows serialise to strict JSON: None means "not defined"
-(SQNR of an output identical to the reference, metrics of outputs that hold NaN or Inf).
+(SQNR of an output identical to the reference, metrics of outputs that hold NaN or Inf). Cosine and SQNR
+themselves, and what they are where a side is all zeros, are `modelport/similarity.py`'s.
 """
 
 from __future__ import annotations
@@ -20,35 +21,14 @@ from typing import Any
 import numpy as np
 
 from modelport.errors import BadInput
+from modelport.similarity import finite_or_none, row_cosines, sqnr_db
 
 MetricFn = Callable[[Mapping[str, np.ndarray], np.ndarray], float]
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 def is_classifier(ref: np.ndarray) -> bool:
     """N x C floats with at least two classes: the shape arg-max agreement and accuracy apply to."""
     return ref.ndim == 2 and ref.shape[1] >= 2 and ref.dtype.kind == "f"
-
-
-def row_cosines(o: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row (sample) of two N x D float64 arrays, in [-1, 1]; two all-zero rows agree."""
-    dots = np.einsum("ij,ij->i", o, r)
-    norm_o, norm_r = np.linalg.norm(o, axis=1), np.linalg.norm(r, axis=1)
-    norms = norm_o * norm_r
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where((norm_o == 0) & (norm_r == 0), 1, 0))
-    return np.clip(cos, -1, 1)
-
-
-def sqnr_db(signal: float, noise: float) -> float | None:
-    """Signal-to-quantization-noise ratio in dB from summed squares; None where there is no noise (identical)
-    or the ratio is not finite (a zero reference with noise)."""
-    if noise == 0:
-        return None
-    return _finite(10 * math.log10(signal / noise)) if signal > 0 else None
 
 
 def compare_output(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
@@ -69,7 +49,7 @@ def compare_output(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
         cos = row_cosines(o, r)
         result.update(max_abs=float(abs_err.max(initial=0.0)), mean_abs=float(abs_err.mean()) if abs_err.size else 0.0,
                       cosine=float(cos.mean()), cosine_min=float(cos.min()),
-                      sqnr_db=sqnr_db(float(np.sum(r * r)), float(np.sum(err * err))))
+                      sqnr_db=finite_or_none(sqnr_db(float(np.sum(r * r)), float(np.sum(err * err)))))
     if is_classifier(ref):
         result["top1_agreement"] = float(np.mean(np.argmax(out, axis=1) == np.argmax(ref, axis=1)))
     return result
@@ -150,7 +130,7 @@ def evaluate(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarr
             raise ValueError(f"output {name!r}: {exc}") from None
     record: dict[str, Any] = {"outputs": per_output, "summary": summarize(per_output), "metric": None}
     if metric is not None and labels is not None and reference_metric is not None:
-        value = _finite(metric({k: outputs[k] for k in reference}, labels))
+        value = finite_or_none(metric({k: outputs[k] for k in reference}, labels))
         record["metric"] = {"name": metric.name, "units": metric.units, "value": value,
                             "reference": reference_metric,
                             "delta": None if value is None else value - reference_metric}

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelport.harness.jobs import Job
+from modelport.harness.runners import needs_torch
 
 PROGRESS_PREFIX = "@@modelport-progress "
 STARTED_PREFIX = "@@modelport-started "
@@ -144,12 +145,6 @@ def factory_modules(job: Mapping[str, Any]) -> tuple[str, ...]:
     if colon and all(part.isidentifier() for part in module.split(".")):
         return (module,)
     return ()
-
-
-def needs_torch(job: Mapping[str, Any]) -> bool:
-    """Whether a job runs torch: every job but the measuring of an artifact's runner (numpy and its runtime
-    only), which then neither imports torch nor inherits it from its server."""
-    return (job.get("runner") or {}).get("kind") != "artifact"
 
 
 def server_modules(job: Mapping[str, Any]) -> tuple[str, ...]:

@@ -4,9 +4,9 @@ The parent (matrix.py, interleave.py) makes a job, isolate.py writes it as JSON 
 `threads` and `result` the Isolator adds), and the child in worker.py reads it back (`Job.from_json`) and
 runs the handler registered for its type. The JSON names the kind in `task`.
 
-A job that measures a runner names it by `runner`, a runner spec: `{"kind": "artifact", "path": DIR}`,
-`{"kind": "torch", **matrix.model_spec(...)}` or `{"kind": "python", "ref": "file.py:fn", "inputs": [...],
-"outputs": [...]}`; `inputs` is the .npz of evaluation inputs.
+A job that measures a runner names it by `runner`, a runner spec (`runners.runner_spec`: `{"kind": "artifact",
+"path": DIR}`, `{"kind": "torch", **runners.model_spec(...)}` or `{"kind": "python", "ref": "file.py:fn",
+"inputs": [...], "outputs": [...]}`); `inputs` is the .npz of evaluation inputs.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class ProbeJob(Job, task="probe"):
 class ExportJob(Job, task="export"):
     """The validated ONNX export, written to `onnx_dir` for every ONNX-consuming build."""
 
-    model: dict[str, Any]  # matrix.model_spec
+    model: dict[str, Any]  # runners.model_spec
     onnx_dir: str
 
 

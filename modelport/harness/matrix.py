@@ -32,13 +32,13 @@ from rich.progress import Progress
 from modelport.backends import BACKENDS, get_backend
 from modelport.backends.base import CALIBRATED
 from modelport.errors import BadInput
-from modelport.harness import fidelity, interleave, isolate, jobs, results
+from modelport.harness import fidelity, interleave, isolate, jobs, results, runners
 from modelport.harness.reference import Data
 from modelport.harness.results import PYTORCH
+from modelport.harness.runners import model_spec
 from modelport.machine import machine_summary
 from modelport.model import SourceModel
 from modelport.options import PRECISIONS
-from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
     from modelport.tune.bench import BenchBudget
@@ -262,14 +262,6 @@ def make_plan(settings: Settings, *, calibrated: bool, available: Availability =
     return items
 
 
-def model_spec(source: SourceModel) -> dict[str, Any]:
-    """How a measuring process reloads the same model: origin, concrete input specs, dynamic axes, hash."""
-    inputs = [str(TensorSpec(name, tuple(t.shape), s.dtype))
-              for s in source.inputs for name, t in [(s.name, source.example_inputs[s.name])]]
-    dynamic = [f"{s.name}:{axis}={dim}" for s in source.inputs for axis, dim in s.dynamic_axes.items()]
-    return {"origin": source.origin, "inputs": inputs, "dynamic": dynamic, "content_hash": source.content_hash}
-
-
 def prepare_model(source: SourceModel, batches: Sequence[int], user_dynamic: bool) -> SourceModel:
     """Make axis 0 of every input a dynamic `batch` dim unless the user chose the dynamic axes.
 
@@ -454,26 +446,22 @@ class MatrixRun:
                 self._emit(item, status=first.status, reason=first.reason)
             return None
         label = f"{first.backend} {first.precision}"
-        artifact, runner_spec, fid = None, None, None
-        try:
-            if first.kind == "torch":
-                artifact = {"size_bytes": _weights_bytes(self.ctx.source), "build_seconds": None, "reused": None}
-                runner_spec = {"kind": "torch", **model_spec(self.ctx.source)}
-                fid = fidelity.evaluate(self.ctx.reference, self.ctx.reference, self.ctx.data.labels,
-                                        self.ctx.metric, self.ctx.reference_metric)
-            elif first.kind == "python":
-                runner_spec = {"kind": "python", "ref": first.options["runner"],
-                               "inputs": [s.to_json() for s in self.ctx.source.inputs],
-                               "outputs": [s.to_json() for s in self.ctx.source.outputs]}
-            else:
+        kind = runners.KINDS[first.kind]
+        artifact, built, fid, fid_error = None, None, None, None
+        if kind.builds:
+            try:
                 artifact = self._build(first, label)
-                runner_spec = {"kind": "artifact", "path": str(self.ctx.out / artifact["path"])}
-        except _StageFailed as exc:
-            for item in items:
-                self._emit(item, status="failed", stage=exc.stage, reason=exc.reason, artifact=artifact)
-            return None
-        fid_error = None
-        if fid is None:
+            except _StageFailed as exc:
+                for item in items:
+                    self._emit(item, status="failed", stage=exc.stage, reason=exc.reason, artifact=artifact)
+                return None
+            built = self.ctx.out / artifact["path"]
+        runner_spec = runners.runner_spec(first.kind, self.ctx.source, first.options, built)
+        if kind.reference:  # PyTorch FP32 against itself
+            artifact = {"size_bytes": _weights_bytes(self.ctx.source), "build_seconds": None, "reused": None}
+            fid = fidelity.evaluate(self.ctx.reference, self.ctx.reference, self.ctx.data.labels,
+                                    self.ctx.metric, self.ctx.reference_metric)
+        else:
             fid, fid_error = self._try(lambda: self._fidelity(first, runner_spec, artifact, label))
         return Prepared(items, label, runner_spec, artifact, fid, fid_error)
 

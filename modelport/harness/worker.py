@@ -2,9 +2,9 @@
 
 A child pins torch's threads where torch is in the process (an artifact's runner never imports it),
 reads its job (jobs.py), runs the handler HANDLERS registers for the job's type (probe, export,
-build, or load one runner and measure it), and writes its result JSON; progress goes to stdout as
-`@@modelport-progress DONE TOTAL` lines. faulthandler is on, so a segfault leaves the Python stack in
-the log the parent keeps.
+build, or load one runner, of a kind runners.py lists, and measure it), and writes its result JSON;
+progress goes to stdout as `@@modelport-progress DONE TOTAL` lines. faulthandler is on, so a segfault
+leaves the Python stack in the log the parent keeps.
 
 The server (`--serve [MODULE...]`) imports what every child needs once (and the modules named: torch
 for the children that run it, the model factory's for those that load the model), then for each
@@ -26,8 +26,7 @@ import numpy as np
 
 from modelport import progress
 from modelport.backends.base import Runner
-from modelport.errors import StepFailed
-from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX, needs_torch
+from modelport.harness.isolate import EXIT_PREFIX, PROGRESS_PREFIX, REPLY_PREFIX, STARTED_PREFIX
 from modelport.harness.jobs import (
     BuildJob,
     DebugJob,
@@ -41,6 +40,7 @@ from modelport.harness.jobs import (
     TuneJob,
 )
 from modelport.harness.reference import batch_of
+from modelport.harness.runners import load_runner, load_source, needs_torch
 
 
 def _report_progress(done: float, total: float) -> None:
@@ -60,70 +60,6 @@ class _Counts:
     def count(self, done: int, total: int | None) -> None:
         if total:
             _report_progress(done, total)
-
-
-def load_source(spec: Mapping[str, Any]) -> Any:
-    """The model being benched, reloaded from its origin; refuses a model whose content hash differs."""
-    from modelport.model import load_model
-
-    source = load_model(spec["origin"], spec["inputs"], spec["dynamic"])
-    if source.content_hash != spec["content_hash"]:
-        raise RuntimeError(f"{spec['origin']} loaded in the measuring process is not the model being benched "
-                           f"(content hash {source.content_hash}, expected {spec['content_hash']}); does its "
-                           "factory depend on random state?")
-    return source
-
-
-class TorchRunner(Runner):
-    """The PyTorch FP32 source model under the Runner contract: the baseline row, its feeds checked alike."""
-
-    name = "PyTorch"
-
-    def __init__(self, spec: Mapping[str, Any]) -> None:
-        self._source = load_source(spec)
-        self.inputs, self.outputs = self._source.inputs, self._source.outputs
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._source.run(feeds)
-
-
-class UserRunner(Runner):
-    """A `--runner NAME=file.py:fn` object under the Runner contract, fed the model's inputs.
-
-    `fn(threads=N)` returns any object with `run(feeds)`; its feeds are checked as every runtime's are,
-    and a result that is not a dict of arrays is a StepFailed naming the runner, not a puzzle in fidelity.
-    """
-
-    def __init__(self, spec: Mapping[str, Any], threads: int) -> None:
-        from modelport.specs import TensorSpec
-        from modelport.usercode import import_user_callable
-
-        self.name = spec["ref"]
-        self.inputs = [TensorSpec.from_json(s) for s in spec["inputs"]]
-        self.outputs = [TensorSpec.from_json(s) for s in spec["outputs"]]
-        factory, _ = import_user_callable(spec["ref"], "runner factory", "--runner")
-        self._user = factory(threads=threads)
-        if not callable(getattr(self._user, "run", None)):
-            raise StepFailed(f"The runner {self.name} returned a {type(self._user).__name__} without a run(feeds) "
-                             "method.", hint="Return an object whose run(feeds) returns {output name: array}.")
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._user.run(feeds)
-        if not isinstance(result, Mapping):
-            raise StepFailed(f"The runner {self.name} returned a {type(result).__name__} from run(feeds), not a dict "
-                             "of arrays.", hint="Return {output name: numpy array}.")
-        out = {}
-        for key, value in result.items():
-            array = np.asarray(value)
-            if array.dtype.kind not in "biufc":
-                raise StepFailed(f"The runner {self.name} returned {key!r} as a {type(value).__name__}, not an array "
-                                 "of numbers.", hint="Return {output name: numpy array}.")
-            out[key] = array
-        return out
-
-    def _release(self) -> None:
-        if callable(close := getattr(self._user, "close", None)):
-            close()
 
 
 def _probe(job: ProbeJob, threads: int) -> dict[str, Any]:
@@ -185,19 +121,6 @@ def _debug(job: DebugJob, threads: int) -> dict[str, Any]:
                           seed=evaluation.seed)
     record, files = debug_to_files(job.artifact, source, head, job.out, threads=threads, onnx_dir=job.onnx_dir)
     return {"files": [str(f) for f in files], "culprits": [c["onnx_node"] for c in record["culprits"][:3]]}
-
-
-def _load_runner(spec: Mapping[str, Any], threads: int) -> Runner:
-    kind = spec["kind"]
-    if kind == "artifact":
-        from modelport.loading import load_artifact
-
-        return load_artifact(spec["path"], threads=threads)
-    if kind == "torch":
-        return TorchRunner(spec)
-    if kind == "python":
-        return UserRunner(spec, threads)
-    raise ValueError(f"unknown runner kind {kind!r}")
 
 
 def _rss() -> int:
@@ -316,7 +239,7 @@ def _measuring(measure: Callable[[Any, _Loaded], dict[str, Any]]) -> Handler:
             inputs = {k: data[k] for k in data.files}
         rss_before = _rss()
         start = time.perf_counter()
-        runner = _load_runner(job.runner, threads)
+        runner = load_runner(job.runner, threads)
         load_seconds = time.perf_counter() - start
         _pin_torch_threads(threads)  # a runtime that brought torch along (TensorRT's buffers) runs pinned too
         measured = measure(job, _Loaded(runner, inputs, load_seconds, rss_before))

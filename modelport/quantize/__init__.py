@@ -22,11 +22,10 @@ from modelport.quantize.algorithms.adaround import AdaRoundOptions
 from modelport.quantize.algorithms.bias_correction import BiasCorrectionOptions
 from modelport.quantize.algorithms.cle import CleOptions
 from modelport.quantize.algorithms.smoothquant import SmoothQuantOptions
-from modelport.quantize.ort_tools import quiet_ort_tools
 from modelport.quantize.rules import resolve_exclude
 from modelport.quantize.settings import METHODS, QdqSettings
 from modelport.quantize.write import QdqResult, write_qdq_model
 
 __all__ = ["ALGORITHMS", "METHODS", "AdaRoundOptions", "Algorithm", "AlgorithmRun", "BiasCorrectionOptions",
-           "CleOptions", "QdqResult", "QdqSettings", "SmoothQuantOptions", "algorithm", "quiet_ort_tools",
-           "resolve_exclude", "write_qdq_model"]
+           "CleOptions", "QdqResult", "QdqSettings", "SmoothQuantOptions", "algorithm", "resolve_exclude",
+           "write_qdq_model"]

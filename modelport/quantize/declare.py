@@ -130,7 +130,8 @@ def _key(f: dataclasses.Field, s: Setting) -> str:
 
 
 def _option(f: dataclasses.Field, s: Setting) -> Option:
-    return Option(_key(f, s), s.help, f.default, s.parse, s.choices, s.precisions)
+    return Option(name=_key(f, s), help=s.help, default=f.default, parse=s.parse, choices=s.choices,
+                  precisions=s.precisions)
 
 
 def _jsonable(value: Any) -> Any:

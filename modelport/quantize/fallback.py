@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelport.ort_session import ort_session
 from modelport.quantize.graph import COMPUTE_OPS, Graph
-from modelport.quantize.ort_tools import cpu_session
 from modelport.quantize.ranges import analysis_batches
+from modelport.similarity import row_cosines
 
 if TYPE_CHECKING:
     from modelport.calibration.dataset import CalibrationSet
@@ -24,17 +25,15 @@ BACKOFF_PAYBACK = 2.0      # a round must close this many times the share of com
 
 
 def _cosines(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]]) -> float:
-    """Mean over samples of the per-sample cosine similarity, worst over the float outputs."""
+    """Mean over samples of the per-sample cosine similarity, worst over the float outputs (an all-zero sample
+    against a non-zero one counts 0, two all-zero samples 1: `modelport/similarity.py`)."""
     per_output = []
     for k in range(len(ref[0])):
         if ref[0][k].dtype.kind != "f":
             continue
         values = []
         for r_batch, g_batch in zip(ref, got, strict=True):
-            r = r_batch[k].reshape(len(r_batch[k]), -1).astype(np.float64)
-            g = g_batch[k].reshape(len(g_batch[k]), -1).astype(np.float64)
-            denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-            values.extend(np.where(denom > 0, (r * g).sum(axis=1) / np.maximum(denom, 1e-300), 1.0))
+            values.extend(row_cosines(g_batch[k], r_batch[k]))
         per_output.append(float(np.mean(values)))
     return min(per_output) if per_output else 1.0
 
@@ -53,7 +52,7 @@ def guard_fidelity(float_path: Path, q_path: Path, calibration: CalibrationSet, 
     batches = list(analysis_batches(calibration, settings))
 
     def run(path: Path) -> list[list[np.ndarray]]:
-        session = cpu_session(path)
+        session = ort_session(path)
         names = [i.name for i in session.get_inputs()]
         return [session.run(None, {n: b[n] for n in names}) for b in batches]
 

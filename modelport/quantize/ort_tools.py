@@ -1,12 +1,9 @@
-"""ONNX Runtime's own tools as the QDQ pass uses them: kept quiet, CPU sessions, its calibration methods and
-`quantize_static` writing QDQ pairs from the cached ranges."""
+"""ONNX Runtime's own tools as the QDQ pass uses them: its calibration methods and `quantize_static` writing QDQ
+pairs from the cached ranges (sessions and quiet tools: `modelport/ort_session.py`)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,31 +13,6 @@ from modelport.errors import StepFailed
 if TYPE_CHECKING:
     from modelport.quantize.rules import Why
     from modelport.quantize.settings import QdqSettings
-
-
-@contextlib.contextmanager
-def quiet_ort_tools() -> Iterator[None]:
-    """ORT's Python tools print progress and log warnings (root logger and their own); keep them to ourselves:
-    the build's summary says what matters."""
-    loggers = [logging.getLogger(), logging.getLogger("onnxruntime"), logging.getLogger("onnxruntime.transformers")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def cpu_session(path: Path) -> Any:
-    """An InferenceSession on the CPU provider that logs errors only: the pass measures in float on the CPU."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def calibration_method(name: str) -> Any:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelport import similarity
+from modelport.ort_session import ort_session
 from modelport.quantize.graph import COMPUTE_OPS, Graph
-from modelport.quantize.ort_tools import cpu_session
 from modelport.quantize.ranges import analysis_batches, bounds
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def run_collecting(model_path: Path, tensors: Sequence[str], calibration: Calibr
             model.graph.output.append(infos[t])
     path = tmp_dir / "exposed.onnx"
     onnx.save(model, str(path))
-    session = cpu_session(path)
+    session = ort_session(path)
     names = [o.name for o in session.get_outputs()]
     inputs = [i.name for i in session.get_inputs()]
     seen = 0
@@ -89,16 +90,14 @@ def measure_sqnr(model_path: Path, calibration: CalibrationSet, settings: QdqSet
 
 
 def sqnr_db(signal: float, noise: float) -> float:
-    """Signal-to-noise ratio in dB from summed squares, rounded to 0.01 dB; infinite without noise."""
-    if noise <= 0:
-        return math.inf
-    return round(10 * math.log10(max(signal, 1e-300) / noise), 2)
+    """`similarity.sqnr_db` rounded to 0.01 dB, as the pass records it (+inf without noise, -inf without signal)."""
+    return round(similarity.sqnr_db(signal, noise), 2)
 
 
 def output_sqnr(reference: Path, candidate: Path, calibration: CalibrationSet, settings: QdqSettings) -> float:
     """SQNR (dB) of `candidate`'s float outputs against `reference`'s on the analysis samples, batch by batch
     (both run in step, so nothing but two sums is held)."""
-    ref, cand = cpu_session(reference), cpu_session(candidate)
+    ref, cand = ort_session(reference), ort_session(candidate)
     inputs = [i.name for i in ref.get_inputs()]
     signal = noise = 0.0
     for batch in analysis_batches(calibration, settings):

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from modelport import progress
 from modelport.errors import BadInput
+from modelport.ort_session import quiet_ort_tools
 from modelport.quantize import cache, given
 from modelport.quantize.algorithms import apply_algorithms
 from modelport.quantize.algorithms.bias_correction import float_bias_quantizer
 from modelport.quantize.fallback import guard_fidelity
 from modelport.quantize.files import atomic_copy
 from modelport.quantize.graph import Graph, candidate_types, candidates, precision_counts
-from modelport.quantize.ort_tools import quiet_ort_tools, static_quantizer
+from modelport.quantize.ort_tools import static_quantizer
 from modelport.quantize.prepare import prepare
 from modelport.quantize.ranges import calibrate
 from modelport.quantize.rules import automatic_float, resolve_exclude
