@@ -80,9 +80,11 @@ def _fail(message: str, hint: str | None, code: int) -> None:
 
 
 def _leaves(group: click.Group) -> list[click.Command]:
+    """The commands under `group`, subgroups walked (by their `commands`: typer ships its own click, whose Group
+    is not click.Group)."""
     found = []
     for command in group.commands.values():
-        found += _leaves(command) if isinstance(command, click.Group) else [command]
+        found += _leaves(command) if hasattr(command, "commands") else [command]
     return found
 
 

@@ -22,7 +22,9 @@ from modelport.errors import BadInput
 @contextlib.contextmanager
 def user_code(ref: str, doing: str = "calling") -> Iterator[None]:
     """Run a user's code (import, factory, data or metric callable): what it prints goes to stderr, as stdout
-    is modelport's own output (clean JSON under --json); it sees `sys.argv` as `[ref]`, not modelport's
+    is modelport's own output (clean JSON under --json); under the CLI that stderr is the command's log of other
+    packages' output (quiet.routed; --verbose shows it), since a factory's prints and the libraries it loads
+    cannot be told apart; it sees `sys.argv` as `[ref]`, not modelport's
     arguments (so an argparse parser names the user's file); and a sys.exit() in it is a BadInput naming it,
     not modelport exiting silently with the user's code."""
     argv = sys.argv

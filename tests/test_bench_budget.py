@@ -106,7 +106,7 @@ def test_nothing_within_the_budget_ships_nothing_exits_1_and_links_the_debug_run
     report = json.loads((out / "report.json").read_text())
     row = _row(report, "int8")
     assert row["tune"]["status"] == "missed" and row["tune"]["candidates"] == 2 and row["meets_budget"] is False
-    assert row["debug"] == "debug/onnxruntime-int8/debug.html" and (out / row["debug"]).is_file()
+    assert row["debug_html"] == "debug/onnxruntime-int8/debug.html" and (out / row["debug_html"]).is_file()
     culprits = json.loads((out / "debug/onnxruntime-int8/debug.json").read_text())["culprits"]
     assert culprits and culprits[0]["onnx_node"] in PLANTED
     assert f"]({row['debug']})" in (out / "report.md").read_text()

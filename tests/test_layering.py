@@ -17,7 +17,7 @@ from modelport.backends import BACKENDS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "modelport"
 NEUTRAL = ("errors", "specs", "options", "timing", "usercode", "quiet", "staging", "console", "ort_session",
-           "similarity", "machine")
+           "similarity", "machine", "progress")
 RUNTIMES = sorted({name.replace("-", "_") for e in BACKENDS.values()
                    for name in (*e.imports, *e.runtimes, *e.packages)} - {"onnx"})
 

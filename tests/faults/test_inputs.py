@@ -64,7 +64,7 @@ def test_a_model_file_parsing_arguments_at_import_is_exit_2_and_its_usage_names_
     model = write_model("import argparse\n"
                         "parser = argparse.ArgumentParser()\nparser.add_argument('--epochs', required=True)\n"
                         "parser.parse_args()\n" + CNN)
-    result = invoke("export", model, "-o", str(tmp_path / "m.onnx"))
+    result = invoke("--verbose", "export", model, "-o", str(tmp_path / "m.onnx"))
     assert_refused(result, "called sys.exit(2) while importing", "user_model.py", 'if __name__ == "__main__":')
     assert "usage: modelport" not in result.output and "usage: " in result.output  # argparse names the user's file
     assert not (tmp_path / "m.onnx").exists()
@@ -78,9 +78,11 @@ def test_a_calibration_callable_calling_sys_exit_is_exit_2_and_builds_nothing(tm
 
 
 def test_what_user_code_prints_stays_off_the_json_on_stdout(tmp_path, write_model):
+    """The console shows user code's prints as it shows other packages' output: in the command's log, or on stderr
+    under --verbose; never on stdout."""
     model = write_model("print('imported')\n" + CNN.replace("    torch.manual_seed(0)", "    print('made')\n"
                                                                                           "    torch.manual_seed(0)"))
-    result = invoke("export", model, "-o", str(tmp_path / "m.onnx"), "--json")
+    result = invoke("--verbose", "export", model, "-o", str(tmp_path / "m.onnx"), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["exporter"] == "dynamo"
     assert "imported" in result.stderr and "made" in result.stderr
