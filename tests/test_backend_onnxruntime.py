@@ -159,7 +159,8 @@ def test_fused_fp32_encoder_has_fewer_nodes_and_the_same_outputs(models, built):
     artifact, _ = built("encoder", "fp32")
     plain, _ = built("encoder", "fp32", fusions="off", optimization="basic")
     fusions = artifact.details["fusions"]
-    assert fusions.get("SkipLayerNormalization", 0) > 0
+    assert fusions["applied"] and fusions["ort"].get("SkipLayerNormalization", 0) > 0
+    assert fusions["attention"]["op"] == "Attention" and fusions["attention"]["fused"] == 2
     fused_nodes = len(onnx.load(str(artifact.main_file)).graph.node)
     assert fused_nodes < len(onnx.load(str(bundle.onnx_path)).graph.node)
     assert fused_nodes < len(onnx.load(str(plain.main_file)).graph.node)
