@@ -104,9 +104,12 @@ class _Graph:
     def need(self, op: str, name: str, what: str) -> Any:
         node = self.make(op, name)
         if node is None:
-            found = self.producer.get(name)
-            raise _NoMatch(f"{what} comes from {found.op_type if found is not None else 'a graph input'}, not {op}")
+            raise _NoMatch(f"{what} comes from {self.origin(name)}, not {op}")
         return node
+
+    def origin(self, name: str) -> str:
+        found = self.producer.get(name)
+        return found.op_type if found is not None else "a constant" if name in self.const else "a graph input"
 
     def only_use(self, name: str) -> bool:
         return len(self.consumers.get(name, [])) == 1 and name not in self.outputs
@@ -187,7 +190,7 @@ def _key_input(g: _Graph, name: str) -> tuple[str, int, list[Any]]:
             raise _NoMatch("K is not transposed to (B,H,D,S) in a form this fusion knows")
         k, head, nodes = _heads_input(g, inner.input[0], "K")
         return k, head, [node, transpose, inner, *nodes]
-    raise _NoMatch(f"K^T comes from {node.op_type if node is not None else 'a graph input'}, not a transpose of K")
+    raise _NoMatch(f"K^T comes from {g.origin(name)}, not a transpose of K")
 
 
 def _match(g: _Graph, softmax: Any) -> _Site:
@@ -429,8 +432,21 @@ def fuse_transformer(src: Path, dst: Path, pack: bool = True) -> FusionReport:
     except Exception as exc:  # ORT's scripts fail on a graph they do not understand: the attention fusion stands
         report.ort_error = f"{type(exc).__name__}: {exc}"
     if report.fired:
+        _declare_float_outputs(model)
         onnx.save(model, str(dst))
     return report
+
+
+def _declare_float_outputs(model: onnx.ModelProto) -> None:
+    """Type the outputs of the fused (com.microsoft) nodes: ONNX shape inference does not know them, and ORT's
+    quantizer skips a MatMul whose input has no known type (the projection after attention stayed float)."""
+    from onnx import TensorProto, helper
+
+    typed = {v.name for v in [*model.graph.value_info, *model.graph.output]}
+    for node in model.graph.node:
+        if node.domain == MS_DOMAIN:
+            model.graph.value_info.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                                          for o in node.output if o and o not in typed)
 
 
 # The fused graph computes the same function in other kernels: beyond this (max error over the output's scale on the
