@@ -78,7 +78,7 @@ class _Site:
     dead: list[Any]
 
 
-class _Graph:
+class OnnxGraph:
     """Producers, consumers and constant values of one ONNX graph: what the matcher walks."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -119,7 +119,7 @@ class _Graph:
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
-def _attr(node: Any, name: str, default: Any = None) -> Any:
+def attribute(node: Any, name: str, default: Any = None) -> Any:
     from onnx import helper
 
     for a in node.attribute:
@@ -128,7 +128,7 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
     return default
 
 
-def _scaled(g: _Graph, name: str) -> tuple[str, float, list[Any]]:
+def _scaled(g: OnnxGraph, name: str) -> tuple[str, float, list[Any]]:
     """Strip Mul/Div by a scalar constant: (tensor, factor, the nodes stripped)."""
     factor, nodes = 1.0, []
     while True:
@@ -147,11 +147,11 @@ def _scaled(g: _Graph, name: str) -> tuple[str, float, list[Any]]:
         nodes.append(node)
 
 
-def _heads_input(g: _Graph, name: str, what: str) -> tuple[str, int, list[Any]]:
+def _heads_input(g: OnnxGraph, name: str, what: str) -> tuple[str, int, list[Any]]:
     """(B,S,H*D) -> Reshape(B,S,H,D) -> Transpose(0,2,1,3): the projected tensor, the head size, the two nodes."""
     transpose = g.need("Transpose", name, what)
-    if list(_attr(transpose, "perm", [])) != HEADS_PERM:
-        raise _NoMatch(f"{what} is transposed with perm {list(_attr(transpose, 'perm', []))}, not {HEADS_PERM}")
+    if list(attribute(transpose, "perm", [])) != HEADS_PERM:
+        raise _NoMatch(f"{what} is transposed with perm {list(attribute(transpose, 'perm', []))}, not {HEADS_PERM}")
     reshape = g.need("Reshape", transpose.input[0], what)
     head = _head_size(g, reshape.input[1])
     if head is None:
@@ -159,7 +159,7 @@ def _heads_input(g: _Graph, name: str, what: str) -> tuple[str, int, list[Any]]:
     return reshape.input[0], head, [transpose, reshape]
 
 
-def _head_size(g: _Graph, shape: str) -> int | None:
+def _head_size(g: OnnxGraph, shape: str) -> int | None:
     if shape in g.const:
         dims = g.const[shape].reshape(-1)
         return int(dims[-1]) if dims.size == 4 and dims[-1] > 0 else None
@@ -170,14 +170,14 @@ def _head_size(g: _Graph, shape: str) -> int | None:
     return int(last.reshape(-1)[0]) if last is not None and last.size == 1 and last.reshape(-1)[0] > 0 else None
 
 
-def _key_input(g: _Graph, name: str) -> tuple[str, int, list[Any]]:
+def _key_input(g: OnnxGraph, name: str) -> tuple[str, int, list[Any]]:
     """K^T in (B,H,D,S): Transpose(0,1,3,2) of K's heads, the exporter's Reshape/Transpose(0,2,1)/Reshape chain
     of them, or Transpose(0,2,3,1) straight from (B,S,H,D)."""
     node = g.producer.get(name)
-    if node is not None and node.op_type == "Transpose" and list(_attr(node, "perm", [])) == [0, 1, 3, 2]:
+    if node is not None and node.op_type == "Transpose" and list(attribute(node, "perm", [])) == [0, 1, 3, 2]:
         k, head, nodes = _heads_input(g, node.input[0], "K")
         return k, head, [node, *nodes]
-    if node is not None and node.op_type == "Transpose" and list(_attr(node, "perm", [])) == [0, 2, 3, 1]:
+    if node is not None and node.op_type == "Transpose" and list(attribute(node, "perm", [])) == [0, 2, 3, 1]:
         reshape = g.need("Reshape", node.input[0], "K")
         head = _head_size(g, reshape.input[1])
         if head is None:
@@ -185,17 +185,17 @@ def _key_input(g: _Graph, name: str) -> tuple[str, int, list[Any]]:
         return reshape.input[0], head, [node, reshape]
     if node is not None and node.op_type == "Reshape":
         transpose = g.need("Transpose", node.input[0], "K")
-        inner = g.need("Reshape", transpose.input[0], "K") if list(_attr(transpose, "perm", [])) == [0, 2, 1] else None
-        if inner is None:
+        if list(attribute(transpose, "perm", [])) != [0, 2, 1]:
             raise _NoMatch("K is not transposed to (B,H,D,S) in a form this fusion knows")
+        inner = g.need("Reshape", transpose.input[0], "K")
         k, head, nodes = _heads_input(g, inner.input[0], "K")
         return k, head, [node, transpose, inner, *nodes]
     raise _NoMatch(f"K^T comes from {g.origin(name)}, not a transpose of K")
 
 
-def _match(g: _Graph, softmax: Any) -> _Site:
+def _match(g: OnnxGraph, softmax: Any) -> _Site:
     """The attention site around one Softmax, or _NoMatch saying why not."""
-    if _attr(softmax, "axis", -1) not in (-1, 3):
+    if attribute(softmax, "axis", -1) not in (-1, 3):
         raise _NoMatch("Softmax is not over the last axis")
     probs, dead = softmax.output[0], [softmax]
     users = g.consumers.get(probs, [])
@@ -213,7 +213,7 @@ def _match(g: _Graph, softmax: Any) -> _Site:
     v, head_v, nodes = _heads_input(g, matmul_v.input[1], "V")
     dead += [matmul_v, *nodes]
     out = g.consumers.get(matmul_v.output[0], [])
-    if len(out) != 1 or out[0].op_type != "Transpose" or list(_attr(out[0], "perm", [])) != HEADS_PERM:
+    if len(out) != 1 or out[0].op_type != "Transpose" or list(attribute(out[0], "perm", [])) != HEADS_PERM:
         raise _NoMatch("the attention output is not transposed back to (B,S,H,D)")
     merged = g.consumers.get(out[0].output[0], [])
     if len(merged) != 1 or merged[0].op_type != "Reshape":
@@ -254,7 +254,7 @@ class _Packed:
     bias: np.ndarray
 
 
-def _projection(g: _Graph, name: str) -> tuple[str, np.ndarray, np.ndarray | None] | None:
+def _projection(g: OnnxGraph, name: str) -> tuple[str, np.ndarray, np.ndarray | None] | None:
     """name = X @ W (+ b) with constant W: (X, W, b)."""
     bias = None
     add = g.make("Add", name)
@@ -270,7 +270,7 @@ def _projection(g: _Graph, name: str) -> tuple[str, np.ndarray, np.ndarray | Non
     return matmul.input[0], g.const[matmul.input[1]], bias
 
 
-def _packed(g: _Graph, site: _Site) -> _Packed | None:
+def _packed(g: OnnxGraph, site: _Site) -> _Packed | None:
     """Q, K and V as one packed projection of one input, if they are (else None: MultiHeadAttention instead)."""
     split = g.make("Split", site.q)
     if split is not None and list(split.output) == [site.q, site.k, site.v]:
@@ -287,20 +287,21 @@ def _packed(g: _Graph, site: _Site) -> _Packed | None:
     return _Packed(parts[0][0], np.concatenate([p[1] for p in parts], axis=1), np.concatenate(biases))
 
 
-def _packed_split(g: _Graph, split: Any) -> _Packed | None:
+def _packed_split(g: OnnxGraph, split: Any) -> _Packed | None:
     """GPT-2's c_attn: Split(Reshape(Gemm(Reshape(X)))) or Split(X @ W + b) in three equal parts of the last axis."""
-    if _attr(split, "axis", 0) not in (-1, 2) or (len(split.input) > 1 and split.input[1]):
+    if attribute(split, "axis", 0) not in (-1, 2) or (len(split.input) > 1 and split.input[1]):
         return None
     name = split.input[0]
     reshape = g.make("Reshape", name)
     gemm = g.make("Gemm", reshape.input[0]) if reshape is not None else None
     if gemm is not None:
         flat = g.make("Reshape", gemm.input[0])
-        plain = _attr(gemm, "alpha", 1.0) == 1.0 and _attr(gemm, "beta", 1.0) == 1.0 and not _attr(gemm, "transA", 0)
+        plain = (attribute(gemm, "alpha", 1.0) == 1.0 and attribute(gemm, "beta", 1.0) == 1.0
+                 and not attribute(gemm, "transA", 0))
         if flat is None or not plain or gemm.input[1] not in g.const:
             return None
         weight = g.const[gemm.input[1]]
-        weight = weight.T if _attr(gemm, "transB", 0) else weight
+        weight = weight.T if attribute(gemm, "transB", 0) else weight
         bias = g.const.get(gemm.input[2]) if len(gemm.input) > 2 and gemm.input[2] else None
         x = flat.input[0]
     else:
@@ -312,7 +313,7 @@ def _packed_split(g: _Graph, split: Any) -> _Packed | None:
     return _Packed(x, np.ascontiguousarray(weight, dtype=np.float32), np.ascontiguousarray(bias, dtype=np.float32))
 
 
-def _rewrite(g: _Graph, site: _Site, index: int, pack: bool) -> tuple[str, int, int]:
+def _rewrite(g: OnnxGraph, site: _Site, index: int, pack: bool) -> tuple[str, int, int]:
     """Put the fused node in the graph (dead nodes are pruned after): (op type, heads, hidden size)."""
     from onnx import helper, numpy_helper
 
@@ -343,7 +344,7 @@ def _rewrite(g: _Graph, site: _Site, index: int, pack: bool) -> tuple[str, int, 
     return op, heads, hidden
 
 
-def _width(g: _Graph, name: str) -> int | None:
+def _width(g: OnnxGraph, name: str) -> int | None:
     """The width of a projected Q: its weight's columns (a third of them where one projection is split in three)."""
     split = g.make("Split", name)
     if split is not None and len(split.output) == 3:
@@ -353,7 +354,7 @@ def _width(g: _Graph, name: str) -> int | None:
     return int(found[1].shape[1]) if found is not None else None
 
 
-def _prune(model: onnx.ModelProto) -> None:
+def prune_dead(model: onnx.ModelProto) -> None:
     """Drop nodes whose outputs nothing reads (the unfused attention left behind), and unused initializers."""
     graph = model.graph
     needed = {o.name for o in graph.output}
@@ -377,7 +378,7 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True) -> FusionReport:
     from onnx import helper
 
     report = FusionReport()
-    g = _Graph(model)
+    g = OnnxGraph(model)
     softmaxes = [n for n in model.graph.node if n.op_type == "Softmax"]
     report.attention_sites = len(softmaxes)
     sites = []
@@ -399,7 +400,7 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True) -> FusionReport:
     if ops:
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-        _prune(model)
+        prune_dead(model)
     return report
 
 
