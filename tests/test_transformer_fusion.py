@@ -4,6 +4,8 @@ On small BERT, ViT and GPT-2 configs (2 layers, hidden 64, sequence 16) the FP32
 ORT's fused `Attention` op with SkipLayerNormalization and BiasGelu/FastGelu, and matches the unfused build;
 static INT8 quantizes the fused graph (MultiHeadAttention, Q/K/V projections in int8) within the fidelity
 rules, dynamic INT8 runs QAttention; a graph with no attention to fuse builds as before and says why.
+On OpenVINO the same exported attention runs as one fused kernel in the CPU plugin's runtime model, in FP32
+and in INT8 (NNCF quantizes the projections, not the fused attention).
 """
 
 from __future__ import annotations
@@ -54,16 +56,16 @@ def build(tmp_path_factory):
     bundles: dict = {}
     done: dict = {}
 
-    def make(name: str, precision: str = "fp32", **options):
-        key = (name, precision, tuple(sorted(options.items())))
+    def make(name: str, precision: str = "fp32", backend: str = "onnxruntime", **options):
+        key = (name, precision, backend, tuple(sorted(options.items())))
         if key not in done:
             if name not in bundles:
                 source = load_model(f"tests.transformer_models:{name}", dynamic=DYNAMIC[name])
                 bundles[name] = (source, ModelBundle(source))
             source, bundle = bundles[name]
             calibration = CalibrationSet.from_arrays(_feeds(name, 32, SEQ, 1), source.inputs)
-            opts = {"measure": False, **options} if precision != "fp32" else options
-            done[key] = build_artifact(bundle, "onnxruntime", precision, root / f"{name}-{precision}-{len(done)}",
+            opts = {"measure": False, **options} if precision not in ("fp32", "fp16") else options
+            done[key] = build_artifact(bundle, backend, precision, root / f"{name}-{precision}-{len(done)}",
                                        options=opts, calibration=calibration)[0], source
         return done[key]
 
@@ -119,3 +121,25 @@ def test_a_graph_without_attention_builds_unfused_and_says_why(tmp_path, write_m
     [missed] = fusions["attention"]["not_fused"]
     assert missed["reason"] == "the attention probabilities do not feed one MatMul with V"
     assert artifact.details["ops"] == plain.details["ops"]
+
+
+def test_openvino_fuses_attention_in_fp32_and_int8(build):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    fp32, source = build("bert", "fp32", "openvino")
+    int8, _ = build("bert", "int8", "openvino", measure=True)
+    for artifact in (fp32, int8):
+        attention, runtime = artifact.details["attention"], artifact.details["runtime"]
+        assert attention["normalized"] and attention["key_transposes_collapsed"] == 2
+        # with a dynamic sequence axis the IR keeps MatMul/Softmax/MatMul, which the CPU plugin fuses at compile
+        assert runtime["fused_attention_kernels"] == 2 and runtime["unfused_softmax"] == 0
+    assert int8.details["runtime"]["int8_by_type"]["FullyConnected"] >= 10  # the layers' projections run in u8
+    assert int8.details["attention_in_float"].startswith("attention kept in float")
+    latency = int8.details["latency"]
+    assert latency["fp32_ms"] > 0 and latency["int8_ms"] > 0  # measured here; says whether INT8 pays
+    assert (latency["warning"] is None) == (latency["speedup"] >= 0.95)
+    feeds = _feeds("bert", 4, SEQ, 4)
+    ref = source.run(feeds)["output"]
+    with load_artifact(fp32.path) as runner:
+        np.testing.assert_allclose(runner.run(feeds)["output"], ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    with load_artifact(int8.path) as runner:
+        assert _cosine(ref, runner.run(feeds)["output"]) >= 0.99

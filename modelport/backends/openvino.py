@@ -196,6 +196,12 @@ def _run_once(path: Path, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(result[port]) for port in compiled.outputs]
 
 
+def _activation_matmuls(model: Any) -> list[str]:
+    """MatMuls of two computed tensors (attention scores and context), by name."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"
+            and not any(_is_constant_path(_producer(op, i)) for i in range(2))]
+
+
 def _count(model: Any, kind: str) -> int:
     return sum(op.get_type_name() == kind for op in model.get_ordered_ops())
 
@@ -416,11 +422,15 @@ def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet) -> tuple[
         activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM) if ranges == "histogram" else None
     scope, excluded = _resolve_exclude(model, opts["exclude"])
     sdpa_note = None
-    if transformer and _count(model, "ScaledDotProductAttention") and "ScaledDotProductAttention" not in scope.types:
-        # FakeQuantize on Q/K/V splits the fused attention kernel back into MatMul/Softmax/MatMul (measured slower)
-        scope = nncf.IgnoredScope(names=scope.names, types=[*scope.types, "ScaledDotProductAttention"])
-        sdpa_note = ("ScaledDotProductAttention kept in float: the CPU plugin runs it as one fused kernel, which "
-                     "FakeQuantize on its inputs would split into separate MatMul/Softmax/MatMul")
+    sdpa = _count(model, "ScaledDotProductAttention")
+    scores = _activation_matmuls(model)  # attention left as MatMul/Softmax/MatMul (with a dynamic sequence axis)
+    if transformer and (sdpa or scores):
+        # FakeQuantize on Q/K/V splits the CPU plugin's fused attention kernel back into MatMul/Softmax/MatMul
+        scope = nncf.IgnoredScope(names=[*scope.names, *scores], validate=False,
+                                  types=[*scope.types, *(["ScaledDotProductAttention"] if sdpa else [])])
+        sdpa_note = (f"attention kept in float ({sdpa} ScaledDotProductAttention, {len(scores)} activation MatMuls): "
+                     "the CPU plugin runs it as one fused kernel, which FakeQuantize on its inputs would split into "
+                     "separate MatMul/Softmax/MatMul")
     feeds = _CalibrationFeeds(calibration)
     try:
         quantized = nncf.quantize(
