@@ -469,16 +469,15 @@ def _build_int8_dynamic(src: Path, out: Path, o: Mapping[str, Any], tmp: Path,
     choice = _cpu_choice_with(o)
     prepared = tmp / "prepared.onnx"
     if o["preprocess"]:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        from modelport.quantize.prepare import pre_process
 
-        # ORT's symbolic shape inference cannot complete on its own fused Attention op, and when it fails it
-        # leaves sym_shape_infer_temp.onnx and its weights in the working directory: skip it there
+        # ORT's symbolic shape inference cannot complete on its own fused Attention op: skip it there
         fused = any(n.op_type == "Attention" and n.domain == "com.microsoft"
                     for n in onnx.load(str(src), load_external_data=False).graph.node)
         try:
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=fused)
+            pre_process(src, prepared, skip_symbolic_shape=fused)
         except Exception:
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+            pre_process(src, prepared, skip_symbolic_shape=True)
     else:
         onnx.save(onnx.load(str(src)), str(prepared))
     model = onnx.load(str(prepared))

@@ -18,6 +18,8 @@ the head count and hidden size found here. Every Softmax that did not fuse is li
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -411,6 +413,7 @@ def fuse_transformer(src: Path, dst: Path, pack: bool = True) -> FusionReport:
     from modelport.quantize import quiet_ort_tools
 
     model = onnx.load(str(src))
+    dst = Path(dst).resolve()
     report = fuse_attention(model, pack)
     before = Counter(n.op_type for n in model.graph.node)
     try:
@@ -420,7 +423,10 @@ def fuse_transformer(src: Path, dst: Path, pack: bool = True) -> FusionReport:
         options = FusionOptions("bert")
         options.enable_attention = False  # done above: ORT's patterns do not match this exporter's attention
         options.enable_embed_layer_norm = False  # its output layout differs from the exporter's embeddings
-        with quiet_ort_tools():
+        # ORT's SkipLayerNorm fusion runs symbolic shape inference, which on failure writes
+        # sym_shape_infer_temp.onnx and its weights into the working directory: give it a scratch one
+        with quiet_ort_tools(), tempfile.TemporaryDirectory(prefix="modelport-fusion-") as scratch, \
+                contextlib.chdir(scratch):
             optimized = optimize_model(model, model_type="bert", num_heads=report.num_heads,
                                        hidden_size=report.hidden_size, opt_level=0, optimization_options=options)
         model = optimized.model
