@@ -18,9 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# the repository root instead of this script's directory, where benchmarks/transformers.py would shadow the package
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from benchmarks.optimum_peer import _NpzSamples, build_optimum_avx2
+from benchmarks.optimum_peer import _NpzSamples, build_optimum_avx2  # noqa: E402
 
 LEVELS = ("O2", "O3")
 
