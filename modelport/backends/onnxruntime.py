@@ -1,8 +1,9 @@
 """The ONNX Runtime backend: FP32 with fusions, FP16, static INT8 (QDQ) and dynamic INT8, chosen for this CPU.
 
 What users meet with ORT's tools by hand, and what this backend does instead:
-- FP32: the graph optimizations are applied offline and saved, plus the transformer fusions of
-  `onnxruntime.transformers` when the graph has attention/LayerNorm/GELU patterns (detected, not asked).
+- FP32: the graph optimizations are applied offline and saved, after the transformer fusions
+  (`ort_fusion.py`: attention fused for the exporter's graphs, then `onnxruntime.transformers`' own) where the
+  graph has attention/LayerNorm/GELU patterns (detected, not asked); INT8 quantizes the fused graph.
 - FP16: converted with float32 inputs and outputs; ops that lose accuracy in float16 or have no float16
   kernel in the execution provider stay float32, found by asking the runtime, and listed.
 - INT8 static: the shared QDQ pass (`modelport/quantize/`) with activation/weight signedness and
@@ -15,7 +16,6 @@ What users meet with ORT's tools by hand, and what this backend does instead:
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import platform
 import re
@@ -30,6 +30,7 @@ import numpy as np
 
 from modelport import progress
 from modelport.backends.base import Backend, Recipe, Runner
+from modelport.backends.ort_fusion import fused_for_build
 from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
 from modelport.onnx_fp16 import convert_to_fp16
@@ -221,8 +222,8 @@ class OnnxRuntimeBackend(Backend):
                "('all' adds layout changes tied to this CPU).", default="extended", choices=LEVELS,
                precisions=("fp32",)),
         Option(name="fusions", help="Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm): auto applies "
-               "them where the graph has them, off skips them.", default="auto", choices=("auto", "off"),
-               precisions=("fp32",)),
+               "them where the graph has them (before quantizing, for int8), off skips them.", default="auto",
+               choices=("auto", "off"), precisions=("fp32", "int8", "int8-dynamic")),
         Option(name="keep_fp32", help="Op types kept in float32 besides those chosen automatically "
                "(comma-separated).", default=(), parse=parse_list, precisions=("fp16",)),
         *QdqSettings.as_options(),  # the shared QDQ pass's knobs, declared in modelport/quantize/settings.py
@@ -247,9 +248,14 @@ class OnnxRuntimeBackend(Backend):
         # chosen one is renamed into place (never across devices) and a full disk shows where it matters.
         with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out_dir) as tmp_name, quiet_ort_tools():
             tmp = Path(tmp_name)
+            start, fusions = src, {"applied": False, "reason": "fusions=off"}
+            if recipe.precision != "fp16" and o["fusions"] == "auto":
+                # static int8 keeps Q/K/V projections as MatMuls (MultiHeadAttention), so the QDQ pass quantizes them
+                start, fusions = fused_for_build(src, tmp / "fused.onnx", bundle.source.example_feeds(),
+                                                 pack=recipe.precision != "int8")
             if recipe.precision == "fp32":
                 with progress.stage("optimize"):
-                    details = _build_fp32(src, out, o, tmp)
+                    details = _build_fp32(src, start, out, o)
             elif recipe.precision == "fp16":
                 with progress.stage("convert to float16"):
                     details = _build_fp16(src, out, o, tmp)
@@ -258,13 +264,15 @@ class OnnxRuntimeBackend(Backend):
                     raise BadInput("Static int8 needs calibration data.",
                                    hint="Pass --calib SRC (file.npz, a directory, images:DIR, file.py:fn), or "
                                         "--calib synthetic for a latency-only build whose accuracy means nothing.")
-                details = _build_int8(src, out, o, calibration)
+                details = _build_int8(start, out, o, calibration)
             else:
                 with progress.stage("quantize"):
-                    details = _build_int8_dynamic(src, out, o, tmp, bundle.source.example_feeds())
+                    details = _build_int8_dynamic(start, out, o, tmp, bundle.source.example_feeds())
+            if recipe.precision != "fp16":
+                details["fusions"] = fusions
             if recipe.precision != "fp32" and o.get("measure"):
                 with progress.stage("latency check"):
-                    details["latency"] = _latency_vs_fp32(src, out, bundle.source.example_feeds(),
+                    details["latency"] = _latency_vs_fp32(start, out, bundle.source.example_feeds(),
                                                           recipe.precision)
                 if details["latency"]["warning"]:
                     details["warning"] = details["latency"]["warning"]
@@ -279,32 +287,12 @@ class OnnxRuntimeBackend(Backend):
 # ---------------------------------------------------------------- fp32
 
 
-def _build_fp32(src: Path, out: Path, o: Mapping[str, Any], tmp: Path) -> dict[str, Any]:
-    model_path, fusions = src, {}
-    if o["fusions"] == "auto":
-        fused, fusions = _transformer_fusions(src, tmp)
-        model_path = fused or src
-    _optimize_offline(model_path, out, o["optimization"])
+def _build_fp32(src: Path, start: Path, out: Path, o: Mapping[str, Any]) -> dict[str, Any]:
+    """ORT's graph optimizations applied offline to `start` (the fused graph, or `src` where nothing fused)."""
+    _optimize_offline(start, out, o["optimization"])
     return {"optimization": o["optimization"], "optimized_for": "CPUExecutionProvider",
-            "portable": o["optimization"] != "all", "fusions": fusions,
+            "portable": o["optimization"] != "all",
             "nodes": {"exported": _node_count(src), "artifact": _node_count(out)}}
-
-
-def _transformer_fusions(src: Path, tmp: Path) -> tuple[Path | None, dict[str, int]]:
-    """ORT's transformer fusions where the graph has them; (None, {}) where it has none."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    try:
-        optimized = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
-    except Exception as exc:  # a graph the fusion scripts do not understand: plain ORT optimization still runs
-        logging.getLogger(__name__).debug("transformer fusions skipped: %s", exc)
-        return None, {}
-    fused = {k: v for k, v in (optimized.get_fused_operator_statistics() or {}).items() if v}
-    if not fused:
-        return None, {}
-    path = tmp / "fused.onnx"
-    optimized.save_model_to_file(str(path))
-    return path, fused
 
 
 def _optimize_offline(src: Path, dst: Path, level: str) -> None:
@@ -463,12 +451,15 @@ def _build_int8_dynamic(src: Path, out: Path, o: Mapping[str, Any], tmp: Path,
     choice = _cpu_choice_with(o)
     prepared = tmp / "prepared.onnx"
     if o["preprocess"]:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        from modelport.quantize.prepare import pre_process
 
+        # ORT's symbolic shape inference cannot complete on its own fused Attention op: skip it there
+        fused = any(n.op_type == "Attention" and n.domain == "com.microsoft"
+                    for n in onnx.load(str(src), load_external_data=False).graph.node)
         try:
-            quant_pre_process(str(src), str(prepared))
+            pre_process(src, prepared, skip_symbolic_shape=fused)
         except Exception:
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+            pre_process(src, prepared, skip_symbolic_shape=True)
     else:
         onnx.save(onnx.load(str(src)), str(prepared))
     model = onnx.load(str(prepared))

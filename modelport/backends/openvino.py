@@ -15,6 +15,7 @@ import functools
 import logging
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 from modelport import progress
 from modelport.backends.base import Backend, Recipe, Runner, RuntimeOp
 from modelport.errors import BadInput, StepFailed, Unavailable
-from modelport.options import Option, parse_list
+from modelport.options import Option, parse_bool, parse_list
 from modelport.quantize import QdqSettings, write_qdq_model
 from modelport.specs import TensorSpec
 
@@ -80,6 +81,8 @@ class OpenVinoBackend(Backend):
         Option(name="exclude", help="Layers to keep in float, comma-separated: ONNX or OpenVINO node names, torch "
                "module paths (classifier.3), or op types (Conv, MatMul, Softmax); with source=qdq, ONNX node names or "
                "op types.", default=(), parse=parse_list, precisions=("int8", "int8-dynamic")),
+        Option(name="measure", help="Time the int8 IR against its float IR at build time, and say so when INT8 does "
+               "not pay.", default=True, parse=parse_bool, precisions=("int8",)),
         *(_qdq_only(name) for name in QDQ_ONLY),
     )
 
@@ -94,18 +97,24 @@ class OpenVinoBackend(Backend):
         opts, precision = recipe.options, recipe.precision
         _check_source_options(opts)
         details: dict[str, Any] = {"main_file": MAIN_FILE, "device": opts["device"].upper()}
-        with _quiet():
+        feeds = bundle.source.example_feeds()
+        with _quiet(), tempfile.TemporaryDirectory(prefix=".scratch-", dir=out_dir) as tmp:
             if precision == "int8" and opts["source"] == "qdq":
                 assert calibration is not None  # build_artifact demands it for int8
                 model, info = _from_qdq(bundle.onnx_path, recipe, calibration)
             else:
-                onnx_path = bundle.onnx_path
+                onnx_path, details["attention"] = _sdpa_ready(bundle.onnx_path, feeds, Path(tmp))
                 with progress.stage("convert"):
                     model = _convert(onnx_path)
+                details["attention"]["sdpa_in_ir"] = _count(model, "ScaledDotProductAttention")
                 if precision == "int8":
                     assert calibration is not None  # build_artifact demands it for int8
+                    float_model = model.clone()
                     with progress.stage("quantize (NNCF)"):
                         model, info = _quantize(model, recipe, calibration)
+                    if opts["measure"]:
+                        with progress.stage("latency check"):
+                            info["latency"] = _int8_vs_float(float_model, model, feeds, opts["device"])
                 elif precision == "int8-dynamic":
                     with progress.stage("compress weights"):
                         model, info = _compress_weights(model, opts["exclude"])
@@ -164,6 +173,69 @@ def _convert(onnx_path: Path) -> Any:
         raise StepFailed(f"OpenVINO cannot convert {onnx_path}: {_first_line(exc)}",
                          hint="An op OpenVINO's ONNX frontend lacks is named above; try another --opset, or "
                               "replace the op in the model.") from exc
+
+
+def _sdpa_ready(onnx_path: Path, feeds: Mapping[str, np.ndarray], tmp: Path) -> tuple[Path, dict[str, Any]]:
+    """The exported graph with its attention in the form OpenVINO fuses to ScaledDotProductAttention (sdpa_graph),
+    kept only where OpenVINO computes the same outputs from it; and the record of what was done."""
+    import onnx
+
+    from modelport.backends.sdpa_graph import normalize_attention
+    from modelport.exporters.parity import output_error
+
+    model = onnx.load(str(onnx_path))
+    counts = normalize_attention(model)
+    if not any(counts.values()):
+        return onnx_path, {"normalized": False, "reason": "no exporter-style attention (K^T reshape chain, NaN guard "
+                                                          "after Softmax) in the graph", **counts}
+    path = tmp / "sdpa.onnx"
+    onnx.save(model, str(path))
+    worst = max(output_error(a, b).max_rel for a, b in zip(_run_once(onnx_path, feeds), _run_once(path, feeds),
+                                                           strict=True))
+    record = {"normalized": worst <= 1e-4, **counts, "max_rel_error_vs_export": float(f"{worst:.3g}")}
+    if not record["normalized"]:
+        record["reason"] = f"the rewritten graph differs by {worst:.3g} of the output's scale: the export is used"
+        return onnx_path, record
+    return path, record
+
+
+def _run_once(path: Path, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(_convert(path), "CPU")
+    result = compiled.create_infer_request().infer({k: np.asarray(v) for k, v in feeds.items()})
+    return [np.asarray(result[port]) for port in compiled.outputs]
+
+
+def _activation_matmuls(model: Any) -> list[str]:
+    """MatMuls of two computed tensors (attention scores and context), by name."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"
+            and not any(_is_constant_path(_producer(op, i)) for i in range(2))]
+
+
+def _count(model: Any, kind: str) -> int:
+    return sum(op.get_type_name() == kind for op in model.get_ordered_ops())
+
+
+def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.ndarray], device: str) -> dict[str, Any]:
+    """Both IRs compiled here and timed in interleaved rounds: whether INT8 pays on this machine."""
+    import openvino as ov
+
+    from modelport.timing import interleaved_rounds
+
+    core = ov.Core()
+    name = _device_name(core, device)
+    bound = {k: np.asarray(v) for k, v in feeds.items()}
+    requests = {k: _compile(core, "", name, "LATENCY", 2, m).create_infer_request()
+                for k, m in (("fp32", float_model), ("int8", int8_model))}
+    ms = {k: min(v) for k, v in interleaved_rounds({k: r.infer for k, r in requests.items()}, bound, 5, 3.0).items()}
+    speedup = ms["fp32"] / ms["int8"]
+    out = {"fp32_ms": round(ms["fp32"], 4), "int8_ms": round(ms["int8"], 4), "speedup": round(speedup, 3),
+           "threads": 2, "how": "best of 5 interleaved rounds of median run time, at build time", "warning": None}
+    if speedup < 0.95:
+        out["warning"] = (f"INT8 does not pay here: {ms['int8']:.3f} ms against {ms['fp32']:.3f} ms for the float IR "
+                          f"(2 threads, the example inputs); build fp32 for this model on this machine.")
+    return out
 
 
 def _first_line(exc: BaseException) -> str:
@@ -360,6 +432,16 @@ def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet) -> tuple[
     advanced = AdvancedQuantizationParameters(
         activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM) if ranges == "histogram" else None
     scope, excluded = _resolve_exclude(model, opts["exclude"])
+    sdpa_note = None
+    sdpa = _count(model, "ScaledDotProductAttention")
+    scores = _activation_matmuls(model)  # attention left as MatMul/Softmax/MatMul (with a dynamic sequence axis)
+    if transformer and (sdpa or scores):
+        # FakeQuantize on Q/K/V splits the CPU plugin's fused attention kernel back into MatMul/Softmax/MatMul
+        scope = nncf.IgnoredScope(names=[*scope.names, *scores], validate=False,
+                                  types=[*scope.types, *(["ScaledDotProductAttention"] if sdpa else [])])
+        sdpa_note = (f"attention kept in float ({sdpa} ScaledDotProductAttention, {len(scores)} activation MatMuls): "
+                     "the CPU plugin runs it as one fused kernel, which FakeQuantize on its inputs would split into "
+                     "separate MatMul/Softmax/MatMul")
     feeds = _CalibrationFeeds(calibration)
     try:
         quantized = nncf.quantize(
@@ -375,7 +457,7 @@ def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet) -> tuple[
         "quantizer": f"nncf.quantize {nncf.__version__}",
         "model_type": "transformer" if transformer else "generic", "model_type_reason": why,
         "preset": preset, "activation_ranges": ranges, "fast_bias_correction": True, "calibration_batches": len(feeds),
-        "excluded": excluded, **LayerCensus.of(quantized).to_json(quantized),
+        "excluded": excluded, "attention_in_float": sdpa_note, **LayerCensus.of(quantized).to_json(quantized),
     }
 
 
@@ -464,7 +546,11 @@ def _runtime_check(xml: Path, device: str, precision: str) -> dict[str, Any]:
     int8 = [op for op in compute if op.precision in _INT_TYPES]
     inference = _property(compiled, "INFERENCE_PRECISION_HINT")
     out = {"checked": True, "device": core.get_property(name, "FULL_DEVICE_NAME"), "inference_precision": inference,
-           "int8_kernels": len(int8), "compute_kernels": len(compute)}
+           "int8_kernels": len(int8), "compute_kernels": len(compute),
+           "int8_by_type": dict(Counter(op.type for op in int8)),
+           "fused_attention_kernels": sum(op.type == "ScaledAttn" or (op.type == "Subgraph" and any(
+               "softmax" in n.lower() or "scaled_dot_product" in n.lower() for n in op.original)) for op in ops),
+           "unfused_softmax": sum(op.type == "Softmax" for op in ops)}
     if precision == "fp16" and inference != "f16":
         out["note"] = (f"weights are FP16 in the IR; this {name} has no native FP16 compute, so OpenVINO "
                        f"decompresses them at load and computes in {inference.upper()}")

@@ -68,15 +68,21 @@ class Accumulator:
                 "nonfinite": self.nonfinite}
 
 
+EXACT_DB = 6.02 * 24  # float32's 24-bit significand: the SQNR of a tensor rounded to float32, about 144 dB
+
+
 def jumps(layers: Sequence[Layer], sqnr: Mapping[str, float | None]) -> dict[str, float]:
     """Per compared tensor (the keys of `sqnr`), its inputs' worst SQNR minus its own: the error it adds.
 
     Inputs are the nearest compared tensors upstream (a tensor the runtime fused away is looked through).
     An identical tensor has no finite SQNR; it counts as the cleanest tensor of the comparison, as does the
-    input side of a tensor that reads nothing compared (a graph input, or one computed from constants).
+    input side of a tensor that reads nothing compared (a graph input, or one computed from constants). The
+    ceiling is at most float32's own resolution (EXACT_DB): beyond it two tensors agree to the last bit of a
+    float32, and a float op that matches to 800 dB in float64 would otherwise make the first quantized layer
+    after it "add" 776 dB.
     """
     finite = [v for v in sqnr.values() if v is not None]
-    ceiling = max(finite, default=0.0)
+    ceiling = min(max(finite, default=0.0), EXACT_DB)
     sources: dict[str, frozenset[str]] = {}  # tensor -> the compared tensors it reads, through uncompared ones
     for layer in layers:  # topological order: every input is resolved before its readers
         sources[layer.tensor] = frozenset().union(

@@ -1,0 +1,73 @@
+"""Small transformers built from `transformers` configs (random weights, no download): 2 layers, hidden 64, 4 heads.
+
+A larger initializer range than the configs' 0.02 makes attention matter to the output (with 0.02 the
+probabilities are near uniform), so a wrongly fused attention shows in the outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SEQ, VOCAB, IMAGE = 16, 1000, 32
+SMALL = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+         "initializer_range": 0.2}
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class _Decoder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
+class _Vision(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).last_hidden_state
+
+
+def _tokens() -> dict[str, torch.Tensor]:
+    ids = torch.randint(3, VOCAB, (2, SEQ))
+    mask = torch.ones(2, SEQ, dtype=torch.int64)
+    mask[1, SEQ * 3 // 4:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def bert() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=VOCAB, **SMALL), add_pooling_layer=False)
+    return _Encoder(model).eval(), _tokens()
+
+
+def vit() -> tuple[nn.Module, tuple[torch.Tensor]]:
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    model = ViTModel(ViTConfig(image_size=IMAGE, patch_size=8, **SMALL), add_pooling_layer=False)
+    return _Vision(model).eval(), (torch.randn(2, 3, IMAGE, IMAGE),)
+
+
+def gpt2() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0,
+                        initializer_range=0.2)
+    return _Decoder(GPT2Model(config)).eval(), {"input_ids": torch.randint(0, VOCAB, (2, SEQ))}
