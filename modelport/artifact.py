@@ -156,7 +156,7 @@ def damage(artifact: Artifact, *, hashes: bool = False) -> str | None:
     if hashes:
         for name, digest in (artifact.manifest.get("sha256") or {}).items():
             file = artifact.path / name
-            if not file.is_file() or _sha256(file) != digest:
+            if not file.is_file() or file_sha256(file) != digest:
                 return f"{name} is not what the build wrote (its sha256 differs)"
     return None
 
@@ -177,10 +177,11 @@ def file_sizes(folder: Path) -> dict[str, int]:
 
 def file_digests(folder: Path) -> dict[str, str]:
     """The sha256 of every file, recorded at build time so that reuse can tell a damaged artifact."""
-    return {name: _sha256(folder / name) for name in file_sizes(folder)}
+    return {name: file_sha256(folder / name) for name in file_sizes(folder)}
 
 
-def _sha256(file: Path) -> str:
+def file_sha256(file: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (artifacts and model files can be large)."""
     digest = hashlib.sha256()
     with file.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from modelport.quantize.given import file_sha256, path_beside
+from modelport.artifact import file_sha256
+from modelport.quantize.given import path_beside
 from modelport.quantize.graph import COMPUTE_OPS
 
 FORMAT = "modelport.ranges/1"

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelport.artifact import file_sha256
+
 if TYPE_CHECKING:
     from modelport.quantize.graph import Graph
 
@@ -53,14 +55,6 @@ SUFFIX = ".ranges.json"
 def path_beside(model: Path) -> Path:
     """Where the ranges learned for a model file live: beside it, as MODEL.pt2.ranges.json."""
     return model.with_name(model.name + SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def beside(origin: str) -> Path | None:
