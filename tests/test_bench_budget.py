@@ -109,7 +109,7 @@ def test_nothing_within_the_budget_ships_nothing_exits_1_and_links_the_debug_run
     assert row["debug_html"] == "debug/onnxruntime-int8/debug.html" and (out / row["debug_html"]).is_file()
     culprits = json.loads((out / "debug/onnxruntime-int8/debug.json").read_text())["culprits"]
     assert culprits and culprits[0]["onnx_node"] in PLANTED
-    assert f"]({row['debug']})" in (out / "report.md").read_text()
+    assert f"]({row['debug_html']})" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args, says", [

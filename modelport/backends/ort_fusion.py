@@ -440,6 +440,9 @@ def fuse_transformer(src: Path, dst: Path, pack: bool = True) -> FusionReport:
         report.ort_error = f"{type(exc).__name__}: {exc}"
     if report.fired:
         _declare_float_outputs(model)
+        if any(n.domain == MS_DOMAIN for n in model.graph.node) and \
+                not any(o.domain == MS_DOMAIN for o in model.opset_import):  # ORT's fusions may not declare it
+            model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
         onnx.save(model, str(dst))
     return report
 
