@@ -9,18 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from benchmarks.models import _Encoder  # the suite's wrapper: last_hidden_state of (input_ids, attention_mask)
+
 SEQ, VOCAB, IMAGE = 16, 1000, 32
 SMALL = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
          "initializer_range": 0.2}
-
-
-class _Encoder(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 class _Decoder(nn.Module):
