@@ -27,7 +27,7 @@ from modelport.debug import rank_layers
 from modelport.debug.compare import jumps
 from modelport.debug.mapping import Layer, map_tensors
 from modelport.debug.run import debug_artifact
-from tests.outlier import normal
+from tests.outlier import NO_CLE, normal
 
 OUTLIER_MODULES = {"wide", "act", "head"}
 BACKENDS = ("onnxruntime", "openvino", "tflite")
@@ -46,7 +46,8 @@ def int8(outlier_source, tmp_path_factory):
             pytest.skip(reason)
         if backend not in built:
             built[backend] = build_artifact(ModelBundle(outlier_source), backend, "int8", out / f"{backend}-int8",
-                                            calibration=calibration)[0].path
+                                            calibration=calibration,
+                                            options=NO_CLE if backend == "onnxruntime" else {})[0].path
         return built[backend]
 
     return get

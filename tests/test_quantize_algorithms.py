@@ -138,14 +138,27 @@ def test_cle_equalizes_a_chain_through_a_depthwise_conv(write_model, tmp_path):
     np.testing.assert_allclose(_run(prepared, held_out), _run(onnx_path, held_out), rtol=1e-4, atol=1e-4)
 
 
-def test_cle_runs_by_default_only_where_weights_are_per_tensor():
+def test_cle_by_default_equalizes_per_channel_weights_where_the_activation_between_needs_it(write_model,
+                                                                                           tmp_path):
+    """Per-channel weights give each of `a`'s channels its own step, but the activation between `a` and `b` has
+    one per-tensor range for channels 10,000x apart: only equalizing the pair fixes that, and the default keeps
+    the chain because its measure quantizes that activation."""
     from modelport.quantize.algorithms import enabled_algorithms
 
-    assert "cle" not in [a.name for a, _ in enabled_algorithms(QdqSettings(per_channel=True))]
-    assert "cle" in [a.name for a, _ in enabled_algorithms(QdqSettings(per_channel=False))]
-    on = QdqSettings(per_channel=True, algorithms={"cle": CleOptions(mode="on")})
-    assert "cle" in [a.name for a, _ in enabled_algorithms(on)]
-
+    source, onnx_path = _model(write_model, MISMATCHED_CONVS)
+    rng = np.random.default_rng(0)
+    calibration = CalibrationSet.from_arrays({"x": rng.standard_normal((64, 3, 8, 8)).astype(np.float32)},
+                                             source.inputs)
+    common = {"per_channel": True, "auto_exclude": False, "fidelity_target": None}
+    default = write_qdq_model(onnx_path, calibration, tmp_path / "default.onnx", **common)
+    off = write_qdq_model(onnx_path, calibration, tmp_path / "off.onnx", algorithms={"cle": CleOptions(mode="off")},
+                          **common)
+    [chain] = default.algorithms["cle"]
+    assert chain["kept"] and chain["output_sqnr_db_after"] > chain["output_sqnr_db_before"] + 10
+    held_out = rng.standard_normal((32, 3, 8, 8)).astype(np.float32)
+    ref = _run(onnx_path, held_out)
+    assert array_sqnr_db(ref, _run(default.path, held_out)) >= array_sqnr_db(ref, _run(off.path, held_out)) + 10
+    assert "cle" not in [a.name for a, _ in enabled_algorithms(QdqSettings(algorithms={"cle": CleOptions(mode="off")}))]
 
 def test_bias_correction_removes_the_mean_shift_that_weight_rounding_adds(write_model, tmp_path):
     source, onnx_path = _model(write_model, OUTLIER_LINEAR)

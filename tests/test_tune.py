@@ -19,7 +19,7 @@ from modelport.cli import app
 from modelport.errors import BadInput
 from modelport.tune import parse_budget, search
 from modelport.tune.budget import check_applies
-from tests.outlier import normal
+from tests.outlier import NO_CLE, normal
 
 cli = CliRunner()
 BUDGET = "cos>=0.9999"  # full INT8 reaches about 0.9991 on ORT, keeping `head` in float about 0.99992
@@ -63,16 +63,10 @@ def test_the_cli_refuses_a_budget_before_any_slow_work(outlier_file):
         assert result.exit_code == 2 and says in result.output, result.output
 
 
-# OpenVINO's default NNCF build misses it whatever is kept in NNCF's ignored scope (SQNR stays near 17 dB), so the
-# search follows the default build with the shared QDQ pass (source=qdq) and its exclude, and says so.
-@pytest.mark.parametrize("backend, options", [("onnxruntime", {}), ("openvino", {})])
-def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(backend, options, outlier_source, tmp_path):
-    ok, reason = get_backend(backend).available()
-    if not ok:
-        pytest.skip(reason)
+def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(outlier_source, tmp_path):
     out = tmp_path / "tuned"
-    outcome = search(ModelBundle(outlier_source), backend, out, parse_budget(BUDGET), data(outlier_source, 96, 0),
-                     evaluation=data(outlier_source, 24, 1), options=options)
+    outcome = search(ModelBundle(outlier_source), "onnxruntime", out, parse_budget(BUDGET), data(outlier_source, 96, 0),
+                     evaluation=data(outlier_source, 24, 1), options=NO_CLE)
     record = Artifact.open(out).manifest["tune"]
     first, chosen = record["candidates"][0], record["candidates"][record["chosen"]]
     assert outcome.met and record["status"] == "met" and Artifact.open(out).details["budget"] == "met"
@@ -81,12 +75,24 @@ def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(backend,
     assert PLANTED & set(chosen["kept_in_float"]), chosen
     assert record["evaluation"]["samples"] == 24 and all(c["latency_ms"] for c in record["candidates"])
     assert len(record["candidates"]) <= 10 and not out.with_name("tuned.tune").exists()
-    if backend == "openvino":  # NNCF's full INT8 first, then the QDQ route's full INT8 and its exclusions
-        assert record["route"]["options"] == {"source": "qdq"} and "source=qdq" in record["exclusion"]
-        assert first["options"] == {} and chosen["options"]["source"] == "qdq"
-        assert Artifact.open(out).manifest["recipe"]["options"]["source"] == "qdq"
-    else:
-        assert "route" not in record and "shared QDQ pass" in record["exclusion"]
+    assert "route" not in record and "shared QDQ pass" in record["exclusion"]
+
+
+# OpenVINO's default NNCF build misses it whatever is kept in NNCF's ignored scope (SQNR stays near 17 dB), so the
+# search follows the default build with the shared QDQ pass (source=qdq), whose default CLE equalizes the outlier.
+def test_where_nncf_misses_the_search_takes_the_qdq_route_and_says_so(outlier_source, tmp_path):
+    ok, reason = get_backend("openvino").available()
+    if not ok:
+        pytest.skip(reason)
+    out = tmp_path / "tuned"
+    outcome = search(ModelBundle(outlier_source), "openvino", out, parse_budget("sqnr>=25"),
+                     data(outlier_source, 96, 0), evaluation=data(outlier_source, 24, 1))
+    record = Artifact.open(out).manifest["tune"]
+    first, chosen = record["candidates"][0], record["candidates"][record["chosen"]]
+    assert outcome.met and first["options"] == {} and not first["met"]  # NNCF's full INT8
+    assert record["route"]["options"] == {"source": "qdq"} and "source=qdq" in record["exclusion"]
+    assert chosen["met"] and chosen["options"]["source"] == "qdq" and chosen["figures"]["sqnr"] >= 25
+    assert Artifact.open(out).manifest["recipe"]["options"]["source"] == "qdq"
 
 
 def test_an_unreachable_budget_writes_the_closest_marks_it_missed_and_exits_1(outlier_file, tmp_path):

@@ -4,6 +4,7 @@ each layer's float computation in torch, and the model's output fidelity with it
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport.quantize.graph import Graph, candidates
-from modelport.quantize.statistics import output_sqnr
+from modelport.quantize.statistics import output_sqnr, quant_params, run_collecting
 
 # what the weight-aware algorithms' results depend on besides their options: the cache key holds these
 READS = ("per_channel", "weight_type", "reduce_range", "op_types", "analysis_samples", "batch_size")
@@ -193,15 +194,58 @@ def write_values(graph: Graph, values: Mapping[str, np.ndarray], path: Path) -> 
 
 
 def quantized_output_sqnr(prepared: Path, layers: Sequence[Layer], values: Mapping[str, np.ndarray],
-                          calibration: CalibrationSet, settings: QdqSettings) -> float:
-    """SQNR (dB) of the model's outputs against the prepared float model when every layer's weight is `values`'
-    quantized as ORT will, and its bias is `values`' (activations stay float: this isolates the weights)."""
+                          calibration: CalibrationSet, settings: QdqSettings, activations: Sequence[str] = ()) -> float:
+    """SQNR (dB) of the model's outputs against the prepared float model when every layer's weight is `values'`
+    quantized as ORT will, and its bias is `values`'. Other activations stay float, which isolates the weights;
+    `activations` are quantized too, per tensor with their min/max on the analysis samples, where a rewrite moves
+    range into them (CLE rescales the channels between the layers it pairs)."""
     graph = Graph.load(prepared)
     replaced = dict(values)
     for layer in layers:
         replaced[layer.weight] = quantize_weight(values[layer.weight], layer, settings)
     with tempfile.TemporaryDirectory(prefix="modelport-weights-") as tmp:
         path = Path(tmp) / "weights-quantized.onnx"
-        write_values(graph, replaced, path)
+        if activations:
+            write_values(graph, values, path)
+            limits = _min_max(path, activations, calibration, settings, Path(tmp))
+            write_values(graph, replaced, path)
+            _fake_quantize(path, limits, settings)
+        else:
+            write_values(graph, replaced, path)
         return output_sqnr(prepared, path, calibration, settings)
 
+
+def _min_max(path: Path, tensors: Sequence[str], calibration: CalibrationSet, settings: QdqSettings, tmp: Path
+             ) -> dict[str, tuple[float, float]]:
+    limits = {t: (math.inf, -math.inf) for t in tensors}
+
+    def collect(result: dict[str, np.ndarray]) -> None:
+        for t in tensors:
+            lo, hi = limits[t]
+            limits[t] = (min(lo, float(result[t].min())), max(hi, float(result[t].max())))
+
+    run_collecting(path, tensors, calibration, settings, collect, tmp)
+    return limits
+
+
+def _fake_quantize(path: Path, limits: Mapping[str, tuple[float, float]], settings: QdqSettings) -> None:
+    """Put a QuantizeLinear/DequantizeLinear pair on each tensor, with ORT's parameters for its range."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    qtype = TensorProto.INT8 if settings.activations == "int8" else TensorProto.UINT8
+    for t, (lo, hi) in limits.items():
+        scale, zero, _, _ = quant_params(lo, hi, settings.activations, settings.symmetric_activations)
+        names = {k: f"{t}__fake_{k}" for k in ("scale", "zero", "q", "dq")}
+        for node in graph.node:
+            node.input[:] = [names["dq"] if i == t else i for i in node.input]
+        graph.initializer.extend([helper.make_tensor(names["scale"], TensorProto.FLOAT, [], [scale]),
+                                  helper.make_tensor(names["zero"], qtype, [], [int(zero)])])
+        after = next((k + 1 for k, node in enumerate(graph.node) if t in node.output), 0)  # keep the graph sorted
+        for k, node in enumerate([
+                helper.make_node("QuantizeLinear", [t, names["scale"], names["zero"]], [names["q"]]),
+                helper.make_node("DequantizeLinear", [names["q"], names["scale"], names["zero"]], [names["dq"]])]):
+            graph.node.insert(after + k, node)
+    onnx.save(model, str(path))
