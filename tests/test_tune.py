@@ -105,6 +105,11 @@ def test_an_unreachable_budget_writes_the_closest_marks_it_missed_and_exits_1(ou
     manifest = Artifact.open(out).manifest
     assert manifest["details"]["budget"] == "missed" and manifest["tune"]["status"] == "missed"
     assert len(manifest["tune"]["candidates"]) == 3
+    again = cli.invoke(app, ["build", f"{outlier_file}:make", "-b", "onnxruntime", "-p", "int8", "--calib", str(calib),
+                             "--eval", str(held_out), "--budget", "cos>=0.9999999", "-o", str(out),
+                             "--max-candidates", "3"])
+    reused = " ".join(again.output.split())
+    assert again.exit_code == 1 and "reused searched artifact" in reused and "tried 3" in reused, again.output
 
 
 def test_a_budget_judged_on_its_own_calibration_data_is_refused(outlier_source, tmp_path):
