@@ -1,8 +1,9 @@
 """What the accuracy-budget search buys per runtime: met or not, layers kept out, and at what latency.
 
-Two models: the trained digits CNN (real weights, 300 training images to calibrate, 128 held-out test images to
+Three models: the trained digits CNN (real weights, 300 training images to calibrate, 128 held-out test images to
 judge) and tests/outlier.py's planted outlier (random weights with one 100x-wide activation channel, random
-normal inputs: a model built for full INT8 to miss). Per CPU runtime, `tune.search_closest` runs from full INT8
+normal inputs: a model built for full INT8 to miss), and its 1000x twin (`louder`: the one TFLite's full INT8
+misses too). Per CPU runtime, `tune.search_closest` runs from full INT8
 with its defaults; then that runtime's FP32 build, its full INT8 build and the chosen artifact are timed side by
 side at batch 1 (`modelport.timing.interleaved_rounds`), and latencies are the median of per-round ratios.
 
@@ -44,13 +45,14 @@ def digits() -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
     return source, calib, held_out, "digits CNN (trained, real images)"
 
 
-def outlier(work: Path) -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
+def outlier(work: Path, factory: str = "make") -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
     path = work / "outlier.py"
     path.write_text(OUTLIER)
-    source = load_model(f"{path}:make", (), ["x:0=batch"])
+    source = load_model(f"{path}:{factory}", (), ["x:0=batch"])
     calib = CalibrationSet.from_arrays({"x": normal(128, 0)}, source.inputs)
     held_out = CalibrationSet.from_arrays({"x": normal(64, 1)}, source.inputs)
-    return source, calib, held_out, "planted outlier (random weights, random inputs)"
+    scale = "1000x" if factory == "louder" else "100x"
+    return source, calib, held_out, f"planted outlier {scale} (random weights, random inputs)"
 
 
 def side_by_side(paths: dict[str, Path], feeds: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
@@ -97,7 +99,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
         work = Path(tmp)
-        for make in (digits, lambda: outlier(work)):
+        for make in (digits, lambda: outlier(work), lambda: outlier(work, "louder")):
             source, calib, held_out, label = make()
             for backend in RUNTIMES:
                 ok, reason = get_backend(backend).available()
@@ -127,9 +129,10 @@ def main() -> None:
              f"{machine['cores']} cores, {THREADS} threads; 1-minute load average {load:.1f} when it started (shared "
              f"machine: the ratios, measured side by side over {args.rounds} interleaved rounds, are what holds). "
              "`python -m benchmarks.budget`.\n\n" + "\n".join(lines) +
-             "\n\nRatios are the chosen artifact's time over the other's (below 1: faster). TFLite has no per-layer "
-             "float option, so only its full INT8 is judged; OpenVINO's search follows a missed NNCF build with the "
-             "shared QDQ pass (source=qdq), whose exclude keeps layers in float (tune/exclude.py ROUTES).")
+             "\n\nRatios are the chosen artifact's time over the other's (below 1: faster). TFLite keeps layers in "
+             "float through its exclude (ai-edge-quantizer's NO_QUANTIZE on the ops of each ONNX node's torch "
+             "module); OpenVINO's search follows a missed NNCF build with the shared QDQ pass (source=qdq), whose "
+             "exclude keeps layers in float (tune/exclude.py ROUTES).")
     path = write_dated_results("budget", f"Accuracy-budget search per runtime ({machine['cpu']})", table, machine,
                                {"budget": args.budget, "rounds": args.rounds, "threads": THREADS,
                                 "load_average": load, "results": results})

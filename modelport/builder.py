@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from modelport.model import SourceModel
 
 
-def _version() -> str:
+def modelport_version() -> str:
     try:
         return importlib.metadata.version("modelport")
     except importlib.metadata.PackageNotFoundError:
@@ -83,7 +83,7 @@ def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: 
     key_parts = {
         "backend": backend_name, "recipe": recipe.to_json(), "model": source.content_hash,
         "calibration": calibration.fingerprint if calibration is not None and precision in CALIBRATED else None,
-        "versions": backend.versions(), "modelport": _version(), "opset": bundle.opset,
+        "versions": backend.versions(), "modelport": modelport_version(), "opset": bundle.opset,
     }
     key = build_key(key_parts)
     out = Path(out)
@@ -119,7 +119,7 @@ def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: 
                            "outputs": [s.to_json() for s in source.outputs]},
                 "onnx": _onnx_info(bundle) if BACKENDS[backend_name].consumes == "onnx" else None,
                 "calibration": calibration.describe() if calibration is not None and precision in CALIBRATED else None,
-                "versions": {"modelport": _version(), **backend.versions()},
+                "versions": {"modelport": modelport_version(), **backend.versions()},
                 "machine": machine_summary(),
                 "build_seconds": round(seconds, 3),
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -244,7 +244,7 @@ def build(
         held_out = open_evaluation(evaluation, source.inputs, seed=seed) if evaluation is not None else None
         keep_log(out / BUILD_LOG)  # where the closest candidate lands, even when the budget is missed
         build_to_budget(ModelBundle(source), backend, out, target, calibration, held_out, options, max_candidates,
-                        json_out)
+                        json_out, force)
         return
     with stages(f"Building {backend} {precision}", shows_progress(json_out)):
         artifact, reused = build_artifact(ModelBundle(source), backend, precision, out,

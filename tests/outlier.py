@@ -1,6 +1,8 @@
 """The planted-outlier model test_debug and test_tune share: `wide`'s output has one channel 100x wider than the
 others and `head`'s weights on that channel are scaled down by as much, so the float function is unchanged and one
-per-tensor INT8 range for that activation leaves the ordinary channels a handful of levels.
+per-tensor INT8 range for that activation leaves the ordinary channels a handful of levels. `louder` (1000x) is the
+TFLite case: a layer kept in float there still hands an INT8 activation to an INT8 neighbour, so the planted tensor
+is float only with both `wide` and `head` in float, and the 100x model's full INT8 already meets cos>=0.9999.
 
 The QDQ pass's default cross-layer equalization pairs `wide` and `head` through the ReLU and moves the outlier
 into `wide`'s weights: with it, full INT8 no longer misses. The tests that need the miss (debug's ranking, the
@@ -41,6 +43,10 @@ def make(scale=100.0, seed=0):
 
 def other():
     return make(seed=1)
+
+
+def louder():
+    return make(scale=1000.0)
 '''
 
 

@@ -3,6 +3,7 @@
 The model is tests/outlier.py's planted outlier: `wide`'s output has one channel 100x wider, compensated in `head`'s
 weights, so full INT8 loses the seven ordinary channels and misses a cosine budget that keeping `wide` (with the
 ReLU folded into it) in float meets. Candidates are judged on held-out samples drawn apart from the calibration.
+On TFLite the 100x outlier's full INT8 already meets that budget; its 1000x twin (`louder`) misses it there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.cli import app
 from modelport.errors import BadInput
+from modelport.model import load_model
 from modelport.tune import parse_budget, search
 from modelport.tune.budget import check_applies
 from tests.outlier import NO_CLE, normal
@@ -109,9 +111,113 @@ def test_an_unreachable_budget_writes_the_closest_marks_it_missed_and_exits_1(ou
     manifest = Artifact.open(out).manifest
     assert manifest["details"]["budget"] == "missed" and manifest["tune"]["status"] == "missed"
     assert len(manifest["tune"]["candidates"]) == 3
+    again = cli.invoke(app, ["build", f"{outlier_file}:make", "-b", "onnxruntime", "-p", "int8", "--calib", str(calib),
+                             "--eval", str(held_out), "--budget", "cos>=0.9999999", "-o", str(out),
+                             "--max-candidates", "3"])
+    reused = " ".join(again.output.split())
+    assert again.exit_code == 1 and "reused searched artifact" in reused and "tried 3" in reused, again.output
 
 
 def test_a_budget_judged_on_its_own_calibration_data_is_refused(outlier_source, tmp_path):
     with pytest.raises(BadInput, match="is the calibration data"):
         search(ModelBundle(outlier_source), "onnxruntime", tmp_path / "x", parse_budget(BUDGET),
                data(outlier_source, 32, 0), evaluation=data(outlier_source, 32, 0))
+
+
+def _tflite():
+    ok, reason = get_backend("tflite").available()
+    if not ok:
+        pytest.skip(reason)
+
+
+def _op_dtypes(path):
+    """(op type, its output tensor name, the dtypes of its inputs and outputs) for every op of a .tflite."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    sg = model.subgraphs[0]
+    return [(flatbuffer_utils.opcode_to_name(model, op.opcodeIndex), sg.tensors[op.outputs[0]].name.decode(),
+             {flatbuffer_utils.type_to_name(sg.tensors[i].type) for i in [*op.inputs, *op.outputs] if i >= 0})
+            for op in sg.operators]
+
+
+def test_tflite_exclude_keeps_the_named_nodes_ops_in_float(outlier_source, tmp_path):
+    _tflite()
+    from modelport.builder import build_artifact
+
+    artifact, _ = build_artifact(ModelBundle(outlier_source), "tflite", "int8", tmp_path / "t",
+                                 options={"exclude": "node_conv2d_2"}, calibration=data(outlier_source, 32, 0))
+    convs = {name.rsplit("/", 1)[-1]: dtypes for op, name, dtypes in _op_dtypes(artifact.main_file) if op == "CONV_2D"}
+    head = next(dtypes for name, dtypes in convs.items() if "Conv2d_head" in name)
+    assert head == {"FLOAT32"}, convs  # input, weights, bias and output of `head` all float
+    assert all("INT8" in dtypes for name, dtypes in convs.items() if "Conv2d_head" not in name), convs
+    kept = artifact.details["kept_in_float"]
+    assert kept["onnx_nodes"] == ["node_conv2d_2"]
+    assert [op["op"] for op in kept["tflite_ops"]["node_conv2d_2"]] == ["CONV_2D", "TRANSPOSE"]
+
+
+@pytest.mark.parametrize("exclude, says", [("node_nope", "no ONNX node named node_nope. Known: "),
+                                           ("node_mean", "no TFLite op implements ONNX node(s) node_mean")])
+def test_a_tflite_exclude_naming_no_op_exits_2(exclude, says, outlier_file, tmp_path):
+    _tflite()
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=normal(16, 0))
+    result = cli.invoke(app, ["build", f"{outlier_file}:make", "-b", "tflite", "-p", "int8", "--calib", str(calib),
+                              "--option", f"exclude={exclude}", "-o", str(tmp_path / "t")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and says in text and "node_conv2d_1" in text, result.output
+    assert not (tmp_path / "t").exists()
+
+
+def test_the_search_on_tflite_keeps_the_planted_layers_in_float(outlier_file, tmp_path):
+    _tflite()
+    louder = load_model(f"{outlier_file}:louder")
+    outcome = search(ModelBundle(louder), "tflite", tmp_path / "tuned", parse_budget(BUDGET), data(louder, 96, 0),
+                     evaluation=data(louder, 24, 1))
+    record = outcome.record
+    first, chosen = record["candidates"][0], record["candidates"][record["chosen"]]
+    assert first["kept_in_float"] == [] and not first["met"], first  # full INT8 misses on TFLite
+    assert outcome.met and chosen["figures"]["cos"] >= 0.9999
+    groups = [g for g in record["ranked_groups"] if set(g) <= set(chosen["kept_in_float"])]
+    assert 1 <= len(groups) <= 2 and set(chosen["kept_in_float"]) <= PLANTED, record["ranked_groups"]
+    assert "NO_QUANTIZE" in record["exclusion"]
+    assert Artifact.open(tmp_path / "tuned").details["kept_in_float"]["onnx_nodes"] == chosen["kept_in_float"]
+
+
+def test_a_second_identical_search_reuses_the_artifact_and_any_change_searches_again(outlier_file, tmp_path):
+    calib, held_out = tmp_path / "calib.npz", tmp_path / "eval.npz"
+    np.savez(calib, x=normal(64, 0))
+    np.savez(held_out, x=normal(16, 1))
+    out = tmp_path / "tuned"
+
+    def build(*extra):
+        result = cli.invoke(app, ["build", f"{outlier_file}:make", "-b", "onnxruntime", "-p", "int8", "--calib",
+                                  str(calib), "--eval", str(held_out), "--budget", BUDGET, "-o", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split()), Artifact.open(out).manifest
+
+    first, made = build()
+    assert "reused searched artifact" not in first
+    again, kept = build()
+    assert f"reused searched artifact (key {made['tune']['key']})" in again
+    assert kept["created"] == made["created"] and kept["tune"] == made["tune"]
+    forced, rebuilt = build("--force")
+    assert "reused" not in forced and rebuilt["tune"]["key"] == made["tune"]["key"]
+    assert rebuilt["created"] != made["created"] or rebuilt["tune"]["seconds"] != made["tune"]["seconds"]
+    changed, searched = build("--max-candidates", "4")
+    assert "reused" not in changed and searched["tune"]["key"] != made["tune"]["key"]
+
+
+def test_the_search_key_changes_with_every_input_it_depends_on(outlier_source, outlier_file):
+    from modelport.tune.search import search_key
+
+    bundle, calib, held_out = ModelBundle(outlier_source), data(outlier_source, 32, 0), data(outlier_source, 8, 1)
+    args = {"bundle": bundle, "backend": "onnxruntime", "budget": parse_budget(BUDGET), "calibration": calib,
+            "evaluation": held_out, "options": {}, "max_candidates": 10, "metric": None}
+    base = search_key(**args)
+    assert search_key(**args) == base
+    changes = {"bundle": ModelBundle(load_model(f"{outlier_file}:other", dynamic=["x:0=batch"])),
+               "backend": "openvino", "budget": parse_budget("cos>=0.99"), "calibration": data(outlier_source, 32, 2),
+               "evaluation": data(outlier_source, 8, 3), "options": {"per_channel": "false"}, "max_candidates": 4}
+    for name, value in changes.items():
+        assert search_key(**{**args, name: value}) != base, name

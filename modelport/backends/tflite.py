@@ -24,9 +24,10 @@ import numpy as np
 
 from modelport import progress
 from modelport.backends.base import Backend, Recipe, Runner
+from modelport.backends.tflite_exclude import find_float_ops
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
-from modelport.options import Option
+from modelport.options import Option, parse_list
 from modelport.quiet import quiet_native
 from modelport.specs import TensorSpec
 
@@ -150,17 +151,18 @@ def _int8_plan(path: Path, requested: str, io: str) -> dict[str, Any]:
                             else "FP32 in the file, quantized per row at run time (the calibration set is not used)")}
 
 
-def _int8_matmul(content: bytes) -> bytes:
+def _int8_matmul(content: bytes, keep_float: str | None = None) -> bytes:
     """Int8 weights on the weight matmuls, activations quantized at run time; every other op stays FP32."""
     from ai_edge_quantizer import qtyping, quantizer
 
     q = quantizer.Quantizer(bytearray(content))
     for op in MATMUL_OPS:  # BATCH_MATMULs of two computed tensors have no weight: the quantizer leaves them float
         q.add_dynamic_config(".*", qtyping.TFLOperationName(op), num_bits=8)
+    _keep_float(q, keep_float)
     return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
-def _int8_static(content: bytes, feed: _SignatureFeed, io: str) -> bytes:
+def _int8_static(content: bytes, feed: _SignatureFeed, io: str, keep_float: str | None = None) -> bytes:
     """Full-integer INT8 (static recipe); with io=float32 the model's I/O stays float (QUANTIZE/DEQUANTIZE inside)."""
     from ai_edge_quantizer import algorithm_manager, quantizer, recipe
 
@@ -168,8 +170,18 @@ def _int8_static(content: bytes, feed: _SignatureFeed, io: str) -> bytes:
     if io == "float32":
         for virtual_op in ("INPUT", "OUTPUT"):
             q.update_quantization_recipe(".*", virtual_op, algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    _keep_float(q, keep_float)
     result = q.calibrate({feed.export.signature_key: feed}, num_threads=os.cpu_count() or 1)
     return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+
+
+def _keep_float(q: Any, regex: str | None) -> None:
+    """`exclude`: the ops whose scope `regex` matches stay float (the recipe's last matching entry wins)."""
+    from ai_edge_quantizer import algorithm_manager, qtyping
+
+    if regex is not None:
+        q.update_quantization_recipe(regex, qtyping.TFLOperationName.ALL_SUPPORTED,
+                                     algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
 
 
 def _fp16_compute(metadata: list[str]) -> str:
@@ -253,6 +265,9 @@ class TFLiteBackend(Backend):
                "time; softmax, normalization, GELU stay FP32), or auto: matmul on transformer-like graphs "
                "(attention, layer norms), all otherwise.", default="auto", parse=_lower, choices=INT8_OP_SETS,
                precisions=("int8",)),
+        Option(name="exclude", help="ONNX node names (as modelport debug lists them) whose TFLite ops stay in float, "
+               "comma-separated: the ops litert-torch made from each node's torch module (and the op writing a "
+               "model output the node makes).", default=(), parse=parse_list, precisions=("int8",)),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
@@ -276,12 +291,16 @@ class TFLiteBackend(Backend):
                     assert calibration is not None  # the builder requires it for int8
                     plan = _int8_plan(export.path, recipe.options["ops"], recipe.options["io"])
                     details["int8_op_set"] = plan
+                    keep = None
+                    if recipe.options["exclude"]:
+                        kept = find_float_ops(export.path, bundle.onnx_path, recipe.options["exclude"], export.outputs)
+                        details["kept_in_float"], keep = kept.to_json(), kept.regex
                     if plan["chosen"] == "matmul":
-                        content = _int8_matmul(content)
+                        content = _int8_matmul(content, keep)
                         details["samples_calibrated"] = 0
                     else:
                         feed = _SignatureFeed(calibration, export)
-                        content = _int8_static(content, feed, recipe.options["io"])
+                        content = _int8_static(content, feed, recipe.options["io"], keep)
                         details["samples_calibrated"] = feed.passes[-1] if feed.passes else 0
             except (BadInput, StepFailed):
                 raise

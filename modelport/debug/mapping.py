@@ -9,13 +9,11 @@ location instead (`.../torch.nn.modules.conv.Conv2d_stem;2`), so those are match
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+from modelport.exporters.module_names import module_path, tensor_modules
 
 
 @dataclass(frozen=True)
@@ -27,20 +25,6 @@ class Layer:
     module: str | None
     op_type: str
     inputs: tuple[str, ...]
-
-
-def module_path(node: Any) -> str | None:
-    """The torch module path a node came from (None for ops in the model's own forward, or no metadata)."""
-    scopes = next((p.value for p in node.metadata_props if p.key == SCOPES_KEY), None)
-    if not scopes:
-        return None
-    try:
-        parsed = ast.literal_eval(scopes)
-    except (ValueError, SyntaxError):
-        return None
-    if not isinstance(parsed, list) or len(parsed) < 2:
-        return None
-    return str(parsed[-2]) or None  # the last scope is the node itself
 
 
 def reference_layers(onnx_path: Path) -> list[Layer]:
@@ -77,22 +61,11 @@ def map_tensors(layers: Sequence[Layer], names: Iterable[str], *, by_module: boo
     last_runtime: dict[str | None, str] = {}
     for name in names:
         if name not in found.values():
-            for location in (part for part in name.split(";") if "/" in part):
-                last_runtime[_location_module(location, modules)] = name
+            for module in tensor_modules(name, modules):
+                last_runtime[module] = name
     for name in dict.fromkeys(last_runtime.values()):
         candidates = [last_reference[m] for m, n in last_runtime.items()
                       if n == name and m in last_reference and last_reference[m] not in found]
         if candidates:
             found[max(candidates, key=order.__getitem__)] = name
     return found
-
-
-def _location_module(location: str, modules: set[str]) -> str | None:
-    """The module path in a litert-torch location (`pkg.Class_attr/pkg.Class_attr/...`): the longest tail of
-    its attribute names that is a module path of the model; None (the model's own forward) where none is."""
-    attrs = [part.rsplit(".", 1)[-1].partition("_")[2] for part in location.split("/")]
-    for start in range(len(attrs)):
-        path = ".".join(attrs[start:])
-        if path in modules:
-            return path
-    return None

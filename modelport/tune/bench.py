@@ -58,8 +58,9 @@ def tune_for_bench(job: TuneJob, bundle: ModelBundle, calibration: CalibrationSe
                              evaluation=evaluation, options=job.options, max_candidates=job.max_candidates,
                              threads=threads, metric=metric)
     artifact = outcome.artifact
-    return {"reused": False, "build_seconds": artifact.manifest["build_seconds"], "size_bytes": artifact.size_bytes,
-            "manifest_key": artifact.manifest["key"], "details": artifact.details, "tune": summary(outcome.record)}
+    return {"reused": outcome.reused, "build_seconds": artifact.manifest["build_seconds"],
+            "size_bytes": artifact.size_bytes, "manifest_key": artifact.manifest["key"], "details": artifact.details,
+            "tune": summary(outcome.record)}
 
 
 def summary(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,17 +12,23 @@ from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.console import console, err_console, print_json
 from modelport.tune.budget import Budget
-from modelport.tune.search import search
+from modelport.tune.search import search_closest
 
 
 def build_to_budget(bundle: ModelBundle, backend: str, out: Path, budget: Budget, calibration: CalibrationSet,
                     evaluation: CalibrationSet | None, options: dict[str, Any], max_candidates: int,
-                    json_out: bool) -> None:
-    """Run the search and show every candidate and the choice (the table, or the record with --json)."""
+                    json_out: bool, force: bool = False) -> None:
+    """Run the search (or reuse the artifact an identical one wrote at `out`) and show every candidate and the
+    choice (the table, or the record with --json)."""
     say = None if json_out else (lambda line: err_console.print(escape(line), style="dim"))
-    outcome = search(bundle, backend, out, budget, calibration, evaluation=evaluation, options=options,
-                     max_candidates=max_candidates, report=say)
+    outcome = search_closest(bundle, backend, out, budget, calibration, evaluation=evaluation, options=options,
+                             max_candidates=max_candidates, report=say, force=force)
     record = outcome.record
+    if outcome.reused:
+        err_console.print(f"reused searched artifact (key {record['key']}) at {outcome.artifact.path}; --force "
+                          "searches again", style="dim")
+    if outcome.why_missed is not None:
+        raise outcome.why_missed
     if json_out:
         print_json({"path": str(outcome.artifact.path), "tune": record})
         return

@@ -1,7 +1,9 @@
 """How each backend keeps a list of ONNX nodes out of INT8, as build options: the only backend knowledge tune has.
 
-A backend missing from `TO_OPTIONS` has no per-layer float option (TFLite: its options are layout, dynamic, io
-and ops), so the search can only judge its full INT8 build.
+Every backend here takes ONNX node names in `exclude`. TFLite finds each node's ops by torch module (litert-torch
+names ops by module location), so a node from the model's own forward, which has no module, is no candidate there
+(`KEEPABLE`). A backend missing from `TO_OPTIONS` has no per-layer float option, so the search can only judge its
+full INT8 build.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ ToOptions = Callable[[Sequence[str]], dict[str, str]]
 
 
 def _exclude(nodes: Sequence[str]) -> dict[str, str]:
-    """ONNX Runtime and TensorRT (the shared QDQ pass's `exclude`) and OpenVINO (NNCF's ignored scope, or the QDQ
-    pass with source=qdq) all take ONNX node names in `exclude`."""
+    """ONNX Runtime and TensorRT (the shared QDQ pass's `exclude`), OpenVINO (NNCF's ignored scope, or the QDQ
+    pass with source=qdq) and TFLite (ai-edge-quantizer's NO_QUANTIZE on the node's ops) all take ONNX node names
+    in `exclude`."""
     return {"exclude": ",".join(nodes)}
 
 
-TO_OPTIONS: dict[str, ToOptions] = {"onnxruntime": _exclude, "openvino": _exclude, "tensorrt": _exclude}
+TO_OPTIONS: dict[str, ToOptions] = {"onnxruntime": _exclude, "openvino": _exclude, "tensorrt": _exclude,
+                                    "tflite": _exclude}
+# Which ONNX nodes a backend can keep in float, where not every one (the rest are left out of the ranked groups).
+KEEPABLE: dict[str, Callable[[Layer], bool]] = {"tflite": lambda layer: layer.module is not None}
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ def describe_exclusion(backend: str, options: Mapping[str, Any]) -> str:
         return f"none: {backend} has no option to keep single layers in float, so only full INT8 is judged"
     if backend == "openvino" and options.get("source", "nncf") == "nncf":
         return "NNCF's ignored scope (exclude)"
+    if backend == "tflite":
+        return ("ai-edge-quantizer's NO_QUANTIZE on the TFLite ops litert-torch made from each ONNX node's torch "
+                "module (exclude); nodes of the model's own forward have no module and are not tried")
     return "the shared QDQ pass's exclude: no Q/DQ around the named ONNX nodes" + (
         " (source=qdq)" if backend == "openvino" else "")
 
@@ -70,16 +79,17 @@ def with_nodes(backend: str, options: Mapping[str, Any], nodes: Sequence[str]) -
     return merged
 
 
-def layer_groups(layers: Sequence[Layer]) -> dict[str, tuple[str, ...]]:
+def layer_groups(layers: Sequence[Layer], backend: str | None = None) -> dict[str, tuple[str, ...]]:
     """ONNX node -> the nodes kept in float together with it: a Conv/Gemm/MatMul and the activation folded into it
-    (either one brings the other), any other node alone."""
+    (either one brings the other), any other node alone; only the nodes `backend` can keep in float."""
+    keeps = KEEPABLE.get(backend or "", lambda _: True)
     producer = {layer.tensor: layer for layer in layers}
     groups: dict[str, tuple[str, ...]] = {}
     for layer in layers:
-        if not layer.onnx_node:
+        if not layer.onnx_node or not keeps(layer):
             continue
         before = producer.get(layer.inputs[0]) if layer.op_type in FOLDED and layer.inputs else None
-        if before is not None and before.onnx_node and before.op_type in FOLDS_INTO:
+        if before is not None and before.onnx_node and before.op_type in FOLDS_INTO and keeps(before):
             pair = (before.onnx_node, layer.onnx_node)
             groups[before.onnx_node] = groups[layer.onnx_node] = pair
         else:

@@ -7,7 +7,9 @@ kept in float until a candidate meets the budget, then a bisection on the count 
 it (OpenVINO's NNCF, exclude.ROUTES), a missed default build is followed by the route's full INT8 build, which
 is ranked and searched instead; the manifest's `tune.exclusion` and `tune.route` say how layers were kept out.
 Every candidate is timed in interleaved rounds (harness/latency.py); the fastest that meets the budget is
-written to `out`, or the closest when none does (marked `budget: missed`).
+written to `out`, or the closest when none does (marked `budget: missed`). The manifest's `tune.key` hashes
+everything the search depends on (model content, calibration and evaluation data, budget, options, cap, metric,
+runtime and modelport versions): a later search with the same key reuses the artifact at `out` unless `force`.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from modelport.artifact import MANIFEST, Artifact, staging_dir
-from modelport.builder import build_artifact
+from modelport.artifact import MANIFEST, Artifact, build_key, damage, staging_dir
+from modelport.backends import get_backend
+from modelport.builder import build_artifact, modelport_version
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.debug import debug_artifact, rank_layers
@@ -59,6 +62,12 @@ class Candidate:
 
         return {"kept_in_float": list(self.nodes), "figures": {k: clean(v) for k, v in self.figures.items()},
                 "met": self.met, "latency_ms": self.latency_ms, "options": self.options}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], budget: Budget, path: Path) -> Candidate:
+        figures = {k: math.inf if k == "sqnr" and v is None else v for k, v in data["figures"].items()}
+        return cls(tuple(data["kept_in_float"]), path, figures, data["met"], budget.shortfall(figures),
+                   dict(data["options"]), data["latency_ms"])
 
 
 class Judge:
@@ -96,6 +105,7 @@ class Outcome:
     artifact: Artifact
     record: dict[str, Any]
     why_missed: StepFailed | None = None  # the figures and what to try next, when no candidate met the budget
+    reused: bool = False  # an earlier search with the same key wrote `artifact`; nothing was built
 
     @property
     def met(self) -> bool:
@@ -105,12 +115,13 @@ class Outcome:
 def search(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, calibration: CalibrationSet, *,
            evaluation: CalibrationSet | None = None, options: Mapping[str, Any] | None = None,
            max_candidates: int = MAX_CANDIDATES, threads: int | None = None, metric: TaskMetric | None = None,
-           report: Callable[[str], None] | None = None) -> Outcome:
+           report: Callable[[str], None] | None = None, force: bool = False) -> Outcome:
     """Search, write the chosen INT8 artifact to `out`, and return it; StepFailed (after writing the closest
     candidate) when none meets the budget. Without `evaluation`, a quarter of `calibration` is held out.
     `metric` is the task metric `drop` is measured in (default top-1 accuracy)."""
     outcome = search_closest(bundle, backend, out, budget, calibration, evaluation=evaluation, options=options,
-                             max_candidates=max_candidates, threads=threads, metric=metric, report=report)
+                             max_candidates=max_candidates, threads=threads, metric=metric, report=report,
+                             force=force)
     if outcome.why_missed is not None:
         raise outcome.why_missed
     return outcome
@@ -119,9 +130,11 @@ def search(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, c
 def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: Budget, calibration: CalibrationSet,
                    *, evaluation: CalibrationSet | None = None, options: Mapping[str, Any] | None = None,
                    max_candidates: int = MAX_CANDIDATES, threads: int | None = None,
-                   metric: TaskMetric | None = None, report: Callable[[str], None] | None = None) -> Outcome:
+                   metric: TaskMetric | None = None, report: Callable[[str], None] | None = None,
+                   force: bool = False) -> Outcome:
     """`search` without the error: the bench's INT8 row is the closest candidate whether it meets the budget or
-    not, and its report says which (`Outcome.met`, the manifest's `tune.status`)."""
+    not, and its report says which (`Outcome.met`, the manifest's `tune.status`). An artifact at `out` that a
+    search with the same key wrote is returned as it is (`Outcome.reused`) unless `force`."""
     start = time.perf_counter()
     if max_candidates < 1:
         raise BadInput(f"--max-candidates {max_candidates}: at least the full INT8 build is judged.")
@@ -133,6 +146,9 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
                                            "quarter of --calib.")
     check_applies(budget, "int8", evaluation.labels() is not None)
     out = Path(out)
+    key = search_key(bundle, backend, budget, calibration, evaluation, options or {}, max_candidates, metric)
+    if not force and (done := _searched(out, key, budget, backend)) is not None:
+        return done
     workdir = out.with_name(f"{out.name}.tune")
     judge = Judge(bundle, evaluation, budget, metric)
     say = report or (lambda _: None)
@@ -164,14 +180,14 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
             at(0)
         cap = max_candidates - len(before_route)
         if not tried[0].met and backend in TO_OPTIONS and cap > 1:
-            groups = _ranked_groups(bundle, tried[0].path, evaluation, threads)
+            groups = _ranked_groups(bundle, backend, tried[0].path, evaluation, threads)
             _fewest(at, len(groups), tried, cap)
         candidates = before_route + [tried[k] for k in sorted(tried)]
         _time(candidates, judge.batches[0], threads)
         passing = [c for c in candidates if c.met]
         chosen = (min(passing, key=lambda c: (c.latency_ms or math.inf, len(c.nodes))) if passing
                   else min(candidates, key=lambda c: (c.shortfall, len(c.nodes))))
-        record = {"budget": budget.describe(), "status": "met" if passing else "missed", "backend": backend,
+        record = {"key": key, "budget": budget.describe(), "status": "met" if passing else "missed", "backend": backend,
                   "evaluation": {"source": evaluation.source.description, "samples": len(evaluation),
                                  "fingerprint": evaluation.fingerprint},
                   "exclusion": describe_exclusion(backend, base),
@@ -185,12 +201,39 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
     return Outcome(artifact, record, _missed(budget, backend, chosen, candidates, out) if not passing else None)
 
 
-def _ranked_groups(bundle: ModelBundle, int8: Path, evaluation: CalibrationSet,
+def search_key(bundle: ModelBundle, backend: str, budget: Budget, calibration: CalibrationSet,
+               evaluation: CalibrationSet, options: Mapping[str, Any], max_candidates: int,
+               metric: TaskMetric | None) -> str:
+    """What the searched artifact depends on, hashed: equal keys mean the search would judge the same builds on the
+    same samples (the metric by its name)."""
+    return build_key({"backend": backend, "model": bundle.source.content_hash, "opset": bundle.opset,
+                      "calibration": calibration.fingerprint, "evaluation": evaluation.fingerprint,
+                      "budget": budget.describe(), "options": dict(options), "max_candidates": max_candidates,
+                      "metric": metric.name if metric is not None else None, "modelport": modelport_version(),
+                      "versions": get_backend(backend).versions()})
+
+
+def _searched(out: Path, key: str, budget: Budget, backend: str) -> Outcome | None:
+    """The artifact at `out` when a search with `key` wrote it and its files are as written; else None."""
+    try:
+        artifact = Artifact.open(out)
+    except BadInput:
+        return None
+    record = artifact.manifest.get("tune") or {}
+    if record.get("key") != key or damage(artifact, hashes=True) is not None:
+        return None
+    candidates = [Candidate.from_json(c, budget, out) for c in record["candidates"]]
+    missed = (None if record["status"] == "met" else
+              _missed(budget, backend, candidates[record["chosen"]], candidates, out))
+    return Outcome(artifact, record, missed, reused=True)
+
+
+def _ranked_groups(bundle: ModelBundle, backend: str, int8: Path, evaluation: CalibrationSet,
                    threads: int | None) -> list[tuple[str, ...]]:
     """Debug's culprits on the full INT8 artifact, as groups of ONNX nodes kept in float together, worst first;
-    layers that add no error are left out."""
+    layers that add no error, or that `backend` cannot keep in float, are left out."""
     record = debug_artifact(int8, bundle.source, evaluation, threads=threads)
-    groups = layer_groups(reference_layers(bundle.onnx_path))
+    groups = layer_groups(reference_layers(bundle.onnx_path), backend)
     ranked = [groups[e["onnx_node"]] for e in rank_layers(record["layers"])
               if e["onnx_node"] in groups and e["jump_db"] > 0]
     return list(dict.fromkeys(ranked))
