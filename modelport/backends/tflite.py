@@ -26,7 +26,7 @@ from modelport import progress
 from modelport.backends.base import Backend, Recipe, Runner
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
-from modelport.options import Option
+from modelport.options import Option, parse_bool
 from modelport.quiet import quiet_native
 from modelport.specs import TensorSpec
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from modelport.exporters.litert import LiteRTExport
 
 MAIN_FILE = "model.tflite"
+# A build-time timing is a few interleaved rounds: within 5% of FP32 is "as fast", not "slower" (as for ORT).
+SLOWER_THAN_FP32 = 0.95
 
 
 def _lower(value: Any) -> str:
@@ -253,6 +255,9 @@ class TFLiteBackend(Backend):
                "time; softmax, normalization, GELU stay FP32), or auto: matmul on transformer-like graphs "
                "(attention, layer norms), all otherwise.", default="auto", parse=_lower, choices=INT8_OP_SETS,
                precisions=("int8",)),
+        Option(name="measure", help="Time the quantized .tflite against the FP32 one at build time (XNNPACK, the "
+               "example inputs) and warn in the manifest when it does not pay.", default=True, parse=parse_bool,
+               precisions=("int8", "int8-dynamic")),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
@@ -292,6 +297,11 @@ class TFLiteBackend(Backend):
                                  hint="Try int8-dynamic or fp16, or run with --debug for the traceback.") from exc
         quantize_seconds = time.perf_counter() - start
         (out_dir / MAIN_FILE).write_bytes(content)
+        if recipe.precision in ("int8", "int8-dynamic") and recipe.options["measure"]:
+            with progress.stage("latency check"):
+                details["latency"] = _latency_vs_fp32(export, out_dir / MAIN_FILE, source, recipe.precision)
+            if details["latency"]["warning"]:
+                details["warning"] = details["latency"]["warning"]
         with quiet_native():
             description = describe_tflite(out_dir / MAIN_FILE)
         if export.dynamic["kept"]:
@@ -318,6 +328,30 @@ class TFLiteBackend(Backend):
 
     def load(self, artifact: Artifact, threads: int | None = None) -> Runner:
         return TFLiteRunner(artifact.main_file, artifact.details, artifact.inputs, artifact.outputs, threads)
+
+
+def _latency_vs_fp32(export: LiteRTExport, path: Path, source: Any, precision: str) -> dict[str, Any]:
+    """The converted FP32 .tflite and the quantized one, loaded as the runner loads them and timed in interleaved
+    rounds on the example inputs: whether INT8 pays on this machine (XNNPACK's int8 kernels need not be faster)."""
+    from modelport.timing import interleaved_rounds
+
+    threads = min(2, os.cpu_count() or 1)
+    details = {"signature": {"key": export.signature_key, "inputs": export.inputs, "outputs": export.outputs},
+               "layouts": export.layouts}
+    feeds = {k: np.asarray(v) for k, v in source.example_feeds().items()}
+    runners = {key: TFLiteRunner(file, details, source.inputs, source.outputs, threads)
+               for key, file in (("fp32", export.path), (precision, path))}
+    rounds = interleaved_rounds({k: r.run for k, r in runners.items()}, feeds, 5, 3.0)
+    ms = {key: min(values) for key, values in rounds.items()}
+    speedup = ms["fp32"] / ms[precision]
+    shape = {k: list(v.shape) for k, v in feeds.items()}
+    warning = None
+    if speedup < SLOWER_THAN_FP32:
+        warning = (f"The {precision} .tflite does not pay here: {ms[precision]:.3f} ms against {ms['fp32']:.3f} ms "
+                   f"for FP32 ({threads} threads, inputs {shape}); build fp32 for this model on this machine.")
+    return {"fp32_ms": round(ms["fp32"], 4), "artifact_ms": round(ms[precision], 4), "speedup": round(speedup, 3),
+            "threads": threads, "inputs": shape, "warning": warning,
+            "how": "best of 5 interleaved rounds of median run time, at build time"}
 
 
 def _interpreter_class() -> type:
