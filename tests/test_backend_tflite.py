@@ -13,11 +13,13 @@ pytest.importorskip("litert_torch", reason="litert-torch is not installed (pip i
 pytest.importorskip("ai_edge_quantizer", reason="ai-edge-quantizer is not installed (pip install 'modelport[tflite]')")
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (pip install 'modelport[tflite]')")
 
+from modelport.backends import tflite
 from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.errors import BadInput, StepFailed
 from modelport.examples import digits_data
+from modelport.exporters.litert import convert_to_tflite
 from modelport.loading import load_artifact
 from modelport.model import load_model
 from tests.models import DETERMINANT
@@ -40,6 +42,22 @@ def make():
     return model.eval(), {"pixels": x[:1]}
 """
 
+# CREPE's first layer: a conv from one input channel over a long window (TFLite: DEPTHWISE_CONV_2D fed one channel)
+SINGLE_CHANNEL_CONV = """
+class Layer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 128, (512, 1), (4, 1))
+
+    def forward(self, x):
+        return torch.relu(self.conv(nn.functional.pad(x[:, None, :, None], (0, 0, 254, 254))))
+
+
+def make():
+    return Layer().eval(), {"x": torch.randn(1, 1024)}
+"""
+
 
 def accuracy(runner, images: np.ndarray, labels: np.ndarray, name: str = "x") -> float:
     return float((runner.run({name: images})["output"].argmax(1) == labels).mean())
@@ -53,11 +71,12 @@ def digits_calibration(digits):
 
 @pytest.fixture(scope="module")
 def digits_builds(digits, digits_calibration, tmp_path_factory):
-    """Every precision of the digits CNN, plus INT8 with integer I/O and FP32 with NHWC inputs."""
+    """Every precision of the digits CNN, plus INT8 with integer I/O and FP32 with NHWC inputs; INT8 unmeasured, so
+    full-integer whatever the machine times (test_measure_* specify the measured choice)."""
     root = tmp_path_factory.mktemp("tflite-digits")
     bundle = ModelBundle(digits)
-    plan = {p: (p, {}) for p in PRECISIONS}
-    plan["int8-io"] = ("int8", {"io": "int8"})
+    plan = {p: (p, {"measure": "false"} if p.startswith("int8") else {}) for p in PRECISIONS}
+    plan["int8-io"] = ("int8", {"io": "int8", "measure": "false"})
     plan["fp32-nhwc"] = ("fp32", {"layout": "nhwc"})
     return {key: build_artifact(bundle, "tflite", precision, root / key, options=options,
                                 calibration=digits_calibration)[0]
@@ -146,11 +165,70 @@ def test_fp16_stores_weights_in_fp16_and_says_how_it_computes(digits_builds):
     assert fp16.size_bytes < 0.6 * fp32.size_bytes
 
 
-def test_int8_dynamic_quantizes_weights_and_keeps_float_activations(digits_builds):
+def test_int8_dynamic_quantizes_the_linear_weights_and_keeps_float_activations(digits_builds):
     details = digits_builds["int8-dynamic"].details
-    assert details["tensors_by_dtype"]["INT8"] == 4
+    assert details["tensors_by_dtype"]["INT8"] == 2  # the two linear weights
+    assert details["int8_ops"] == {"FULLY_CONNECTED": 2}
     assert "QUANTIZE" not in details["ops"]
     assert details["signature_inputs"]["args_0"]["dtype"] == "float32"
+
+
+def delegates(artifact) -> int:
+    runner = load_artifact(artifact.path, threads=1)
+    return sum(op["op_name"] == "DELEGATE" for op in runner._main.interpreter._get_ops_details())
+
+
+def test_int8_dynamic_convs_stay_float_so_xnnpack_runs_the_whole_model(digits_builds):
+    details = digits_builds["int8-dynamic"].details
+    assert details["float_ops"]["CONV_2D"] == 1 and details["float_ops"]["DEPTHWISE_CONV_2D"] == 1
+    assert "convolutions stay FP32" in details["compute"]
+    assert delegates(digits_builds["int8-dynamic"]) == 1  # int8-weight convs would leave XNNPACK: two partitions
+    assert delegates(digits_builds["int8"]) == 1
+
+
+@pytest.fixture(scope="module")
+def single_channel(tmp_path_factory):
+    """CREPE's first layer as INT8, measured (the default) and not (full-integer), from one calibration set."""
+    path = tmp_path_factory.mktemp("single") / "layer.py"
+    path.write_text("import torch\nfrom torch import nn\n" + SINGLE_CHANNEL_CONV)
+    source = load_model(f"{path}:make")
+    calibration = CalibrationSet.from_arrays(
+        {"x": np.random.default_rng(0).standard_normal((100, 1024)).astype(np.float32)}, source.inputs)
+    root = tmp_path_factory.mktemp("tflite-single")
+    builds = {key: build_artifact(ModelBundle(source), "tflite", "int8", root / key, options=options,
+                                  calibration=calibration)[0]
+              for key, options in (("measured", {}), ("unmeasured", {"measure": "false"}))}
+    return source, builds
+
+
+def test_measure_times_both_int8_forms_and_keeps_a_single_channel_conv_fp32_where_faster(single_channel):
+    _, builds = single_channel
+    latency, plan = builds["measured"].details["latency"], builds["measured"].details["int8_op_set"]
+    times = latency["candidates_ms"]
+    assert set(times) == {tflite.FULL, tflite.KEPT}
+    assert times[tflite.FULL] > 2 * times[tflite.KEPT]  # XNNPACK's int8 kernel is several times slower on it
+    assert latency["chosen"] == tflite.KEPT and latency["artifact_ms"] == times[tflite.KEPT]
+    assert [op["op"] for op in plan["kept_float"]] == ["DEPTHWISE_CONV_2D"]
+    assert builds["measured"].details["float_ops"]["DEPTHWISE_CONV_2D"] == 1
+    assert latency["speedup"] == pytest.approx(latency["fp32_ms"] / latency["artifact_ms"], rel=1e-2)
+    assert (latency["warning"] is not None) == (latency["speedup"] < tflite.SLOWER_THAN_FP32)
+    assert builds["measured"].details.get("warning") == latency["warning"]
+
+
+def test_unmeasured_int8_stays_full_integer(single_channel):
+    details = single_channel[1]["unmeasured"].details
+    assert "latency" not in details and details["int8_op_set"]["kept_float"] == []
+    assert details["float_ops"] == {"QUANTIZE": 1}
+
+
+def test_measure_warns_when_int8_does_not_pay(single_channel, tmp_path):
+    source, builds = single_channel
+    export = convert_to_tflite(source)  # the cached conversion the builds used
+    full = builds["unmeasured"].main_file.read_bytes()
+    latency = tflite._latency_vs_fp32(export, {"int8": full}, source, "int8", tmp_path)
+    assert latency["chosen"] == "int8" and latency["speedup"] < tflite.SLOWER_THAN_FP32
+    assert "does not pay" in latency["warning"] and "build fp32" in latency["warning"]
+    assert list(tmp_path.iterdir()) == []  # the timed copies are gone
 
 
 def test_nhwc_artifact_records_its_layout_and_takes_nchw_feeds(digits, digits_builds, digits_test_data):
@@ -185,7 +263,7 @@ def test_runner_rejects_wrong_names_and_shapes(digits_builds):
 
 def test_unchanged_build_is_reused(digits, digits_builds, digits_calibration):
     artifact, reused = build_artifact(ModelBundle(digits), "tflite", "int8", digits_builds["int8"].path,
-                                      calibration=digits_calibration)
+                                      options={"measure": "false"}, calibration=digits_calibration)
     assert reused and artifact.manifest["key"] == digits_builds["int8"].manifest["key"]
 
 

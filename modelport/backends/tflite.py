@@ -2,8 +2,11 @@
 
 No TensorFlow anywhere: litert-torch converts the module (see exporters/litert.py), ai-edge-quantizer
 writes the FP16, INT8 and dynamic-range INT8 variants, and the LiteRT interpreter runs them with
-XNNPACK. INT8 is full-integer on CNNs; on transformer-like graphs only the weight matmuls go int8
-(`_int8_plan` says why), as the ONNX Runtime backend does. The runner takes what the user feeds PyTorch
+XNNPACK. INT8 is full-integer on CNNs (but for single-channel depthwise convs where keeping them FP32 measures
+faster); on transformer-like graphs only the weight matmuls go int8 (`_int8_plan` says why), as the ONNX Runtime
+backend does. Dynamic INT8 leaves convs FP32: XNNPACK has no dynamically-quantized conv. With `measure` (the
+default) the build times the result against the FP32 .tflite and warns in the manifest where INT8 does not pay.
+The runner takes what the user feeds PyTorch
 (NCHW, float, any batch the model allows) and does the layout transposes, int8 quantization of inputs
 and dequantization of outputs itself.
 """
@@ -14,6 +17,7 @@ import collections
 import functools
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -27,7 +31,7 @@ from modelport.backends.base import Backend, Recipe, Runner
 from modelport.backends.tflite_exclude import find_float_ops
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
-from modelport.options import Option, parse_list
+from modelport.options import Option, parse_bool, parse_list
 from modelport.quiet import quiet_native
 from modelport.specs import TensorSpec
 
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from modelport.exporters.litert import LiteRTExport
 
 MAIN_FILE = "model.tflite"
+# A build-time timing is a few interleaved rounds: within 5% of FP32 is "as fast", not "slower" (as for ORT).
+SLOWER_THAN_FP32 = 0.95
 
 
 def _lower(value: Any) -> str:
@@ -82,14 +88,24 @@ def _fp16(content: bytes) -> bytes:
     return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
+# XNNPACK runs FULLY_CONNECTED and BATCH_MATMUL with int8 weights and float inputs as dynamically quantized
+# kernels, but not such convs: they leave the delegate for TFLite's hybrid kernels and split it in two (CREPE tiny
+# int8-dynamic, 1 thread: 10.4 ms against 1.9 ms for FP32; the digits CNN at 2 threads: 2.2 ms against 0.02 ms).
+# Their weights stay FP32, so the convs stay in XNNPACK's FP32 kernels.
+MATMUL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
+FLOAT_CONVS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+
+
 def _int8_dynamic(content: bytes) -> bytes:
-    from ai_edge_quantizer import quantizer, recipe
+    """ai-edge-quantizer's dynamic recipe (int8 weights, activations quantized at run time), convs kept FP32."""
+    from ai_edge_quantizer import algorithm_manager, quantizer, recipe
 
     q = quantizer.Quantizer(bytearray(content), recipe.dynamic_wi8_afp32())
+    for op in FLOAT_CONVS:
+        q.update_quantization_recipe(".*", op, algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
     return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
-MATMUL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D")
 INT8_OP_SETS = ("auto", "all", "matmul")
 # Measured on ViT-B/16 (2 threads, 16 held-out crops vs PyTorch FP32): ops=all gave ~9 dB output SQNR and ran
 # slower than FP32; static int8 activations on the matmuls alone ~26 dB; run-time (per-row) ones ~30 dB, fastest.
@@ -99,8 +115,8 @@ _REASONS = {
                    "matmuls and the element-wise ops stay FP32. With 8-bit activations on those ops (ops=all) "
                    "XNNPACK leaves them to slow reference kernels, and one per-tensor 8-bit range cannot hold "
                    "attention logits or normalization outputs: the model gets both slower and far less accurate",
-    "cnn": "no attention or layer norm: every op runs in int8 (full-integer), activations 8-bit between layers with "
-           "ranges from the calibration set",
+    "cnn": "no attention or layer norm: every op runs in int8 (full-integer) but those under kept_float, activations "
+           "8-bit between layers with ranges from the calibration set",
     "io": "integer I/O (io=int8) needs a full-integer model",
     "asked": "ops={ops} was asked for",
 }
@@ -151,6 +167,31 @@ def _int8_plan(path: Path, requested: str, io: str) -> dict[str, Any]:
                             else "FP32 in the file, quantized per row at run time (the calibration set is not used)")}
 
 
+# Measured on CREPE tiny's first layer (one input channel, 512 taps, 128 outputs; 1 thread): XNNPACK's int8 kernel
+# 5.3 ms against 0.95 ms in FP32, the whole full-integer model 11.5 ms against 1.6 ms; with that layer in FP32 and
+# every other op int8, 1.55 ms and a closer cosine to PyTorch (0.99881 against 0.99835). Not a rule: with measure
+# on, the build times both and keeps the faster.
+_SINGLE_CHANNEL_WHY = ("a DEPTHWISE_CONV_2D fed one channel (a conv from a single input channel): XNNPACK's int8 "
+                       "kernel can run it several times slower than FP32; kept FP32 (between QUANTIZE ops) as that "
+                       "measured faster at build time")
+FULL, KEPT = "full-integer", "single-channel convs in FP32"
+
+
+def single_channel_depthwise(path: Path) -> list[dict[str, str]]:
+    """The DEPTHWISE_CONV_2D ops whose input has one channel, by output tensor (the quantizer's scope name)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    found = []
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            shape = sg.tensors[op.inputs[0]].shape
+            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "DEPTHWISE_CONV_2D" and shape[-1] == 1:
+                found.append({"op": "DEPTHWISE_CONV_2D", "tensor": sg.tensors[op.outputs[0]].name.decode(),
+                              "why": _SINGLE_CHANNEL_WHY})
+    return found
+
+
 def _int8_matmul(content: bytes, keep_float: str | None = None) -> bytes:
     """Int8 weights on the weight matmuls, activations quantized at run time; every other op stays FP32."""
     from ai_edge_quantizer import qtyping, quantizer
@@ -162,17 +203,33 @@ def _int8_matmul(content: bytes, keep_float: str | None = None) -> bytes:
     return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
-def _int8_static(content: bytes, feed: _SignatureFeed, io: str, keep_float: str | None = None) -> bytes:
-    """Full-integer INT8 (static recipe); with io=float32 the model's I/O stays float (QUANTIZE/DEQUANTIZE inside)."""
+def _static_quantizer(content: bytes, io: str, kept_float: Sequence[Mapping[str, str]], exclude: str | None) -> Any:
+    """ai-edge-quantizer's static INT8 recipe but for the ops in `kept_float` and those `exclude` matches; with
+    io=float32 the model's I/O stays float (QUANTIZE/DEQUANTIZE inside)."""
     from ai_edge_quantizer import algorithm_manager, quantizer, recipe
 
     q = quantizer.Quantizer(bytearray(content), recipe.static_wi8_ai8())
     if io == "float32":
         for virtual_op in ("INPUT", "OUTPUT"):
             q.update_quantization_recipe(".*", virtual_op, algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
-    _keep_float(q, keep_float)
-    result = q.calibrate({feed.export.signature_key: feed}, num_threads=os.cpu_count() or 1)
-    return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+    for op in kept_float:
+        q.update_quantization_recipe(re.escape(op["tensor"]), op["op"],
+                                     algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    _keep_float(q, exclude)
+    return q
+
+
+def _int8_static(content: bytes, feed: _SignatureFeed, io: str, kept_float: Sequence[Mapping[str, str]],
+                 exclude: str | None = None) -> dict[str, bytes]:
+    """The full-integer model and, where `kept_float` names ops, the one with those in FP32: one calibration (the
+    full recipe's ranges cover every tensor the other quantizes)."""
+    full = _static_quantizer(content, io, (), exclude)
+    result = full.calibrate({feed.export.signature_key: feed}, num_threads=os.cpu_count() or 1)
+    models = {FULL: full.quantize(result, enable_progress_report=False).quantized_model}
+    if kept_float:
+        kept = _static_quantizer(content, io, kept_float, exclude)
+        models[KEPT] = kept.quantize(result, enable_progress_report=False).quantized_model
+    return {key: bytes(model) for key, model in models.items()}
 
 
 def _keep_float(q: Any, regex: str | None) -> None:
@@ -201,7 +258,8 @@ def _compute(precision: str, details: Mapping[str, Any], description: Mapping[st
         return _fp16_compute(description["metadata"])
     if details.get("int8_op_set", {}).get("chosen") == "matmul":
         return _COMPUTE["int8-matmul"]
-    return _COMPUTE[precision]
+    kept = details.get("int8_op_set", {}).get("kept_float")
+    return _COMPUTE[precision] + (f"; {len(kept)} op(s) kept FP32 (see int8_op_set.kept_float)" if kept else "")
 
 
 _COMPUTE = {
@@ -210,8 +268,9 @@ _COMPUTE = {
             "(XNNPACK QS8 kernels where it takes the op, TFLite integer kernels otherwise)",
     "int8-matmul": "INT8 weights on the weight matmuls, whose FP32 inputs are quantized per row at run time "
                    "(XNNPACK dynamically-quantized kernels); every other op in FP32 (XNNPACK)",
-    "int8-dynamic": "INT8 weights; activations stay FP32 in the file and are quantized per op at run time "
-                    "(dynamic-range kernels)",
+    "int8-dynamic": "INT8 weights on the matmuls and fully-connected layers, their FP32 inputs quantized per op at "
+                    "run time (XNNPACK dynamically-quantized kernels); convolutions stay FP32 (XNNPACK has no "
+                    "dynamically-quantized conv: TFLite's hybrid kernels would run them outside the delegate)",
 }
 
 
@@ -261,13 +320,16 @@ class TFLiteBackend(Backend):
                "or int8 (integer I/O; the runner quantizes inputs and dequantizes outputs with each tensor's scale "
                "and zero point).", default="float32", parse=_lower, choices=("float32", "int8"), precisions=("int8",)),
         Option(name="ops", help="Which ops run in INT8: all (full-integer, activation ranges from the calibration "
-               "set), matmul (only FULLY_CONNECTED/CONV/BATCH_MATMUL with constant weights, inputs quantized at run "
+               "set), matmul (only FULLY_CONNECTED/BATCH_MATMUL with constant weights, inputs quantized at run "
                "time; softmax, normalization, GELU stay FP32), or auto: matmul on transformer-like graphs "
                "(attention, layer norms), all otherwise.", default="auto", parse=_lower, choices=INT8_OP_SETS,
                precisions=("int8",)),
         Option(name="exclude", help="ONNX node names (as modelport debug lists them) whose TFLite ops stay in float, "
                "comma-separated: the ops litert-torch made from each node's torch module (and the op writing a "
                "model output the node makes).", default=(), parse=parse_list, precisions=("int8",)),
+        Option(name="measure", help="Time the quantized .tflite against the FP32 one at build time (XNNPACK, the "
+               "example inputs) and warn in the manifest when it does not pay.", default=True, parse=parse_bool,
+               precisions=("int8", "int8-dynamic")),
     )
 
     def build(self, bundle: ModelBundle, recipe: Recipe, calibration: CalibrationSet | None,
@@ -279,6 +341,8 @@ class TFLiteBackend(Backend):
             export = convert_to_tflite(source, layout=recipe.options["layout"], dynamic=recipe.options["dynamic"])
         content = export.path.read_bytes()
         details: dict[str, Any] = {}
+        candidates: dict[str, bytes] = {}
+        kept: list[dict[str, str]] = []
         start = time.perf_counter()
         quantizing = progress.stage(f"quantize ({recipe.precision})") if recipe.precision != "fp32" else nullcontext()
         with quiet_native() as log, quantizing:
@@ -293,14 +357,17 @@ class TFLiteBackend(Backend):
                     details["int8_op_set"] = plan
                     keep = None
                     if recipe.options["exclude"]:
-                        kept = find_float_ops(export.path, bundle.onnx_path, recipe.options["exclude"], export.outputs)
-                        details["kept_in_float"], keep = kept.to_json(), kept.regex
+                        excluded = find_float_ops(export.path, bundle.onnx_path, recipe.options["exclude"],
+                                                  export.outputs)
+                        details["kept_in_float"], keep = excluded.to_json(), excluded.regex
                     if plan["chosen"] == "matmul":
                         content = _int8_matmul(content, keep)
                         details["samples_calibrated"] = 0
                     else:
                         feed = _SignatureFeed(calibration, export)
-                        content = _int8_static(content, feed, recipe.options["io"], keep)
+                        kept = single_channel_depthwise(export.path) if recipe.options["measure"] else []
+                        candidates = _int8_static(content, feed, recipe.options["io"], kept, keep)
+                        content = candidates[FULL]
                         details["samples_calibrated"] = feed.passes[-1] if feed.passes else 0
             except (BadInput, StepFailed):
                 raise
@@ -310,6 +377,15 @@ class TFLiteBackend(Backend):
                                  f"{type(exc).__name__}: {exc}" + (f"\n{tail}" if tail else ""),
                                  hint="Try int8-dynamic or fp16, or run with --debug for the traceback.") from exc
         quantize_seconds = time.perf_counter() - start
+        if recipe.precision in ("int8", "int8-dynamic") and recipe.options["measure"]:
+            with progress.stage("latency check"):
+                details["latency"] = _latency_vs_fp32(export, candidates or {recipe.precision: content}, source,
+                                                      recipe.precision, out_dir)
+            content = candidates.get(details["latency"]["chosen"], content)
+            if details["latency"]["warning"]:
+                details["warning"] = details["latency"]["warning"]
+        if "int8_op_set" in details:
+            details["int8_op_set"]["kept_float"] = kept if candidates and content is candidates.get(KEPT) else []
         (out_dir / MAIN_FILE).write_bytes(content)
         with quiet_native():
             description = describe_tflite(out_dir / MAIN_FILE)
@@ -337,6 +413,43 @@ class TFLiteBackend(Backend):
 
     def load(self, artifact: Artifact, threads: int | None = None) -> Runner:
         return TFLiteRunner(artifact.main_file, artifact.details, artifact.inputs, artifact.outputs, threads)
+
+
+def _latency_vs_fp32(export: LiteRTExport, candidates: Mapping[str, bytes], source: Any, precision: str,
+                     out_dir: Path) -> dict[str, Any]:
+    """The converted FP32 .tflite and each quantized candidate, loaded as the runner loads them and timed in
+    interleaved rounds on the example inputs: the fastest candidate, and whether it pays on this machine
+    (XNNPACK's int8 kernels need not be faster than its FP32 ones)."""
+    import tempfile
+
+    from modelport.timing import interleaved_rounds
+
+    threads = min(2, os.cpu_count() or 1)
+    details = {"signature": {"key": export.signature_key, "inputs": export.inputs, "outputs": export.outputs},
+               "layouts": export.layouts}
+    feeds = {k: np.asarray(v) for k, v in source.example_feeds().items()}
+    with tempfile.TemporaryDirectory(prefix=".timing-", dir=out_dir) as tmp:
+        files = {"fp32": export.path}
+        for i, (key, content) in enumerate(candidates.items()):
+            files[key] = Path(tmp) / f"candidate-{i}.tflite"
+            files[key].write_bytes(content)
+        runners = {key: TFLiteRunner(file, details, source.inputs, source.outputs, threads)
+                   for key, file in files.items()}
+        rounds = interleaved_rounds({k: r.run for k, r in runners.items()}, feeds, 5, 3.0)
+        del runners
+    ms = {key: min(values) for key, values in rounds.items()}
+    chosen = min(candidates, key=ms.__getitem__)
+    speedup = ms["fp32"] / ms[chosen]
+    shape = {k: list(v.shape) for k, v in feeds.items()}
+    warning = None
+    if speedup < SLOWER_THAN_FP32:
+        warning = (f"The {precision} .tflite does not pay here: {ms[chosen]:.3f} ms against {ms['fp32']:.3f} ms "
+                   f"for FP32 ({threads} threads, inputs {shape}); build fp32 for this model on this machine.")
+    return {"fp32_ms": round(ms["fp32"], 4), "artifact_ms": round(ms[chosen], 4), "speedup": round(speedup, 3),
+            "chosen": chosen, **({"candidates_ms": {k: round(ms[k], 4) for k in candidates}}
+                                 if len(candidates) > 1 else {}),
+            "threads": threads, "inputs": shape, "warning": warning,
+            "how": "best of 5 interleaved rounds of median run time, at build time"}
 
 
 def _interpreter_class() -> type:
