@@ -10,11 +10,11 @@ BatchNorm, ReLU6, a residual Add) is not paired.
 
 On by default (auto), each chain kept only where it measurably helps: the model's outputs, with every layer's
 weights quantized as ORT will and the activations between the chain's layers quantized per tensor with their
-min/max on the calibration samples, must reach a higher SQNR against float on calibration samples. The activations are in the
-measure because CLE moves range into them (it rescales the channels between the layers), and that is where a
-per-channel weight grid gains most: on the planted-outlier digits CNN (benchmarks/qat.py) a few channels 128x
-wider set the next layer's input range and per-channel INT8 fell to 94.57 % top-1, 98.99 % with CLE. `on` keeps
-every chain without the measurement.
+min/max, must reach a higher SQNR against float on calibration samples. The activations are in the measure
+because CLE moves range into them (it rescales the channels between the layers), and that is where a per-channel
+weight grid gains most: on the planted-outlier digits CNN (benchmarks/qat.py) a few channels 128x wider set the
+next layer's input range and per-channel INT8 fell to 94.57 % top-1, 98.99 % with CLE. `on` keeps every chain
+without the measurement.
 """
 
 from __future__ import annotations
