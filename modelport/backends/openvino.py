@@ -122,7 +122,7 @@ class OpenVinoBackend(Backend):
                 if precision == "int8":
                     assert calibration is not None  # build_artifact demands it for int8
                     float_model = model.clone()
-                    model, info = _int8(model, bundle.onnx_path, recipe, calibration, feeds)
+                    model, info = _int8(model, onnx_path, recipe, calibration, feeds)
                     if opts["measure"]:
                         with progress.stage("latency check"):
                             info["latency"] = _int8_vs_float(float_model, model, feeds, opts["device"])
@@ -460,7 +460,7 @@ def _int8(model: Any, onnx_path: Path, recipe: Recipe, calibration: CalibrationS
             built["nncf_defaults"] = _quantize(model.clone(), recipe, calibration, overflow, defaults=True)
     if info["model_type"] == "transformer":
         with progress.stage("quantize (shared QDQ pass)"):
-            built["qdq"] = _from_qdq(onnx_path, recipe, calibration, overflow)
+            built["qdq"] = _from_qdq(onnx_path, recipe, calibration, overflow, attention_in_float=True)
     if len(built) == 1:
         return quantized, {**info, "route": {"chosen": "nncf", "reason": "auto: NNCF's settings given and no "
                                                                          "attention for the QDQ model"}}
@@ -548,12 +548,21 @@ def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet, overflow:
     }
 
 
-def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet,
-             overflow: tuple[str, str]) -> tuple[Any, dict[str, Any]]:
-    """Convert the shared QDQ model (its Q/DQ pairs become FakeQuantize): one calibration for every runtime."""
+def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet, overflow: tuple[str, str], *,
+             attention_in_float: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Convert the shared QDQ model (its Q/DQ pairs become FakeQuantize): one calibration for every runtime. With
+    `attention_in_float`, MatMuls of two activations stay float, as NNCF's route keeps them for the fused kernel."""
+    import onnx
+
     opts = recipe.options
     given = {k: opts[k] for k in ("method", "symmetric_activations", "ranges_file") if opts.get(k) is not None}
-    settings = QdqSettings(per_channel=True, exclude=opts["exclude"], reduce_range=overflow[0] == "enable", **given)
+    scores = []
+    if attention_in_float:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        weights = {i.name for i in graph.initializer}
+        scores = [n.name for n in graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
+    settings = QdqSettings(per_channel=True, exclude=(*opts["exclude"], *scores),
+                           reduce_range=overflow[0] == "enable", **given)
     with tempfile.TemporaryDirectory(prefix="modelport-qdq-") as tmp:
         result = write_qdq_model(onnx_path, calibration, Path(tmp) / "model.qdq.onnx", settings)
         model = _convert(result.path)
@@ -561,6 +570,7 @@ def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet,
     return model, {"quantizer": "shared QDQ model (modelport.quantize), converted by OpenVINO", "qdq": qdq,
                    "overflow_fix": {"value": overflow[0], "reason": overflow[1],
                                     "as": f"reduce_range={str(settings.reduce_range).lower()}"},
+                   "attention_in_float": f"{len(scores)} activation MatMuls kept float" if attention_in_float else None,
                    **LayerCensus.of(model).to_json(model)}
 
 
