@@ -33,6 +33,7 @@ from modelport.backends.saturation import int8_saturates
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.options import Option, parse_bool, parse_list
 from modelport.quantize import QdqSettings, write_qdq_model
+from modelport.similarity import finite_or_none
 from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
@@ -488,7 +489,7 @@ def _route_guard(float_model: Any, candidates: Mapping[str, Any], feeds: Mapping
                                for v in request.infer(p).values() if np.asarray(v).dtype.kind == "f"])
 
     chosen, scores = closest(outputs(float_model), {k: outputs(m) for k, m in candidates.items()}, preferred)
-    return {"chosen": chosen, "sqnr_db": scores, "probes": len(probes),
+    return {"chosen": chosen, "sqnr_db": {k: finite_or_none(v) for k, v in scores.items()}, "probes": len(probes),
             "reason": f"auto: output SQNR against the float IR on {name}, on the example input and {len(probes) - 1} "
                       f"copies with 10% noise; another replaces {preferred} only when {GUARD_MARGIN_DB} dB closer"}
 
@@ -570,7 +571,8 @@ def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet, over
     return model, {"quantizer": "shared QDQ model (modelport.quantize), converted by OpenVINO", "qdq": qdq,
                    "overflow_fix": {"value": overflow[0], "reason": overflow[1],
                                     "as": f"reduce_range={str(settings.reduce_range).lower()}"},
-                   "attention_in_float": f"{len(scores)} activation MatMuls kept float" if attention_in_float else None,
+                   "attention_in_float": f"attention kept in float ({len(scores)} activation MatMuls), as on NNCF's "
+                                         "route" if attention_in_float else None,
                    **LayerCensus.of(model).to_json(model)}
 
 
