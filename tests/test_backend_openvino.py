@@ -16,6 +16,8 @@ pytest.importorskip("openvino", reason="the [openvino] extra (openvino) is not i
 pytest.importorskip("nncf", reason="the [openvino] extra (nncf) is not installed")
 
 from modelport.artifact import Artifact
+from modelport.backends.probes import GUARD_MARGIN_DB
+from modelport.backends.saturation import int8_saturates
 from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
@@ -160,9 +162,92 @@ def test_int8_keeps_digits_accuracy_within_one_point(build_digits, digits_test_d
     assert accuracy(int8, *digits_test_data) >= accuracy(fp32, *digits_test_data) - 1.0
     details = Artifact.open(int8).details
     assert details["model_type"] == "generic" and "no attention" in details["model_type_reason"]
-    assert details["preset"] == "performance" and details["activation_ranges"] == "histogram"
     assert details["quantized_layers"] == details["layers"] == 4 and details["float_layers"] == []
     assert details["runtime"]["int8_kernels"] == 4  # every conv and FC runs an int8 kernel here
+
+
+def test_int8_keeps_the_closer_of_modelports_nncf_settings_and_nncfs_defaults(build_digits):
+    details = Artifact.open(build_digits("int8")).details
+    route = details["route"]
+    assert set(route["sqnr_db"]) == {"nncf", "nncf_defaults"} and route["probes"] == 8  # no attention: no QDQ model
+    scores = route["sqnr_db"]
+    kept = "nncf" if scores["nncf"] > scores["nncf_defaults"] + GUARD_MARGIN_DB else "nncf_defaults"
+    assert route["chosen"] == kept
+    seven_bit = "enable" if int8_saturates()[0] else "first_layer"
+    expected = {"nncf": ("histogram", seven_bit), "nncf_defaults": ("mean_minmax", "first_layer")}[kept]
+    assert (details["activation_ranges"], details["overflow_fix"]["value"]) == expected
+
+
+def test_source_nncf_runs_modelports_settings_alone(build_digits):
+    details = Artifact.open(build_digits("int8", source="nncf")).details
+    assert details["route"] == {"chosen": "nncf", "reason": "source=nncf"}
+    assert details["preset"] == "performance" and details["activation_ranges"] == "histogram"
+    saturates, why = int8_saturates()
+    assert details["overflow_fix"] == {"value": "enable" if saturates else "first_layer",
+                                       "reason": f"auto: {why}" if saturates else f"auto (NNCF's default): {why}"}
+
+
+def test_nncfs_defaults_are_what_a_user_calling_nncf_quantize_gets(digits_bundle, digits_calibration, tmp_path,
+                                                                    digits_test_data):
+    import openvino as ov
+
+    from benchmarks.peers import build_nncf_defaults
+    from modelport.backends import get_backend
+    from modelport.backends.openvino import _quantize
+
+    recipe = get_backend("openvino").recipe("int8", {})
+    ours, info = _quantize(ov.convert_model(str(digits_bundle.onnx_path)), recipe, digits_calibration,
+                           ("enable", "ignored with defaults"), defaults=True)
+    assert (info["preset"], info["activation_ranges"], info["overflow_fix"]["value"]) == (
+        "performance", "mean_minmax", "first_layer")
+    peer = build_nncf_defaults(digits_bundle.onnx_path, digits_calibration, tmp_path / "peer.xml")
+    feeds = {"x": digits_test_data[0][:64]}
+    core = ov.Core()
+    got, want = (core.compile_model(m, "CPU").create_infer_request().infer(feeds) for m in (ours, str(peer)))
+    np.testing.assert_array_equal(next(iter(got.values())), next(iter(want.values())))
+
+
+def test_the_route_guard_replaces_a_less_faithful_preferred_build_and_keeps_it_on_a_tie(digits_bundle,
+                                                                                        digits_calibration):
+    import openvino as ov
+
+    from modelport.backends import get_backend
+    from modelport.backends.openvino import _quantize, _route_guard
+
+    float_model = ov.convert_model(str(digits_bundle.onnx_path))
+    int8, _ = _quantize(float_model.clone(), get_backend("openvino").recipe("int8", {}), digits_calibration,
+                        ("disable", "8-bit weights"))
+    feeds = {"x": digits_data("test")[0][:1]}
+    lossless = _route_guard(float_model, {"nncf": int8, "qdq": float_model.clone()}, feeds, "cpu", "nncf")
+    assert lossless["chosen"] == "qdq" and lossless["sqnr_db"]["qdq"] is None  # identical outputs: no noise at all
+    assert lossless["probes"] == 8 and lossless["sqnr_db"]["nncf"] < 60
+    tie = _route_guard(float_model, {"nncf": int8, "nncf_defaults": int8.clone()}, feeds, "cpu", "nncf_defaults")
+    assert tie["chosen"] == "nncf_defaults" and tie["sqnr_db"]["nncf"] == tie["sqnr_db"]["nncf_defaults"]
+
+
+def test_overflow_fix_follows_the_cpus_int8_kernels():
+    assert int8_saturates(frozenset({"avx2", "fma"}), "x86_64")[0] is True
+    assert int8_saturates(frozenset({"avx2", "avx_vnni"}), "x86_64")[0] is False
+    assert int8_saturates(frozenset({"avx512f", "avx512_vnni"}), "AMD64")[0] is False
+    assert int8_saturates(frozenset(), "aarch64")[0] is False
+
+
+@pytest.mark.slow
+def test_the_trained_encoders_int8_keeps_cosine_and_says_which_route_ran(tmp_path):
+    source = load_model("modelport.examples:digits_transformer", dynamic=["x:0=batch"])
+    calibration = CalibrationSet.from_arrays({"x": digits_data("train")[0]}, source.inputs, size=128)
+    artifact, _ = build_artifact(ModelBundle(source, onnx_dir=tmp_path / "onnx"), "openvino", "int8",
+                                 tmp_path / "int8", options={"measure": "false"}, calibration=calibration)
+    route = artifact.details["route"]
+    assert set(route["sqnr_db"]) == {"nncf", "nncf_defaults", "qdq"}
+    best = max(route["sqnr_db"], key=route["sqnr_db"].__getitem__)
+    preferred = route["sqnr_db"]["nncf_defaults"]
+    assert route["chosen"] == (best if route["sqnr_db"][best] > preferred + GUARD_MARGIN_DB else "nncf_defaults")
+    x, _ = digits_data("test")
+    with torch.no_grad():
+        reference = source.module(torch.from_numpy(x)).numpy()
+    with load_artifact(artifact.path) as runner:
+        assert row_cosines(runner.run({"x": x})["output"], reference).mean() >= 0.995
 
 
 def test_exclude_keeps_the_named_layers_in_float_in_the_compiled_model(digits_bundle, build_digits):

@@ -31,6 +31,7 @@ import numpy as np
 from modelport import progress
 from modelport.backends.base import Backend, Recipe, Runner
 from modelport.backends.ort_fusion import fused_for_build
+from modelport.backends.probes import GUARD_MARGIN_DB, closest, probe_feeds
 from modelport.errors import BadInput, StepFailed
 from modelport.machine import cpu_flags
 from modelport.onnx_fp16 import convert_to_fp16
@@ -520,40 +521,18 @@ def _defaults_choice(choice: CpuChoice, o: Mapping[str, Any]) -> CpuChoice:
                      f"this CPU's choice on the probe inputs (the CPU's choice: {choice.reason})")
 
 
-# A candidate replaces modelport's own choice only when this much closer to FP32: probe SQNRs move by tenths.
-GUARD_MARGIN_DB = 0.5
-
-
 def _fidelity_guard(src: Path, built: Mapping[str, Path], feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Choose between modelport's dynamic INT8 and one quantized as `quantize_dynamic`'s defaults would, by output
     SQNR against FP32 on probe inputs: either can win (7-bit weights avoid AVX2's int16 saturation but double the
     rounding step; a Gemm left float is exact), so neither is assumed and the artifact is never the less faithful.
     """
-    from modelport.quantize.statistics import sqnr_db
-
-    probes = _probe_feeds(feeds)
+    probes = probe_feeds(feeds)
     reference = _float_outputs(ort_session(src, threads=1), probes)
-    scores = {}
-    for label, path in built.items():
-        got = _float_outputs(ort_session(path, threads=1), probes)
-        scores[label] = round(sqnr_db(float((reference ** 2).sum()), float(((reference - got) ** 2).sum())), 2)
-    chosen = "modelport"
-    if scores.get("ort_defaults", -np.inf) > scores["modelport"] + GUARD_MARGIN_DB:
-        chosen = "ort_defaults"
+    chosen, scores = closest(reference, {label: _float_outputs(ort_session(path, threads=1), probes)
+                                         for label, path in built.items()}, preferred="modelport")
     return {"sqnr_db": scores, "chosen": chosen, "probes": len(probes),
             "how": f"output SQNR against ORT FP32 on the example input and {len(probes) - 1} copies with 10% noise; "
                    f"ort_defaults replaces modelport's choice when {GUARD_MARGIN_DB} dB closer"}
-
-
-def _probe_feeds(feeds: Mapping[str, np.ndarray], copies: int = 7) -> list[dict[str, np.ndarray]]:
-    """The example feeds and `copies` of them with Gaussian noise at 10% of each float input's spread (integer
-    inputs such as token ids are kept as they are): a few inputs near the real one, with no data source needed."""
-    rng = np.random.default_rng(0)
-    probes = [{k: np.asarray(v) for k, v in feeds.items()}]
-    for _ in range(copies):
-        probes.append({k: (v + rng.normal(0, 0.1 * (float(v.std()) or 1.0), v.shape)).astype(v.dtype)
-                       if v.dtype.kind == "f" else v for k, v in probes[0].items()})
-    return probes
 
 
 def _float_outputs(session: Any, probes: list[dict[str, np.ndarray]]) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 fp32 and fp16 are `openvino.convert_model` saved as IR, keeping the source's static or dynamic dims;
 int8 is `nncf.quantize` over the CalibrationSet (or, with `source=qdq`, the QDQ model every ONNX-consuming
-runtime shares), with NNCF's transformer scheme chosen when the graph has attention; int8-dynamic is
-NNCF's weight-only INT8. Each build compiles its IR once on this machine and records what the plugin will
-really run (inference precision, how many layers run INT8 kernels), since OpenVINO decides that at load.
+runtime shares), with NNCF's transformer scheme chosen when the graph has attention. By default (`source=auto`)
+it also builds NNCF at its own defaults and, on graphs with attention, the QDQ model, and keeps the one closest
+to FP32 on probe inputs. Weights get 7 bits where this CPU's 8-bit kernels saturate (x86 without VNNI: NNCF's
+overflow fix, the QDQ pass's reduce_range). int8-dynamic is NNCF's weight-only INT8. Each build compiles its IR
+once on this machine and records what the plugin will really run (inference precision, how many layers run INT8
+kernels), since OpenVINO decides that at load.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import numpy as np
 
 from modelport import progress
 from modelport.backends.base import Backend, Recipe, Runner, RuntimeOp
+from modelport.backends.probes import GUARD_MARGIN_DB, closest, probe_feeds
+from modelport.backends.saturation import int8_saturates
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.options import Option, parse_bool, parse_list
 from modelport.quantize import QdqSettings, write_qdq_model
+from modelport.similarity import finite_or_none
 from modelport.specs import TensorSpec
 
 if TYPE_CHECKING:
@@ -66,8 +72,15 @@ class OpenVinoBackend(Backend):
                "reports them); int8 also tunes NNCF's quantization scheme to it.", default="cpu", parse=str.lower,
                choices=("cpu", "gpu", "npu")),
         Option(name="source", help="nncf: quantize the IR with NNCF over the calibration set; qdq: convert the QDQ "
-               "ONNX model of modelport's shared calibration pass (the one TensorRT reads).", default="nncf",
-               parse=str.lower, choices=("nncf", "qdq"), precisions=("int8",)),
+               "ONNX model of modelport's shared calibration pass (the one TensorRT reads); auto: modelport's NNCF "
+               "settings, NNCF's defaults and (with attention) the QDQ model, keeping the closest to FP32 on probe "
+               f"inputs (NNCF's defaults unless another is {GUARD_MARGIN_DB} dB closer; NNCF alone with exclude).",
+               default="auto", parse=str.lower, choices=("auto", "nncf", "qdq"), precisions=("int8",)),
+        Option(name="overflow_fix", help="7-bit weights for CPUs whose 8-bit kernels saturate (x86 without VNNI): "
+               "enable gives every Conv/MatMul 7-bit weights, first_layer only the first layers (NNCF's default), "
+               "disable none; auto: enable for device=cpu where this CPU saturates, else first_layer. With "
+               "source=qdq, enable is the QDQ pass's reduce_range and first_layer counts as disable.", default="auto",
+               parse=str.lower, choices=("auto", "enable", "first_layer", "disable"), precisions=("int8",)),
         Option(name="preset", help="NNCF preset: performance (symmetric activations) or mixed (asymmetric "
                "activations); auto takes NNCF's choice for the model type (mixed for transformers).", default="auto",
                parse=str.lower, choices=("auto", "performance", "mixed"), precisions=("int8",)),
@@ -101,7 +114,7 @@ class OpenVinoBackend(Backend):
         with _quiet(), tempfile.TemporaryDirectory(prefix=".scratch-", dir=out_dir) as tmp:
             if precision == "int8" and opts["source"] == "qdq":
                 assert calibration is not None  # build_artifact demands it for int8
-                model, info = _from_qdq(bundle.onnx_path, recipe, calibration)
+                model, info = _from_qdq(bundle.onnx_path, recipe, calibration, _overflow_fix(opts))
             else:
                 onnx_path, details["attention"] = _sdpa_ready(bundle.onnx_path, feeds, Path(tmp))
                 with progress.stage("convert"):
@@ -110,8 +123,7 @@ class OpenVinoBackend(Backend):
                 if precision == "int8":
                     assert calibration is not None  # build_artifact demands it for int8
                     float_model = model.clone()
-                    with progress.stage("quantize (NNCF)"):
-                        model, info = _quantize(model, recipe, calibration)
+                    model, info = _int8(model, onnx_path, recipe, calibration, feeds)
                     if opts["measure"]:
                         with progress.stage("latency check"):
                             info["latency"] = _int8_vs_float(float_model, model, feeds, opts["device"])
@@ -140,7 +152,7 @@ def _check_source_options(opts: Mapping[str, Any]) -> None:
         nncf_only = [k for k in ("preset", "model_type", "ranges") if opts[k] != "auto"]
         if nncf_only:
             raise BadInput(f"Option(s) {', '.join(nncf_only)} tune NNCF's quantization, which source=qdq does not run.",
-                           hint="Drop them, or use source=nncf (the default).")
+                           hint="Drop them, or use source=nncf or auto (the default).")
     elif any(opts[k] is not None for k in QDQ_ONLY):
         raise BadInput(f"Options {', '.join(QDQ_ONLY)} apply only to the shared QDQ pass.",
                        hint="Add --option source=qdq, or drop them (NNCF's calibration has its own).")
@@ -413,9 +425,81 @@ class _CalibrationFeeds:
         return len(self.calibration) // self.batch
 
 
-def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet) -> tuple[Any, dict[str, Any]]:
+_NNCF_OVERFLOW = {"enable": "enable", "first_layer": "first_layer_only", "disable": "disable"}
+# Options that fix NNCF's settings: given one, the user has chosen, and NNCF's defaults are not built beside.
+_NNCF_SETTINGS = ("preset", "ranges", "overflow_fix")
+
+
+def _overflow_fix(opts: Mapping[str, Any]) -> tuple[str, str]:
+    """The overflow fix modelport's settings use, and why: 7-bit weights everywhere where this CPU's int8 kernels
+    saturate (on AVX2 the digits encoder kept 0.983 cosine with NNCF's first-layer default, 0.996 with it)."""
+    if opts["overflow_fix"] != "auto":
+        return opts["overflow_fix"], "set by the overflow_fix option"
+    if opts["device"] != "cpu":
+        return "first_layer", f"NNCF's default: the build machine's CPU says nothing of device={opts['device']}"
+    saturates, why = int8_saturates()
+    return ("enable", f"auto: {why}") if saturates else ("first_layer", f"auto (NNCF's default): {why}")
+
+
+def _int8(model: Any, onnx_path: Path, recipe: Recipe, calibration: CalibrationSet,
+          feeds: Mapping[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
+    """NNCF's INT8 of the IR; with source=auto, the closest to FP32 of it, NNCF at its own defaults and, on a graph
+    with attention, the QDQ model: each keeps other things wide (histogram ranges and 7-bit weights; NNCF's
+    defaults; LayerNorm and Softmax inputs in float), and which costs least fidelity depends on the model."""
+    opts = recipe.options
+    overflow = _overflow_fix(opts)
+    with progress.stage("quantize (NNCF)"):
+        quantized, info = _quantize(model.clone(), recipe, calibration, overflow)
+    if opts["source"] == "nncf":
+        return quantized, {**info, "route": {"chosen": "nncf", "reason": "source=nncf"}}
+    if opts["exclude"]:
+        return quantized, {**info, "route": {"chosen": "nncf", "reason": "auto: exclude given, which steers NNCF's "
+                                                                         "ignored scope"}}
+    built = {"nncf": (quantized, info)}
+    if all(opts[k] == "auto" for k in _NNCF_SETTINGS):
+        with progress.stage("quantize (NNCF defaults)"):
+            built["nncf_defaults"] = _quantize(model.clone(), recipe, calibration, overflow, defaults=True)
+    if info["model_type"] == "transformer":
+        with progress.stage("quantize (shared QDQ pass)"):
+            built["qdq"] = _from_qdq(onnx_path, recipe, calibration, overflow, attention_in_float=True)
+    if len(built) == 1:
+        return quantized, {**info, "route": {"chosen": "nncf", "reason": "auto: NNCF's settings given and no "
+                                                                         "attention for the QDQ model"}}
+    preferred = "nncf_defaults" if "nncf_defaults" in built else "nncf"
+    guard = _route_guard(model, {k: m for k, (m, _) in built.items()}, feeds, opts["device"], preferred)
+    chosen, chosen_info = built[guard["chosen"]]
+    return chosen, {**chosen_info, "route": guard}
+
+
+def _route_guard(float_model: Any, candidates: Mapping[str, Any], feeds: Mapping[str, np.ndarray], device: str,
+                 preferred: str) -> dict[str, Any]:
+    """Which INT8 model to keep: output SQNR against the float IR on probe inputs, compiled for the target device."""
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        name = _device_name(core, device)
+    except Unavailable as exc:
+        return {"chosen": preferred, "reason": f"auto: no {device.upper()} here to compare on ({exc.message})"}
+    probes = probe_feeds(feeds)
+
+    def outputs(model: Any) -> np.ndarray:
+        request = _compile(core, "", name, "LATENCY", 1, model).create_infer_request()
+        return np.concatenate([np.asarray(v, np.float64).ravel() for p in probes
+                               for v in request.infer(p).values() if np.asarray(v).dtype.kind == "f"])
+
+    chosen, scores = closest(outputs(float_model), {k: outputs(m) for k, m in candidates.items()}, preferred)
+    return {"chosen": chosen, "sqnr_db": {k: finite_or_none(v) for k, v in scores.items()}, "probes": len(probes),
+            "reason": f"auto: output SQNR against the float IR on {name}, on the example input and {len(probes) - 1} "
+                      f"copies with 10% noise; another replaces {preferred} only when {GUARD_MARGIN_DB} dB closer"}
+
+
+def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet, overflow: tuple[str, str], *,
+              defaults: bool = False) -> tuple[Any, dict[str, Any]]:
+    """`nncf.quantize` with modelport's settings, or with `defaults` as a user calls it: NNCF's own preset, ranges
+    and overflow fix for the model type, attention quantized; the same samples, device and exclude either way."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     opts = recipe.options
@@ -429,13 +513,16 @@ def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet) -> tuple[
         why = "set by the model_type option"
     preset = opts["preset"] if opts["preset"] != "auto" else ("mixed" if transformer else "performance")
     ranges = opts["ranges"] if opts["ranges"] != "auto" else ("mean_minmax" if transformer else "histogram")
-    advanced = AdvancedQuantizationParameters(
-        activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM) if ranges == "histogram" else None
+    if defaults:
+        ranges, overflow = "mean_minmax", ("first_layer", "NNCF's default")
+    estimator = {"activations_range_estimator_params": RangeEstimatorParametersSet.HISTOGRAM} if ranges == "histogram" \
+        else {}
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(_NNCF_OVERFLOW[overflow[0]]), **estimator)
     scope, excluded = _resolve_exclude(model, opts["exclude"])
     sdpa_note = None
     sdpa = _count(model, "ScaledDotProductAttention")
     scores = _activation_matmuls(model)  # attention left as MatMul/Softmax/MatMul (with a dynamic sequence axis)
-    if transformer and (sdpa or scores):
+    if transformer and (sdpa or scores) and not defaults:
         # FakeQuantize on Q/K/V splits the CPU plugin's fused attention kernel back into MatMul/Softmax/MatMul
         scope = nncf.IgnoredScope(names=[*scope.names, *scores], validate=False,
                                   types=[*scope.types, *(["ScaledDotProductAttention"] if sdpa else [])])
@@ -454,23 +541,38 @@ def _quantize(model: Any, recipe: Recipe, calibration: CalibrationSet) -> tuple[
                          hint="Keep the failing layers in float with --option exclude=NAME,..., or try "
                               "--option source=qdq.") from exc
     return quantized, {
-        "quantizer": f"nncf.quantize {nncf.__version__}",
+        "quantizer": f"nncf.quantize {nncf.__version__}" + (" at NNCF's defaults" if defaults else ""),
         "model_type": "transformer" if transformer else "generic", "model_type_reason": why,
         "preset": preset, "activation_ranges": ranges, "fast_bias_correction": True, "calibration_batches": len(feeds),
+        "overflow_fix": {"value": overflow[0], "reason": overflow[1]},
         "excluded": excluded, "attention_in_float": sdpa_note, **LayerCensus.of(quantized).to_json(quantized),
     }
 
 
-def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet) -> tuple[Any, dict[str, Any]]:
-    """Convert the shared QDQ model (its Q/DQ pairs become FakeQuantize): one calibration for every runtime."""
+def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet, overflow: tuple[str, str], *,
+             attention_in_float: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Convert the shared QDQ model (its Q/DQ pairs become FakeQuantize): one calibration for every runtime. With
+    `attention_in_float`, MatMuls of two activations stay float, as NNCF's route keeps them for the fused kernel."""
+    import onnx
+
     opts = recipe.options
     given = {k: opts[k] for k in ("method", "symmetric_activations", "ranges_file") if opts.get(k) is not None}
-    settings = QdqSettings(per_channel=True, exclude=opts["exclude"], **given)
+    scores = []
+    if attention_in_float:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        weights = {i.name for i in graph.initializer}
+        scores = [n.name for n in graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
+    settings = QdqSettings(per_channel=True, exclude=(*opts["exclude"], *scores),
+                           reduce_range=overflow[0] == "enable", **given)
     with tempfile.TemporaryDirectory(prefix="modelport-qdq-") as tmp:
         result = write_qdq_model(onnx_path, calibration, Path(tmp) / "model.qdq.onnx", settings)
         model = _convert(result.path)
     qdq = {k: v for k, v in result.to_json().items() if k != "path"}
     return model, {"quantizer": "shared QDQ model (modelport.quantize), converted by OpenVINO", "qdq": qdq,
+                   "overflow_fix": {"value": overflow[0], "reason": overflow[1],
+                                    "as": f"reduce_range={str(settings.reduce_range).lower()}"},
+                   "attention_in_float": f"attention kept in float ({len(scores)} activation MatMuls), as on NNCF's "
+                                         "route" if attention_in_float else None,
                    **LayerCensus.of(model).to_json(model)}
 
 
