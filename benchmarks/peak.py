@@ -32,12 +32,14 @@ def _matmul_model(kind: str, m: int, k: int, n: int) -> onnx.ModelProto:
 
 
 class PeakMatMul:
-    """One large (size x size x size) MatMul in ONNX Runtime, as a runner: `run` ignores its feeds, so the
+    """`repeats` large (size x size x size) MatMuls in ONNX Runtime, as a runner: `run` ignores its feeds, so the
     peak can take its turn among a benchmark's rows (interleaved rounds) and a row's share of it is read
-    per round, under the same load."""
+    per round, under the same load. Repeated so that one run lasts about as long as a model's: a single
+    9 ms MatMul right after another session's run competes with that session's still-spinning threads."""
 
-    def __init__(self, kind: str, threads: int, size: int = 1024) -> None:
-        self.macs = size**3
+    def __init__(self, kind: str, threads: int, size: int = 1024, repeats: int = 1) -> None:
+        self.repeats = repeats
+        self.macs = size**3 * repeats
         self.session = ort_session(_matmul_model(kind, size, size, size).SerializeToString(), threads=threads)
         rng = np.random.default_rng(0)
         if kind == "fp32":
@@ -47,8 +49,9 @@ class PeakMatMul:
             self.feeds = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8),
                           "b": rng.integers(-127, 127, (size, size), dtype=np.int8)}
 
-    def run(self, _feeds: object = None) -> list[np.ndarray]:
-        return self.session.run(None, self.feeds)
+    def run(self, _feeds: object = None) -> None:
+        for _ in range(self.repeats):
+            self.session.run(None, self.feeds)
 
 
 def matmul_peak(kind: str, threads: int, size: int = 1024, seconds: float = 3.0) -> float:
