@@ -3,13 +3,17 @@ FP32 and INT8 latency per runtime, fused against unfused, beside Hugging Face Op
 row's share of the machine's measured matrix-multiply peak.
 
     python -m benchmarks.transformers [--shapes 1x32,8x32,1x128,8x128] [--rounds 5] [--budget 20]
+                                      [--rows "ort int8,ort int8-dynamic"]
 
 Rows: modelport's ONNX Runtime FP32 / static INT8 / dynamic INT8 with and without fusions (`fusions=off` is
 what modelport built before), OpenVINO FP32 and INT8, and Optimum's export optimized by `ORTOptimizer` at
 O2 and O3 and the O3 model quantized with its avx2 static preset (built in the Optimum venv: make
 optimum-venv; benchmarks/optimum_transformers.py). One process holds every runner (2 threads each); for
 each input shape the rows take turns round after round (modelport.timing.interleaved_rounds), so load
-drifting on the machine hits them alike; ratios are medians of per-round ratios. Fidelity is the mean
+drifting on the machine hits them alike; ratios are medians of per-round ratios. The INT8 peak (1024^3
+MatMulInteger, 20 in a turn, benchmarks/peak.py) takes its turn in the same rounds, so a row's share of it is a
+median of per-round shares under the same load, not a ratio to a peak measured at another moment. `--rows`
+builds and times a subset (ORT FP32, the reference of every ratio, always among them). Fidelity is the mean
 per-sample cosine to PyTorch FP32 on padded token batches: random weights, so it speaks to speed only.
 Writes benchmarks/results/transformers-<machine>-<date>.{md,json}.
 """
@@ -31,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.data import token_batches  # noqa: E402
-from benchmarks.peak import count_macs, matmul_peak  # noqa: E402
+from benchmarks.peak import PeakMatMul, count_macs, matmul_peak  # noqa: E402
 from benchmarks.peers import DEFAULT_OPTIMUM_VENV, OPTIMUM_PYTHON  # noqa: E402
 from benchmarks.run_suite import write_dated_results  # noqa: E402
 from modelport.similarity import mean_cosine  # noqa: E402
@@ -51,25 +55,31 @@ BUILDS = {  # row -> (backend, precision, options)
 }
 OPTIMUM_ROWS = {"optimum O2": "o2", "optimum O3": "o3", "optimum O3 + avx2 int8": "o3_avx2"}
 INT8_ROWS = ("ort int8 unfused", "ort int8", "ort int8-dynamic", "ov int8", "optimum O3 + avx2 int8")
+REFERENCE = "ort fp32"
+PEAK = "int8 peak (MatMulInteger 1024^3)"
+PEAK_REPEATS = 20  # ~0.2 s a turn, as long as a row's run: one 9 ms MatMul read half the peak (benchmarks/peak.py)
 
 
 def _stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
 
 
-def build_rows(source: Any, work: Path, calib_size: int) -> dict[str, Path]:
+def build_rows(source: Any, work: Path, calib_size: int, rows: list[str]) -> tuple[dict[str, Path], dict[str, float]]:
+    """The artifacts of `rows` and the seconds each build took (reused artifacts take about none)."""
     import modelport
     from modelport.calibration import CalibrationSet
 
     calibration = CalibrationSet.from_arrays(_stack(list(token_batches(calib_size, seed=1))), source.inputs)
-    paths = {}
-    for row, (backend, precision, options) in BUILDS.items():
+    paths, seconds = {}, {}
+    for row in rows:
+        backend, precision, options = BUILDS[row]
         start = time.perf_counter()
         artifact = modelport.build(source, backend=backend, precision=precision, options=options,
                                    calibration=calibration, out=work / row.replace(" ", "-"))
-        print(f"built {row} in {time.perf_counter() - start:.0f} s", flush=True)
+        seconds[row] = round(time.perf_counter() - start, 1)
+        print(f"built {row} in {seconds[row]:.0f} s", flush=True)
         paths[row] = artifact.path
-    return paths
+    return paths, seconds
 
 
 def optimum_rows(source: Any, work: Path, calib_size: int) -> tuple[dict[str, Path], str | None]:
@@ -109,16 +119,17 @@ class _OrtFile:
 
 
 def measure(runners: dict[str, Any], onnx_path: Path, shapes: list[tuple[int, int]], rounds: int, budget: float,
-            peak_int8: float) -> list[dict[str, Any]]:
+            peak: PeakMatMul) -> list[dict[str, Any]]:
     from modelport.timing import interleaved_rounds
 
     rows = []
     for batch, seq in shapes:
         feeds = _stack(list(token_batches(batch, seq=seq, seed=7)))
         runs = {name: runner.run for name, runner in runners.items()}
-        ms = interleaved_rounds(runs, feeds, rounds, budget)
+        ms = interleaved_rounds({**runs, PEAK: peak.run}, feeds, rounds, budget)
+        peak_ms = np.asarray(ms.pop(PEAK))
         macs = count_macs(onnx_path, {"batch": batch, "seq": seq})
-        base = np.asarray(ms["ort fp32"])
+        base = np.asarray(ms[REFERENCE])
         o3 = np.asarray(ms["optimum O3"]) if "optimum O3" in ms else None
         for name, times in ms.items():
             t = np.asarray(times)
@@ -127,7 +138,9 @@ def measure(runners: dict[str, Any], onnx_path: Path, shapes: list[tuple[int, in
                          "vs_ort_fp32": round(float(np.median(base / t)), 3),
                          "vs_optimum_o3": round(float(np.median(o3 / t)), 3) if o3 is not None else None,
                          "gmacs": round(macs / 1e9, 3),
-                         "share_of_int8_peak": round(macs / (float(np.median(t)) / 1e3) / peak_int8, 3)})
+                         "peak_gmacs_per_s": round(float(np.median(peak.macs / peak_ms)) / 1e6, 1),
+                         # per round: (row's MACs/s) / (the peak's MACs/s) in the same round
+                         "share_of_int8_peak": round(float(np.median(macs * peak_ms / (peak.macs * t))), 3)})
         print(json.dumps([r for r in rows if r["batch"] == batch and r["seq"] == seq][:3]), flush=True)
     return rows
 
@@ -136,7 +149,9 @@ def markdown(machine: dict[str, Any], rows: list[dict[str, Any]], fidelity: dict
              peaks: dict[str, float], notes: list[str], args: argparse.Namespace) -> str:
     lines = [f"Machine: {machine['cpu']} ({machine['cores']} cores, {', '.join(machine['flags'])}), {THREADS} threads, "
              f"{args.rounds} interleaved rounds per shape. Peaks measured in this run (ONNX Runtime MatMul): "
-             f"FP32 {peaks['fp32'] / 1e9:.1f} GMAC/s, INT8 {peaks['int8'] / 1e9:.1f} GMAC/s.", "",
+             f"FP32 {peaks['fp32'] / 1e9:.1f} GMAC/s, INT8 {peaks['int8'] / 1e9:.1f} GMAC/s alone; in the rounds "
+             "the INT8 peak took its turn with the rows (its median per shape is in the JSON, peak_gmacs_per_s).",
+             "",
              "| batch | seq | row | p50 ms | vs ORT fp32 (fused) | vs Optimum O3 | share of INT8 peak | "
              "cosine to torch |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -157,7 +172,12 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per shape, all rows")
     parser.add_argument("--calib-size", type=int, default=32)
     parser.add_argument("--work", type=Path, default=Path("bench-transformers"))
+    parser.add_argument("--rows", type=lambda s: [r.strip() for r in s.split(",")],
+                        default=[*BUILDS, *OPTIMUM_ROWS], help="rows to build and time, comma-separated")
     args = parser.parse_args()
+    unknown = set(args.rows) - set(BUILDS) - set(OPTIMUM_ROWS)
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; rows are {[*BUILDS, *OPTIMUM_ROWS]}")
     import torch
 
     import modelport
@@ -167,8 +187,11 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     source = modelport.load_model(MODEL, dynamic=DYNAMIC)
     onnx_path = ModelBundle(source).onnx_path
-    paths = build_rows(source, args.work, args.calib_size)
-    optimum, skipped = optimum_rows(source, args.work, args.calib_size)
+    paths, build_seconds = build_rows(source, args.work, args.calib_size,
+                                      [REFERENCE, *(r for r in BUILDS if r in args.rows and r != REFERENCE)])
+    optimum, skipped = (optimum_rows(source, args.work, args.calib_size) if set(OPTIMUM_ROWS) & set(args.rows)
+                        else ({}, None))
+    optimum = {row: path for row, path in optimum.items() if row in args.rows}
     notes = [f"Optimum rows skipped: {skipped}"] if skipped else []
     runners = {row: modelport.load(path, threads=THREADS) for row, path in paths.items()}
     runners.update({row: _OrtFile(path) for row, path in optimum.items()})
@@ -176,13 +199,15 @@ def main() -> None:
     reference = source.run(evaluation)["output"]
     fidelity = {row: round(mean_cosine(reference, r.run(evaluation)["output"]), 5) for row, r in runners.items()}
     peaks = {"fp32": matmul_peak("fp32", THREADS), "int8": matmul_peak("int8", THREADS)}
-    rows = measure(runners, onnx_path, args.shapes, args.rounds, args.budget, peaks["int8"])
+    peak = PeakMatMul("int8", THREADS, repeats=PEAK_REPEATS)
+    rows = measure(runners, onnx_path, args.shapes, args.rounds, args.budget, peak)
     details = {row: json.loads((path / "manifest.json").read_text()).get("details", {}) for row, path in paths.items()}
     machine = machine_summary()
     table = markdown(machine, rows, fidelity, peaks, notes, args)
     path = write_dated_results("transformers", "Transformer fusions and INT8: BERT-base shape, random weights",
                                table, machine, {"settings": {k: str(v) for k, v in vars(args).items()},
                                                 "peaks": peaks, "fidelity": fidelity, "rows": rows,
+                                                "build_seconds": build_seconds,
                                                 "fusions": {r: d.get("fusions") for r, d in details.items()},
                                                 "openvino_runtime": {r: d.get("runtime") for r, d in details.items()
                                                                      if r.startswith("ov")}})
