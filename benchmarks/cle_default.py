@@ -12,6 +12,7 @@ digits; what CLE kept. Results: benchmarks/results/cle-default-<machine>-<date>.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ def measure(factory: str, mode: str, work: Path) -> dict[str, Any]:
     from modelport.calibration import open_calibration
     from modelport.examples import digits_data
     from modelport.loading import load_artifact
+    from modelport.machine import cache_dir
     from modelport.model import load_model
 
     x, y = digits_data("test")
@@ -44,6 +46,7 @@ def measure(factory: str, mode: str, work: Path) -> dict[str, Any]:
     calibration = open_calibration("modelport.examples:digits_calibration", source.inputs, size=256)
     bundle = ModelBundle(source, onnx_dir=work / "onnx")
     assert bundle.onnx_path.is_file()  # exported before the clock starts: build seconds are the quantization's
+    shutil.rmtree(cache_dir() / "qdq", ignore_errors=True)  # and no build reuses another's ranges and algorithms
     start = time.perf_counter()
     artifact, _ = build_artifact(bundle, "onnxruntime", "int8", work / mode,
                                  options={"measure": "false", "cle": mode}, calibration=calibration, force=True)

@@ -26,7 +26,7 @@ from modelport import quiet
 from modelport.errors import BadInput
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a path in an error stays whole, to copy
 
 ModelArg = Annotated[str, typer.Argument(help="path/to/file.py:factory, package.module:factory, or a .pt2 file.",
                                          show_default=False)]

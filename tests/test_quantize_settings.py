@@ -96,8 +96,9 @@ def test_the_registry_lists_each_algorithm_with_its_options_and_defaults():
                                                                            ("adaround_steps", 300)]
     assert QdqSettings().algorithms == {"smoothquant": SmoothQuantOptions(), "cle": CleOptions(),
                                         "adaround": AdaRoundOptions(), "bias_correction": BiasCorrectionOptions()}
-    # CLE waits for per-tensor weights (the default is per channel); AdaRound and bias correction for their options
-    assert [a.name for a, _ in enabled_algorithms(QdqSettings())] == ["smoothquant"]
+    # SmoothQuant and CLE run by default (each keeps only what measures better); AdaRound and bias correction wait
+    # for their options
+    assert [a.name for a, _ in enabled_algorithms(QdqSettings())] == ["smoothquant", "cle"]
 
 
 def test_option_keys_are_distinct_across_the_settings_and_every_algorithm():
