@@ -18,11 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks.peers import openvino_session
 from benchmarks.run_suite import write_dated_results
-from benchmarks.trained import CALIBRATION_SAMPLES, MODELS, ROUNDS, THREADS, Trained, _fidelity, _outputs, _timed
+from benchmarks.trained import CALIBRATION_SAMPLES, MODELS, ROUNDS, THREADS, Trained, prepare, score_and_time
 
 ROWS = {  # label -> (precision, options); measure=false: this script times every row itself
     "modelport fp32": ("fp32", {}),
@@ -35,25 +33,16 @@ FP32 = "modelport fp32"
 
 
 def measure(model: Trained, work: Path) -> list[dict[str, Any]]:
-    import torch
-
     from modelport.backends import get_backend
     from modelport.builder import build_artifact
-    from modelport.bundle import ModelBundle
-    from modelport.calibration import open_calibration
-    from modelport.model import load_model
 
-    source = load_model(model.factory)
-    calibration = open_calibration(model.calib, source.inputs, size=CALIBRATION_SAMPLES)
-    x, truth = model.data()
-    with torch.no_grad():
-        reference = source.module(torch.from_numpy(x)).numpy()
-    bundle = ModelBundle(source, onnx_dir=work / "onnx")
-    rows: list[dict[str, Any]] = [{"row": "pytorch fp32 (reference)", "metric": model.metric(reference, truth)}]
+    data = prepare(model, work)
+    rows: list[dict[str, Any]] = [{"row": "pytorch fp32 (reference)",
+                                   "metric": model.metric(data.reference, data.truth)}]
     runs: dict[str, Callable] = {}
     for label, (precision, options) in ROWS.items():
-        artifact, _ = build_artifact(bundle, "openvino", precision, work / str(len(runs)), options=options,
-                                     calibration=calibration, force=True)
+        artifact, _ = build_artifact(data.bundle, "openvino", precision, work / str(len(runs)), options=options,
+                                     calibration=data.calibration, force=True)
         runs[label] = get_backend("openvino").load(artifact, threads=THREADS).run
         details = artifact.manifest["details"]
         rows.append({"row": label, "label": label, "build_s": artifact.manifest["build_seconds"],
@@ -62,17 +51,10 @@ def measure(model: Trained, work: Path) -> list[dict[str, Any]]:
                      **{k: details["runtime"].get(k) for k in ("int8_kernels", "fused_attention_kernels")}})
     name, build_peer = model.nncf_peer
     label = f"nncf.quantize ({name.removeprefix('nncf_')}, benchmarks/peers.py)"
-    runs[label] = openvino_session(str(build_peer(bundle.onnx_path, calibration, work / "peer.xml")), THREADS).run
+    peer = build_peer(data.bundle.onnx_path, data.calibration, work / "peer.xml")
+    runs[label] = openvino_session(str(peer), THREADS).run
     rows.append({"row": label, "label": label})
-    for row in rows:
-        if "label" in row:
-            got = _outputs(runs[row["label"]], x)
-            row.update(metric=model.metric(got, truth), **_fidelity(reference, got))
-    rounds = _timed(runs, {"x": x[:1]})
-    for row in rows:
-        if "label" in row:
-            row["p50_ms"] = round(float(np.median(rounds[row["label"]])), 4)
-            row["speedup_vs_fp32"] = round(float(np.median(np.divide(rounds[FP32], rounds[row["label"]]))), 3)
+    score_and_time(model, data, rows, runs, lambda row: FP32)
     return rows
 
 
@@ -92,7 +74,7 @@ def _table(model: Trained, rows: list[dict[str, Any]]) -> str:
         cos = f"{r['cosine']:.5f}" if "cosine" in r else "1 (itself)"
         sqnr = f"{r['sqnr_db']:.1f}" if "sqnr_db" in r else "-"
         p50 = f"{r['p50_ms']:.3f}" if "p50_ms" in r else "-"
-        speed = f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else "-"
+        speed = f"{r['speedup_vs_runtime_fp32']:.2f}x" if "speedup_vs_runtime_fp32" in r else "-"
         out.append(f"| {r['row']} | {r['metric']:.2f} | {cos} | {sqnr} | {p50} | {speed} | {_route(r)} |")
     return "\n".join(out)
 

@@ -122,12 +122,20 @@ def _peers(model: Trained, onnx_path: Path, calibration: Any, out: Path) -> dict
     return peers
 
 
-def measure(model: Trained, work: Path) -> list[dict[str, Any]]:
-    """Every row of one model: modelport's per runtime and precision, then the peers; scored, then timed together."""
+@dataclass(frozen=True)
+class Prepared:
+    """One model ready to measure: its export, calibration samples, held-out data and PyTorch's outputs on it."""
+
+    bundle: Any
+    calibration: Any
+    x: np.ndarray
+    truth: Any
+    reference: np.ndarray
+
+
+def prepare(model: Trained, work: Path) -> Prepared:
     import torch
 
-    from modelport.backends import get_backend
-    from modelport.builder import build_artifact
     from modelport.bundle import ModelBundle
     from modelport.calibration import open_calibration
     from modelport.model import load_model
@@ -137,9 +145,35 @@ def measure(model: Trained, work: Path) -> list[dict[str, Any]]:
     x, truth = model.data()
     with torch.no_grad():
         reference = source.module(torch.from_numpy(x)).numpy()
-    bundle = ModelBundle(source, onnx_dir=work / "onnx")
-    rows: list[dict[str, Any]] = [{"runtime": "pytorch", "row": "fp32 (reference)", "metric": model.metric(reference,
-                                                                                                           truth)}]
+    return Prepared(ModelBundle(source, onnx_dir=work / "onnx"), calibration, x, truth, reference)
+
+
+def score_and_time(model: Trained, data: Prepared, rows: list[dict[str, Any]], runs: Mapping[str, Callable],
+                   fp32_of: Callable[[dict[str, Any]], str]) -> None:
+    """Each row with a `label`: its task metric and fidelity on the held-out data, then every row timed in turns
+    at batch 1, its speed-up the median per-round ratio to the row `fp32_of(row)` names."""
+    for row in rows:
+        if "label" in row:
+            got = _outputs(runs[row["label"]], data.x)
+            row.update(metric=model.metric(got, data.truth), **_fidelity(data.reference, got))
+    rounds = _timed(runs, {"x": data.x[:1]})
+    for row in rows:
+        if "label" in row:
+            row["p50_ms"] = round(float(np.median(rounds[row["label"]])), 4)
+            fp32 = rounds.get(fp32_of(row))
+            if fp32 is not None:
+                row["speedup_vs_runtime_fp32"] = round(float(np.median(np.divide(fp32, rounds[row["label"]]))), 3)
+
+
+def measure(model: Trained, work: Path) -> list[dict[str, Any]]:
+    """Every row of one model: modelport's per runtime and precision, then the peers; scored, then timed together."""
+    from modelport.backends import get_backend
+    from modelport.builder import build_artifact
+
+    data = prepare(model, work)
+    bundle, calibration = data.bundle, data.calibration
+    rows: list[dict[str, Any]] = [{"runtime": "pytorch", "row": "fp32 (reference)",
+                                   "metric": model.metric(data.reference, data.truth)}]
     runs: dict[str, Callable] = {}
     for runtime in RUNTIMES:
         backend = get_backend(runtime)
@@ -164,17 +198,7 @@ def measure(model: Trained, work: Path) -> list[dict[str, Any]]:
             continue
         runs[label] = run
         rows.append({"runtime": runtime, "row": label, "label": label})
-    for row in rows:
-        if "label" in row:
-            got = _outputs(runs[row["label"]], x)
-            row.update(metric=model.metric(got, truth), **_fidelity(reference, got))
-    rounds = _timed(runs, {"x": x[:1]})
-    for row in rows:
-        if "label" in row:
-            row["p50_ms"] = round(float(np.median(rounds[row["label"]])), 4)
-            fp32 = rounds.get(f"{row['runtime']} modelport fp32")
-            if fp32 is not None:
-                row["speedup_vs_runtime_fp32"] = round(float(np.median(np.divide(fp32, rounds[row["label"]]))), 3)
+    score_and_time(model, data, rows, runs, lambda row: f"{row['runtime']} modelport fp32")
     return rows
 
 
