@@ -82,7 +82,8 @@ def build_optimum_avx2(onnx_path: Path, calibration: Any, out: Path) -> Path:
     npz = out.with_suffix(".calib.npz")
     np.savez(npz, **stack(calibration))
     script = Path(__file__).resolve().parent / "optimum_peer.py"
-    done = subprocess.run([str(python), str(script), str(onnx_path), str(npz), str(out)], capture_output=True,
+    # -P: the script's folder is not put on sys.path, where benchmarks/transformers.py would shadow the package
+    done = subprocess.run([str(python), "-P", str(script), str(onnx_path), str(npz), str(out)], capture_output=True,
                           text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the Optimum peer failed: {done.stderr.strip().splitlines()[-1:]}")

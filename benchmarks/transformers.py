@@ -97,7 +97,8 @@ def optimum_rows(source: Any, work: Path, calib_size: int) -> tuple[dict[str, Pa
     samples["token_type_ids"] = np.zeros_like(samples["input_ids"])  # Optimum's BERT export takes them
     npz = work / "optimum-calib.npz"
     np.savez(npz, **samples)
-    done = subprocess.run([str(python), str(HERE / "optimum_transformers.py"), str(hf), str(npz), str(out)],
+    # -P: benchmarks/ is not put on sys.path, where this file would shadow the transformers package
+    done = subprocess.run([str(python), "-P", str(HERE / "optimum_transformers.py"), str(hf), str(npz), str(out)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         return {}, f"Optimum failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
