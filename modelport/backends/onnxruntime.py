@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport import progress
-from modelport.backends.base import Backend, Recipe, Runner
+from modelport.backends.base import SLOWER_THAN_FP32, Backend, Recipe, Runner
 from modelport.backends.ort_fusion import fused_for_build
 from modelport.backends.probes import GUARD_MARGIN_DB, closest, probe_feeds
+from modelport.backends.saturation import X86, int8_saturates
 from modelport.errors import BadInput, StepFailed
-from modelport.machine import cpu_flags
 from modelport.onnx_fp16 import convert_to_fp16
 from modelport.options import Option, parse_bool, parse_list
 from modelport.ort_session import ort_session, quiet_ort_tools
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
     from modelport.calibration import CalibrationSet
 
 MAIN_FILE = "model.onnx"
-# A build-time timing is a few interleaved rounds: within 5% of FP32 is "as fast", not "slower".
-SLOWER_THAN_FP32 = 0.95
 LEVELS = ("basic", "extended", "all")
 TRANSFORMER_MARKERS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                                  "RMSNormalization", "Attention", "MultiHeadAttention"})
@@ -89,22 +87,16 @@ class CpuChoice:
 
 def cpu_choice(flags: frozenset[str] | None = None, machine: str | None = None) -> CpuChoice:
     """U8S8 or S8S8 and reduce_range for the CPU's instruction set (ORT's own guidance, per feature)."""
-    flags = cpu_flags() if flags is None else flags
     machine = (machine or platform.machine()).lower()
-    if machine in ("x86_64", "amd64", "i386", "i686", "x86"):
-        vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-        if vnni:
-            return CpuChoice("uint8", "int8", False,
-                             f"{', '.join(vnni)}: u8s8 dot products accumulate in 32 bits without saturation, so "
-                             "weights keep all 8 bits; s8s8 QDQ has fewer fast x86 kernels")
-        simd = "AVX2" if "avx2" in flags else "SSE"
-        return CpuChoice("uint8", "int8", True,
-                         f"{simd} without VNNI: ORT's u8s8 kernels multiply with VPMADDUBSW, whose 16-bit pair sums "
-                         "can saturate; 7-bit weights (reduce_range) keep them exact. s8s8 QDQ has fewer fast x86 "
-                         "kernels (MatMuls stay float around extra Q/DQ), so activations are uint8")
-    return CpuChoice("int8", "int8", False,
-                     f"{machine}: ORT's ARM int8 kernels take signed activations (s8s8) natively, without "
-                     "saturation, so weights keep all 8 bits")
+    saturates, why = int8_saturates(flags, machine)
+    if machine not in X86:
+        return CpuChoice("int8", "int8", False, f"{why}: ORT's ARM int8 kernels take signed activations (s8s8) "
+                         "natively, so weights keep all 8 bits")
+    if not saturates:
+        return CpuChoice("uint8", "int8", False, f"{why}, so weights keep all 8 bits; s8s8 QDQ has fewer fast x86 "
+                         "kernels")
+    return CpuChoice("uint8", "int8", True, f"{why}; 7-bit weights (reduce_range) keep them exact. s8s8 QDQ has "
+                     "fewer fast x86 kernels (MatMuls stay float around extra Q/DQ), so activations are uint8")
 
 
 # ---------------------------------------------------------------- the runner

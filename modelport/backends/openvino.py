@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport import progress
-from modelport.backends.base import Backend, Recipe, Runner, RuntimeOp
+from modelport.backends.base import SLOWER_THAN_FP32, Backend, Recipe, Runner, RuntimeOp
 from modelport.backends.probes import GUARD_MARGIN_DB, closest, probe_feeds
 from modelport.backends.saturation import int8_saturates
 from modelport.errors import BadInput, StepFailed, Unavailable
@@ -244,7 +244,7 @@ def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.nda
     speedup = ms["fp32"] / ms["int8"]
     out = {"fp32_ms": round(ms["fp32"], 4), "int8_ms": round(ms["int8"], 4), "speedup": round(speedup, 3),
            "threads": 2, "how": "best of 5 interleaved rounds of median run time, at build time", "warning": None}
-    if speedup < 0.95:
+    if speedup < SLOWER_THAN_FP32:
         out["warning"] = (f"INT8 does not pay here: {ms['int8']:.3f} ms against {ms['fp32']:.3f} ms for the float IR "
                           f"(2 threads, the example inputs); build fp32 for this model on this machine.")
     return out
@@ -556,7 +556,7 @@ def _from_qdq(onnx_path: Path, recipe: Recipe, calibration: CalibrationSet, over
     import onnx
 
     opts = recipe.options
-    given = {k: opts[k] for k in ("method", "symmetric_activations", "ranges_file") if opts.get(k) is not None}
+    given = {k: opts[k] for k in QDQ_ONLY if opts.get(k) is not None}
     scores = []
     if attention_in_float:
         graph = onnx.load(str(onnx_path), load_external_data=False).graph

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport import progress
-from modelport.backends.base import Backend, Recipe, Runner
+from modelport.backends.base import SLOWER_THAN_FP32, Backend, Recipe, Runner
 from modelport.backends.tflite_exclude import find_float_ops
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from modelport.exporters.litert import LiteRTExport
 
 MAIN_FILE = "model.tflite"
-# A build-time timing is a few interleaved rounds: within 5% of FP32 is "as fast", not "slower" (as for ORT).
-SLOWER_THAN_FP32 = 0.95
 
 
 def _lower(value: Any) -> str:
