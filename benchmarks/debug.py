@@ -31,8 +31,8 @@ from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import open_calibration, open_evaluation
 from modelport.debug import rank_layers
-from modelport.debug.mapping import Layer, reference_layers
 from modelport.debug.run import debug_artifact
+from modelport.exporters.tensor_map import Layer, reference_layers
 from modelport.harness.fidelity import compare_output
 from modelport.loading import load_artifact
 from modelport.machine import cpu_model, machine_summary

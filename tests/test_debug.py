@@ -25,8 +25,8 @@ from modelport.calibration import CalibrationSet
 from modelport.cli import app
 from modelport.debug import rank_layers
 from modelport.debug.compare import jumps
-from modelport.debug.mapping import Layer, map_tensors
 from modelport.debug.run import debug_artifact
+from modelport.exporters.tensor_map import Layer, map_tensors
 from tests.outlier import NO_CLE, normal
 
 OUTLIER_MODULES = {"wide", "act", "head"}

@@ -77,7 +77,8 @@ class Runner(ABC):
     dims, symbolic dims shared between inputs, dtype with exact or standard casts only), so a wrong feed
     is a BadInput naming the input rather than a runtime's traceback, then calls the backend's `_run`.
     Layout (NCHW/NHWC), dtype and quantized-I/O conversions the runtime needs happen in `_run`, never in
-    the caller. The optional capabilities (`run_many`, `runtime_ops`, `tensor_names` with `intermediates`) have
+    the caller. The optional capabilities (`run_many`, `runtime_ops`, `tensor_names` with `fused_activations` and
+    `intermediates`) have
     defaults here.
     """
 
@@ -106,6 +107,11 @@ class Runner(ABC):
         (ONNX tensor names where the artifact keeps them; a tensor the runtime fused away is not listed)."""
         raise Unavailable(f"The {self.name} runner cannot expose intermediate tensors.",
                           hint="Debug this artifact's layers on ONNX Runtime, OpenVINO or TFLite.")
+
+    def fused_activations(self) -> dict[str, str]:
+        """Tensors of `tensor_names` written by an op with an activation fused into it (name -> RELU, RELU6...):
+        such a tensor is the activation's output, not the op's. Empty where the runtime keeps the ONNX names."""
+        return {}
 
     def intermediates(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
         """The tensors `names` (from `tensor_names`) computed on `feeds` in the runtime itself, for per-layer

@@ -28,7 +28,7 @@ import numpy as np
 
 from modelport import progress
 from modelport.backends.base import SLOWER_THAN_FP32, Backend, Recipe, Runner
-from modelport.backends.tflite_exclude import find_float_ops
+from modelport.backends.tflite_exclude import find_float_ops, fused_activations
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
 from modelport.options import Option, parse_bool, parse_list
@@ -592,6 +592,14 @@ class TFLiteRunner(Runner):
 
     def tensor_names(self) -> list[str]:
         return list(self._tensors)
+
+    def fused_activations(self) -> dict[str, str]:
+        try:
+            from ai_edge_litert.tools import flatbuffer_utils
+        except ImportError:  # tflite_runtime alone cannot read the flatbuffer: no fused activation is known
+            return {}
+        activations = fused_activations(flatbuffer_utils.read_model(str(self._path)))
+        return {name: activations[(0, index)] for name, index in self._tensors.items() if (0, index) in activations}
 
     def intermediates(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
         """Read from a second interpreter with `experimental_preserve_all_tensors` (XNNPACK then delegates op by

@@ -1,10 +1,13 @@
 """TFLite's `exclude`: the ONNX nodes the search and debug name, found among the ops of the float .tflite.
 
-litert-torch names each op's output tensors by torch module location and the dynamo ONNX exporter records each
-node's module scopes, so a node's ops are those whose outputs lie in its module (modelport/exporters/
-module_names.py); a node that makes a model output also takes the op writing that signature output (litert-torch
-renames those tensors `serving_default_...`). ai-edge-quantizer matches its recipe by regex on an op's scope (its
-output tensor names joined by ';'), so each matched op's exact scope becomes a NO_QUANTIZE entry of the recipe.
+A node's ops are those whose outputs lie in its torch module (litert-torch names each op's output tensors by module
+location and the dynamo ONNX exporter records each node's module scopes: modelport/exporters/module_names.py), and
+the op writing the tensor debug's mapping (exporters/tensor_map.py, the same code) matches to the node's output:
+the op writing a model output (litert-torch renames those tensors `serving_default_...`), or an op with the node's
+activation fused into it. So a functional `torch.sigmoid` ending a model, or a functional `F.relu` fused into its
+conv, can be kept in float although no module of its own made it. ai-edge-quantizer matches its recipe by regex on
+an op's scope (its output tensor names joined by ';'), so each matched op's exact scope becomes a NO_QUANTIZE
+entry of the recipe.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from modelport.errors import BadInput
 from modelport.exporters.module_names import module_path, tensor_modules
+from modelport.exporters.tensor_map import map_tensors, reference_layers
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,25 @@ class FloatOps:
         return {"onnx_nodes": list(self.ops), "tflite_ops": self.ops}
 
 
+def fused_activations(model: Any) -> dict[tuple[int, int], str]:
+    """(subgraph, tensor index) -> the activation fused into the op writing it (RELU, RELU6...), from a flatbuffer
+    model as `flatbuffer_utils.read_model` reads it; a QUANTIZE or DEQUANTIZE of such a tensor (an op kept in float
+    between int8 neighbours) carries the activation on."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
+    found = {}
+    for s, subgraph in enumerate(model.subgraphs):
+        for op in subgraph.operators:  # in execution order: a QUANTIZE comes after the op it reads
+            kind = getattr(op.builtinOptions, "fusedActivationFunction", 0) or 0
+            carried = (found.get((s, op.inputs[0])) if op.inputs and flatbuffer_utils.opcode_to_name(
+                model, op.opcodeIndex) in ("QUANTIZE", "DEQUANTIZE") else None)
+            if kind or carried:
+                found.update({(s, i): carried or names.get(kind, str(kind)) for i in op.outputs if i >= 0})
+    return found
+
+
 def find_float_ops(tflite: Path, onnx_path: Path, nodes: Sequence[str], outputs: Mapping[str, str]) -> FloatOps:
     """The ops of the float .tflite at `tflite` implementing each ONNX node of `nodes`; BadInput naming a node the
     ONNX graph lacks, or one no op implements. `outputs`: model output name -> signature output name."""
@@ -50,28 +73,33 @@ def find_float_ops(tflite: Path, onnx_path: Path, nodes: Sequence[str], outputs:
                        hint="Name ONNX nodes as `modelport debug` lists them.")
     modules = {m for m in map(module_path, graph.node) if m}
     model = flatbuffer_utils.read_model(str(tflite))
-    signature_tensors = {(sig.subgraphIndex, t.tensorIndex): _text(t.name)
+    model_output = {signature: name for name, signature in outputs.items()}
+    signature_tensors = {(sig.subgraphIndex, t.tensorIndex): model_output.get(_text(t.name), _text(t.name))
                          for sig in model.signatureDefs or [] for t in sig.outputs}
-    ops = []  # (type, scope, modules of its outputs, signature outputs it writes)
+    activations = fused_activations(model)
+    ops = []  # (type, scope, modules of its outputs, its outputs named as debug's mapping names them)
+    fused: dict[str, str] = {}
     for s, subgraph in enumerate(model.subgraphs):
         for op in subgraph.operators:
-            names = [_text(subgraph.tensors[i].name) for i in op.outputs if i >= 0]
+            written = [i for i in op.outputs if i >= 0]
+            names = [signature_tensors.get((s, i), _text(subgraph.tensors[i].name)) for i in written]
+            fused.update({n: activations[(s, i)] for n, i in zip(names, written, strict=True) if (s, i) in activations})
             ops.append((flatbuffer_utils.opcode_to_name(model, op.opcodeIndex),
                         tfl_flatbuffer_utils.get_op_scope(op, subgraph.tensors),
-                        {m for name in names for m in tensor_modules(name, modules)},
-                        {signature_tensors[(s, i)] for i in op.outputs if (s, i) in signature_tensors}))
-    graph_outputs = {o.name for o in graph.output}
+                        {m for name in names for m in tensor_modules(name, modules)}, set(names)))
+    matched = map_tensors(reference_layers(onnx_path), [n for op in ops for n in op[3]], by_module=True, fused=fused)
     found: dict[str, list[dict[str, str]]] = {}
     for name in nodes:
         node = by_name[name]
         module = module_path(node)
-        written = {outputs[o] for o in node.output if o in graph_outputs and o in outputs}
-        found[name] = [{"op": kind, "scope": scope} for kind, scope, in_modules, writes in ops
-                       if (module is not None and module in in_modules) or written & writes]
-    unmatched = [n for n, matched in found.items() if not matched]
+        mine = {matched[o] for o in node.output if o in matched}
+        found[name] = [{"op": kind, "scope": scope} for kind, scope, in_modules, names in ops
+                       if (module is not None and module in in_modules) or mine & names]
+    unmatched = [n for n, hits in found.items() if not hits]
     if unmatched:
         raise BadInput(f"exclude: no TFLite op implements ONNX node(s) {', '.join(unmatched)} (litert-torch names "
-                       "ops by torch module; these come from no module of their own, or were folded away).",
+                       "ops by torch module; these come from no module of their own and write no tensor debug maps, "
+                       "or were folded away).",
                        hint="Keep the node's module in float through a node that has one: "
                             + ", ".join(n for n in by_name if module_path(by_name[n])) + ".")
     return FloatOps(found)

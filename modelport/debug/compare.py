@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.debug.mapping import Layer
+from modelport.exporters.tensor_map import Layer
 from modelport.similarity import finite_or_none, row_cosines, sqnr_db
 
 

@@ -21,8 +21,8 @@ from modelport.backends import BACKENDS, Runner
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.debug.compare import Accumulator, align, jumps, rank_layers
-from modelport.debug.mapping import Layer, map_tensors, reference_layers
 from modelport.errors import BadInput
+from modelport.exporters.tensor_map import Layer, map_tensors, reference_layers
 from modelport.loading import load_artifact
 from modelport.model import SourceModel
 
@@ -80,7 +80,8 @@ def _side(artifact: Artifact, layers: Sequence[Layer], threads: int | None) -> S
            "is matched, the ones inside it are not)" if by_module
            else f"the {artifact.backend} artifact has no such tensor (fused or removed when it was built)")
     label = f"{artifact.path.name} ({artifact.backend} {artifact.precision})"
-    return Side(label, runner, map_tensors(layers, names, by_module=by_module), why)
+    mapped = map_tensors(layers, names, by_module=by_module, fused=runner.fused_activations())
+    return Side(label, runner, mapped, why)
 
 
 def _reference(bundle: ModelBundle, layers: Sequence[Layer], threads: int | None) -> Side:

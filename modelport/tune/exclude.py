@@ -1,18 +1,19 @@
 """How each backend keeps a list of ONNX nodes out of INT8, as build options: the only backend knowledge tune has.
 
 Every backend here takes ONNX node names in `exclude`. TFLite finds each node's ops by torch module (litert-torch
-names ops by module location), so a node from the model's own forward, which has no module, is no candidate there
-(`KEEPABLE`). A backend missing from `TO_OPTIONS` has no per-layer float option, so the search can only judge its
+names ops by module location) or by the tensor debug maps to the node (exporters/tensor_map.py: a model output, an
+activation fused into its conv), so a node of the model's own forward is a candidate there only where debug mapped
+it (`KEEPABLE`). A backend missing from `TO_OPTIONS` has no per-layer float option, so the search can only judge its
 full INT8 build.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelport.debug.mapping import Layer
+from modelport.exporters.tensor_map import Layer
 
 ToOptions = Callable[[Sequence[str]], dict[str, str]]
 
@@ -26,8 +27,10 @@ def _exclude(nodes: Sequence[str]) -> dict[str, str]:
 
 TO_OPTIONS: dict[str, ToOptions] = {"onnxruntime": _exclude, "openvino": _exclude, "tensorrt": _exclude,
                                     "tflite": _exclude}
-# Which ONNX nodes a backend can keep in float, where not every one (the rest are left out of the ranked groups).
-KEEPABLE: dict[str, Callable[[Layer], bool]] = {"tflite": lambda layer: layer.module is not None}
+# Which ONNX nodes a backend can keep in float, where not every one (the rest are left out of the ranked groups),
+# given the nodes debug mapped to a runtime tensor of the artifact.
+KEEPABLE: dict[str, Callable[[Layer, Collection[str]], bool]] = {
+    "tflite": lambda layer, mapped: layer.module is not None or layer.onnx_node in mapped}
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ def describe_exclusion(backend: str, options: Mapping[str, Any]) -> str:
         return "NNCF's ignored scope (exclude)"
     if backend == "tflite":
         return ("ai-edge-quantizer's NO_QUANTIZE on the TFLite ops litert-torch made from each ONNX node's torch "
-                "module (exclude); nodes of the model's own forward have no module and are not tried")
+                "module or writing the tensor debug maps to it (exclude); nodes of the model's own forward that debug "
+                "maps to no tensor are not tried")
     return "the shared QDQ pass's exclude: no Q/DQ around the named ONNX nodes" + (
         " (source=qdq)" if backend == "openvino" else "")
 
@@ -79,10 +83,16 @@ def with_nodes(backend: str, options: Mapping[str, Any], nodes: Sequence[str]) -
     return merged
 
 
-def layer_groups(layers: Sequence[Layer], backend: str | None = None) -> dict[str, tuple[str, ...]]:
+def layer_groups(layers: Sequence[Layer], backend: str | None = None,
+                 mapped: Collection[str] = ()) -> dict[str, tuple[str, ...]]:
     """ONNX node -> the nodes kept in float together with it: a Conv/Gemm/MatMul and the activation folded into it
-    (either one brings the other), any other node alone; only the nodes `backend` can keep in float."""
-    keeps = KEEPABLE.get(backend or "", lambda _: True)
+    (either one brings the other), any other node alone; only the nodes `backend` can keep in float (`mapped`: the
+    nodes debug mapped to a runtime tensor)."""
+    rule = KEEPABLE.get(backend or "")
+
+    def keeps(layer: Layer) -> bool:
+        return rule is None or rule(layer, mapped)
+
     producer = {layer.tensor: layer for layer in layers}
     groups: dict[str, tuple[str, ...]] = {}
     for layer in layers:

@@ -32,8 +32,8 @@ from modelport.builder import build_artifact, modelport_version
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.debug import debug_artifact, rank_layers
-from modelport.debug.mapping import reference_layers
 from modelport.errors import BadInput, StepFailed
+from modelport.exporters.tensor_map import reference_layers
 from modelport.harness.fidelity import ACCURACY, TaskMetric, evaluate, reference_metric
 from modelport.loading import load_artifact
 from modelport.timing import interleaved_rounds
@@ -233,7 +233,8 @@ def _ranked_groups(bundle: ModelBundle, backend: str, int8: Path, evaluation: Ca
     """Debug's culprits on the full INT8 artifact, as groups of ONNX nodes kept in float together, worst first;
     layers that add no error, or that `backend` cannot keep in float, are left out."""
     record = debug_artifact(int8, bundle.source, evaluation, threads=threads)
-    groups = layer_groups(reference_layers(bundle.onnx_path), backend)
+    mapped = {e["onnx_node"] for e in record["layers"] if e["runtime_tensor"]}
+    groups = layer_groups(reference_layers(bundle.onnx_path), backend, mapped)
     ranked = [groups[e["onnx_node"]] for e in rank_layers(record["layers"])
               if e["onnx_node"] in groups and e["jump_db"] > 0]
     return list(dict.fromkeys(ranked))

@@ -4,12 +4,16 @@ each, and the name each runtime gives it.
 The dynamo exporter records every node's module scopes (`pkg.torch.onnx.name_scopes`, cumulative paths such
 as ['', 'features', 'features.1', 'conv2d']), so a tensor is reported under the user's own module path.
 ONNX Runtime and OpenVINO artifacts keep the ONNX tensor names; litert-torch names TFLite tensors by module
-location instead (`.../torch.nn.modules.conv.Conv2d_stem;2`), so those are matched module by module.
+location instead (`.../torch.nn.modules.conv.Conv2d_stem;2`), so those are matched module by module. Where a
+runtime fused an activation into the op before it (TFLite's fused RELU on CONV_2D), the op's output is the
+activation's tensor, not the conv's: a functional `F.relu` has no module of its own, so only the op's fused
+activation says so. debug compares tensors through this mapping and the TFLite backend's `exclude` finds an ONNX
+node's ops through it: one mapping for both (it lives here, below both, as backends/ may not import debug/).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +50,17 @@ def reference_layers(onnx_path: Path) -> list[Layer]:
     return layers
 
 
-def map_tensors(layers: Sequence[Layer], names: Iterable[str], *, by_module: bool) -> dict[str, str]:
+# The ONNX ops a runtime's fused activation stands for (TFLite's ActivationFunctionType names).
+FUSED_ACTIVATIONS = {"RELU": ("Relu",), "RELU6": ("Clip",), "RELU_N1_TO_1": ("Clip",), "TANH": ("Tanh",)}
+
+
+def map_tensors(layers: Sequence[Layer], names: Iterable[str], *, by_module: bool,
+                fused: Mapping[str, str] | None = None) -> dict[str, str]:
     """Reference tensor -> the runtime's name for it: the same name where the runtime keeps it; with
     `by_module` (litert-torch's location names), each module's last runtime tensor stands for that module's
-    last reference tensor (where a tensor carries several fused modules, the latest of their tensors)."""
+    last reference tensor (where a tensor carries several fused modules, the latest of their tensors). `fused`:
+    runtime tensor -> the activation fused into the op writing it; such a tensor stands for the activation
+    reading the reference tensor it matched, where the reference graph has one there."""
     names = list(names)
     present = set(names)
     found = {layer.tensor: layer.tensor for layer in layers if layer.tensor in present}
@@ -68,4 +79,20 @@ def map_tensors(layers: Sequence[Layer], names: Iterable[str], *, by_module: boo
                       if n == name and m in last_reference and last_reference[m] not in found]
         if candidates:
             found[max(candidates, key=order.__getitem__)] = name
-    return found
+    return _through_activations(layers, found, fused or {})
+
+
+def _through_activations(layers: Sequence[Layer], found: dict[str, str], fused: Mapping[str, str]) -> dict[str, str]:
+    """`found` with each tensor written by an op with a fused activation moved to the activation's own tensor."""
+    readers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for tensor in layer.inputs[:1]:
+            readers.setdefault(tensor, []).append(layer)
+    moved = {}
+    for tensor, name in found.items():
+        kinds = FUSED_ACTIVATIONS.get(fused.get(name, ""), ())
+        after = [r for r in readers.get(tensor, []) if r.op_type in kinds]
+        if len(after) == 1 and after[0].tensor not in found:
+            tensor = after[0].tensor
+        moved[tensor] = name
+    return moved
