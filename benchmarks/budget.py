@@ -8,9 +8,10 @@ twin (`louder`: the one TFLite's full INT8 misses too). Per CPU runtime, `tune.s
 with its defaults; then that runtime's FP32 build, its full INT8 build and the chosen artifact are timed side by
 side at batch 1 (`modelport.timing.interleaved_rounds`), and latencies are the median of per-round ratios.
 
-    python -m benchmarks.budget [--budget cos>=0.9999] [--rounds 7]
+    python -m benchmarks.budget [--budget cos>=0.9999] [--rounds 7] [--models crepe] [--runtimes tflite]
 
-writes benchmarks/results/budget-<machine>-<date>.{md,json} (benchmarks/run_suite.py's write_dated_results).
+writes benchmarks/results/budget-<machine>-<date>.{md,json} (benchmarks/run_suite.py's write_dated_results); a run
+on a subset writes budget-<models>-<runtimes>-<machine>-<date>, beside the full run's figures rather than over them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from modelport.tune import parse_budget, search_closest
 from tests.outlier import OUTLIER, normal
 
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
+MODELS = ("digits", "crepe", "outlier", "louder")
 THREADS = 2
 
 
@@ -100,18 +102,38 @@ def _fig(f: dict[str, Any]) -> str:
     return f"cos {f['cos']:.5f}, {f['sqnr']:.1f} dB" if f.get("cos") is not None else "-"
 
 
+def _pick(given: str, known: tuple[str, ...]) -> list[str]:
+    picked = [p.strip() for p in given.split(",") if p.strip()]
+    unknown = [p for p in picked if p not in known]
+    if unknown or not picked:
+        raise SystemExit(f"unknown {', '.join(unknown) or 'empty choice'}: pick from {', '.join(known)}")
+    return picked
+
+
+def _flags(args: argparse.Namespace, models: list[str], runtimes: list[str]) -> str:
+    """The command line's options that differ from the defaults, as the table's caption repeats them."""
+    given = {"--budget": (args.budget, "cos>=0.9999"), "--rounds": (str(args.rounds), "7"),
+             "--models": (",".join(models), ",".join(MODELS)), "--runtimes": (",".join(runtimes), ",".join(RUNTIMES))}
+    return "".join(f" {flag} {value}" for flag, (value, default) in given.items() if value != default)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", default="cos>=0.9999")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"comma-separated, of {', '.join(RUNTIMES)}")
     args = parser.parse_args()
+    models, runtimes = _pick(args.models, MODELS), _pick(args.runtimes, RUNTIMES)
     load = os.getloadavg()[0]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
         work = Path(tmp)
-        for make in (digits, crepe, lambda: outlier(work), lambda: outlier(work, "louder")):
-            source, calib, held_out, label = make()
-            for backend in RUNTIMES:
+        makers = {"digits": digits, "crepe": crepe, "outlier": lambda: outlier(work),
+                  "louder": lambda: outlier(work, "louder")}
+        for model in models:
+            source, calib, held_out, label = makers[model]()
+            for backend in runtimes:
                 ok, reason = get_backend(backend).available()
                 if not ok:
                     results.append({"model": label, "backend": backend, "status": f"unavailable: {reason}"})
@@ -138,14 +160,17 @@ def main() -> None:
     table = (f"Budget `{args.budget}` against PyTorch FP32 on held-out samples. Machine: {machine['cpu']}, "
              f"{machine['cores']} cores, {THREADS} threads; 1-minute load average {load:.1f} when it started (shared "
              f"machine: the ratios, measured side by side over {args.rounds} interleaved rounds, are what holds). "
-             "`python -m benchmarks.budget`.\n\n" + "\n".join(lines) +
+             f"`python -m benchmarks.budget{_flags(args, models, runtimes)}`.\n\n" + "\n".join(lines) +
              "\n\nRatios are the chosen artifact's time over the other's (below 1: faster). TFLite keeps layers in "
              "float through its exclude (ai-edge-quantizer's NO_QUANTIZE on the ops of each ONNX node's torch "
-             "module); OpenVINO's search follows a missed NNCF build with the shared QDQ pass (source=qdq), whose "
+             "module, or writing the tensor debug maps to it); OpenVINO's search follows a missed NNCF build with the "
+             "shared QDQ pass (source=qdq), whose "
              "exclude keeps layers in float (tune/exclude.py ROUTES).")
-    path = write_dated_results("budget", f"Accuracy-budget search per runtime ({machine['cpu']})", table, machine,
-                               {"budget": args.budget, "rounds": args.rounds, "threads": THREADS,
-                                "load_average": load, "results": results})
+    subset = [*(models if models != list(MODELS) else []), *(runtimes if runtimes != list(RUNTIMES) else [])]
+    path = write_dated_results("-".join(["budget", *subset]),
+                               f"Accuracy-budget search per runtime ({machine['cpu']})", table, machine,
+                               {"budget": args.budget, "rounds": args.rounds, "threads": THREADS, "models": models,
+                                "runtimes": runtimes, "load_average": load, "results": results})
     print(path.read_text())
 
 

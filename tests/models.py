@@ -106,3 +106,24 @@ class Det(nn.Module):
 def make():
     return Det(), (torch.randn(1, 4, 4),)
 """
+
+SIGMOID_HEAD = '''
+class Head(nn.Module):
+    """A functional ReLU fused into its conv and a functional sigmoid ending the model: ops of no module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 16)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(torch.relu(self.conv(x)).mean((2, 3))))
+
+
+def make():
+    torch.manual_seed(0)
+    net = Head()
+    with torch.no_grad():
+        net.fc.bias -= 5.0  # outputs near 0, where the int8 LOGISTIC's fixed 1/256 output step is coarse
+    return net.eval(), (torch.randn(1, 3, 16, 16),)
+'''

@@ -183,6 +183,18 @@ def test_litert_location_names_map_to_each_modules_last_tensor():
     assert map_tensors(layers, names, by_module=False) == {"x": "x"}
 
 
+def test_a_tensor_with_a_fused_activation_maps_to_the_activation_reading_the_modules_tensor():
+    layers = [Layer("x", None, None, "Input", ()), Layer("conv2d", "n0", "conv1", "Conv", ("x",)),
+              Layer("relu", "n1", None, "Relu", ("conv2d",)), Layer("getitem", "n2", "bn", "BatchNormalization",
+                                                                     ("relu",))]
+    root = "pkg._NamedOutputs/user.Net_module"
+    names = ["x", f"{root}/torch.nn.Conv2d_conv1;1", f"{root}/torch.nn.BatchNorm2d_bn;7"]
+    assert map_tensors(layers, names, by_module=True)["conv2d"] == names[1]  # a plain conv output: the conv's
+    found = map_tensors(layers, names, by_module=True, fused={names[1]: "RELU"})
+    assert found == {"x": "x", "relu": names[1], "getitem": names[2]}
+    assert map_tensors(layers, names, by_module=True, fused={names[1]: "TANH"})["conv2d"] == names[1]  # no Tanh
+
+
 def test_the_python_api_mirrors_the_cli(int8, outlier_file, eval_file, tmp_path):
     from modelport.debug import debug
 

@@ -156,16 +156,15 @@ def test_tflite_exclude_keeps_the_named_nodes_ops_in_float(outlier_source, tmp_p
     assert [op["op"] for op in kept["tflite_ops"]["node_conv2d_2"]] == ["CONV_2D", "TRANSPOSE"]
 
 
-@pytest.mark.parametrize("exclude, says", [("node_nope", "no ONNX node named node_nope. Known: "),
-                                           ("node_mean", "no TFLite op implements ONNX node(s) node_mean")])
-def test_a_tflite_exclude_naming_no_op_exits_2(exclude, says, outlier_file, tmp_path):
+def test_a_tflite_exclude_naming_no_node_exits_2(outlier_file, tmp_path):
     _tflite()
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=normal(16, 0))
     result = cli.invoke(app, ["build", f"{outlier_file}:make", "-b", "tflite", "-p", "int8", "--calib", str(calib),
-                              "--option", f"exclude={exclude}", "-o", str(tmp_path / "t")])
+                              "--option", "exclude=node_nope", "-o", str(tmp_path / "t")])
     text = " ".join(result.output.split())
-    assert result.exit_code == 2 and says in text and "node_conv2d_1" in text, result.output
+    assert result.exit_code == 2 and "no ONNX node named node_nope. Known: " in text and "node_conv2d_1" in text, \
+        result.output
     assert not (tmp_path / "t").exists()
 
 
