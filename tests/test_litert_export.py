@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("litert_torch", reason="litert-torch is not installed (pip install 'modelport[tflite]')")
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (pip install 'modelport[tflite]')")
@@ -78,3 +79,38 @@ def test_unconvertible_op_is_a_step_failure_naming_the_op_and_where(write_model)
     assert "aten._linalg_det" in message
     assert "user_model.py:7 in forward" in message  # the torch.linalg.det line
     assert "onnxruntime or openvino" in message
+
+
+BN_AFTER_RELU = """
+def make():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+    model[2].running_mean.uniform_(0.0, 1.0)
+    model[2].running_var.uniform_(0.01, 2.0)
+    return model.eval(), {"x": torch.randn(1, 3, 6, 6)}
+"""
+
+
+def _op_types(path) -> list[str]:
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    return [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in model.subgraphs[0].operators]
+
+
+def test_a_batchnorm_no_conv_folds_converts_as_one_scale_and_shift(write_model):
+    source = load_model(write_model(BN_AFTER_RELU))
+    export = convert_to_tflite(source)
+    ops = _op_types(export.path)
+    assert ops.count("MUL") == 1 and ops.count("ADD") == 1 and "SUB" not in ops, ops  # not SUB, MUL, MUL, ADD
+    assert export.rewrites["batchnorm_as_scale_shift"] == ["2"] and "MUL and ADD" in export.rewrites["why"]
+    assert all(p["max_rel"] < PARITY_RTOL for p in export.parity), export.parity
+    assert isinstance(source.module[2], torch.nn.BatchNorm2d)  # the user's module is left as it was
+
+
+def test_a_batchnorm_after_a_conv_still_folds_into_it(write_model):
+    from tests.models import CNN
+
+    export = convert_to_tflite(load_model(write_model(CNN)))
+    assert export.rewrites["batchnorm_as_scale_shift"] == ["bn"]
+    assert sorted(_op_types(export.path)) == ["CONV_2D", "FULLY_CONNECTED", "MEAN", "TRANSPOSE", "TRANSPOSE"]
