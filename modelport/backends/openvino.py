@@ -242,12 +242,48 @@ def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.nda
                 for k, m in (("fp32", float_model), ("int8", int8_model))}
     ms = {k: min(v) for k, v in interleaved_rounds({k: r.infer for k, r in requests.items()}, bound, 5, 3.0).items()}
     speedup = ms["fp32"] / ms["int8"]
+    kernels = {k: compute_kernels(core, name, m, bound) for k, m in (("fp32", float_model), ("int8", int8_model))}
     out = {"fp32_ms": round(ms["fp32"], 4), "int8_ms": round(ms["int8"], 4), "speedup": round(speedup, 3),
-           "threads": 2, "how": "best of 5 interleaved rounds of median run time, at build time", "warning": None}
+           "threads": 2, "how": "best of 5 interleaved rounds of median run time, at build time", "kernels": kernels,
+           "warning": None}
     if speedup < SLOWER_THAN_FP32:
         out["warning"] = (f"INT8 does not pay here: {ms['int8']:.3f} ms against {ms['fp32']:.3f} ms for the float IR "
-                          f"(2 threads, the example inputs); build fp32 for this model on this machine.")
+                          f"(2 threads, the example inputs){_generic_int8_gemm(kernels)}; build fp32 for this model on "
+                          "this machine.")
     return out
+
+
+def compute_kernels(core: Any, device: str, model: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """The kernel the plugin ran for each compute layer type, read from one profiled inference of `feeds`: which
+    implementation (brgemm, MLAS, oneDNN's generic jit_gemm) and its share of the run, per `type/implementation`.
+    The IR says a layer is INT8; only the plugin's profile says whether the INT8 kernel it picked is a fast one."""
+    request = core.compile_model(model, device, {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
+                                                 "PERF_COUNT": True}).create_infer_request()
+    request.infer(dict(feeds))
+    profile = [p for p in request.get_profiling_info() if p.status.name == "EXECUTED"]
+    total = sum(p.real_time.total_seconds() for p in profile) or 1.0
+    found: dict[str, dict[str, Any]] = {}
+    for p in profile:
+        if p.node_type in _RUNTIME_COMPUTE or p.node_type.startswith("FullyConnected"):
+            entry = found.setdefault(f"{p.node_type}/{p.exec_type}", {"layers": 0, "share": 0.0})
+            entry["layers"] += 1
+            entry["share"] += p.real_time.total_seconds() / total
+    return {k: {"layers": v["layers"], "share": round(v["share"], 3)} for k, v in sorted(found.items())}
+
+
+def _generic_int8_gemm(kernels: Mapping[str, Mapping[str, Any]]) -> str:
+    """Why INT8 is slow, where the profile shows it: INT8 layers on oneDNN's generic GEMM (seen on AVX2 without
+    VNNI, where FP32 layers get brgemm or MLAS kernels and run about as fast)."""
+    generic = {k: v for k, v in kernels["int8"].items()
+               if "jit_gemm" in k.split("/")[1].lower() and k.lower().endswith(("_i8", "_u8"))}
+    if not generic:
+        return ""
+    layers = sum(v["layers"] for v in generic.values())
+    share = sum(v["share"] for v in generic.values())
+    fp32 = ", ".join(sorted({k.split("/")[1] for k in kernels["fp32"]}))
+    return (f": OpenVINO runs {layers} INT8 layers ({share:.0%} of the run) on its generic INT8 GEMM "
+            f"({', '.join(sorted({k.split('/')[1] for k in generic}))}) on this CPU, no faster than the float IR's "
+            f"{fp32} kernels")
 
 
 def _first_line(exc: BaseException) -> str:
