@@ -127,6 +127,8 @@ class OpenVinoBackend(Backend):
                     if opts["measure"]:
                         with progress.stage("latency check"):
                             info["latency"] = _int8_vs_float(float_model, model, feeds, opts["device"])
+                        if info["latency"]["warning"]:
+                            info["warning"] = info["latency"]["warning"]  # printed by the build, as on ORT, TFLite
                 elif precision == "int8-dynamic":
                     with progress.stage("compress weights"):
                         model, info = _compress_weights(model, opts["exclude"])
