@@ -388,3 +388,20 @@ def test_a_slow_int8_warning_names_the_generic_int8_gemm_where_the_profile_shows
     assert _generic_int8_gemm(fast) == ""
     why = _generic_int8_gemm(slow)
     assert "2 INT8 layers (80% of the run)" in why and "jit_gemm_I8" in why and "brgemm_avx2_f32" in why
+
+
+def test_int8_matmuls_run_as_convolutions_only_where_the_plugin_gives_those_a_faster_int8_kernel(build_digits,
+                                                                                                digits_test_data):
+    details = Artifact.open(build_digits("int8")).details
+    layout = details["fc_as_conv"]
+    fc_kernels = layout["kernels"]["fully_connected"]
+    generic_fc = any(k.startswith("FullyConnected") and "jit_gemm" in k for k in fc_kernels)
+    assert layout["layers"] == 2  # both classifier MatMuls qualify
+    assert (layout["chosen"] == "convolution") == generic_fc  # on this CPU, decided by the kernels read back
+    if layout["chosen"] == "convolution":
+        assert "FullyConnected" not in details["runtime"]["int8_by_type"]
+    off = build_digits("int8", fc_as_conv="off")
+    assert Artifact.open(off).details["fc_as_conv"] == {"chosen": "fully_connected", "reason": "fc_as_conv=off"}
+    images, _ = digits_test_data
+    with load_artifact(build_digits("int8"), threads=2) as a, load_artifact(off, threads=2) as b:
+        assert cosine(a.run({"x": images})["output"], b.run({"x": images})["output"]) > 0.9999
