@@ -98,8 +98,18 @@ class _Encoder(nn.Module):
 
 def bert_base(seq: int = 128) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """BERT-base (12 layers, hidden 768) at sequence 128, with a padded example so masks are exercised."""
+    return _bert(BertConfig(), seq)
+
+
+def minilm_l6(seq: int = 32) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The 6-layer sentence-encoder shape (hidden 384, 12 heads, FFN 1536: all-MiniLM-L6-v2's config), about
+    0.34 GMAC at sequence 32: issue 21's "trained 6-layer encoder" in shape, random weights (speed only)."""
+    return _bert(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536), seq)
+
+
+def _bert(config: BertConfig, seq: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     _seeded()
-    model = BertModel(BertConfig(), add_pooling_layer=False).eval()
+    model = BertModel(config, add_pooling_layer=False).eval()
     ids = torch.randint(1000, 20000, (1, seq))
     mask = torch.ones(1, seq, dtype=torch.int64)
     mask[0, seq * 3 // 4:] = 0

@@ -1,9 +1,10 @@
-"""Transformer fusions and INT8 on a BERT-base-shaped encoder (random weights from a transformers config):
+"""Transformer fusions and INT8 on a BERT-base-shaped encoder, or the 6-layer MiniLM shape with `--model minilm_l6`
+(random weights from a transformers config):
 FP32 and INT8 latency per runtime, fused against unfused, beside Hugging Face Optimum's own path, and each
 row's share of the machine's measured matrix-multiply peak.
 
-    python -m benchmarks.transformers [--shapes 1x32,8x32,1x128,8x128] [--rounds 5] [--budget 20]
-                                      [--rows "ort int8,ort int8-dynamic"]
+    python -m benchmarks.transformers [--model bert_base|minilm_l6] [--shapes 1x32,8x32,1x128,8x128] [--rounds 5]
+                                      [--budget 20] [--rows "ort int8,ort int8-dynamic"]
 
 Rows: modelport's ONNX Runtime FP32 / static INT8 / dynamic INT8 with and without fusions (`fusions=off` is
 what modelport built before), OpenVINO FP32 and INT8, and Optimum's export optimized by `ORTOptimizer` at
@@ -15,7 +16,7 @@ MatMulInteger, 20 in a turn, benchmarks/peak.py) takes its turn in the same roun
 median of per-round shares under the same load, not a ratio to a peak measured at another moment. `--rows`
 builds and times a subset (ORT FP32, the reference of every ratio, always among them). Fidelity is the mean
 per-sample cosine to PyTorch FP32 on padded token batches: random weights, so it speaks to speed only.
-Writes benchmarks/results/transformers-<machine>-<date>.{md,json}.
+Writes benchmarks/results/transformers-<machine>-<date>.{md,json} (transformers-minilm_l6-... for that model).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from benchmarks.run_suite import write_dated_results  # noqa: E402
 from modelport.similarity import mean_cosine  # noqa: E402
 
 THREADS = 2
-MODEL = "benchmarks.models:bert_base"
+MODELS = {"bert_base": "BERT-base shape", "minilm_l6": "6-layer MiniLM shape (hidden 384)"}
 DYNAMIC = ["input_ids:0=batch", "input_ids:1=seq", "attention_mask:0=batch", "attention_mask:1=seq"]
 QUICK = {"measure": "false", "analysis_samples": "16"}  # the benchmark times every row itself
 BUILDS = {  # row -> (backend, precision, options)
@@ -91,7 +92,7 @@ def optimum_rows(source: Any, work: Path, calib_size: int) -> tuple[dict[str, Pa
         return files, None
     if not python.is_file():
         return {}, f"no Optimum venv at {python} (make optimum-venv)"
-    hf = work / "hf-bert-base"
+    hf = work / "hf-model"
     next(m for m in source.module.modules() if hasattr(m, "save_pretrained")).save_pretrained(hf)  # the BertModel
     samples = _stack(list(token_batches(calib_size, seed=1)))
     samples["token_type_ids"] = np.zeros_like(samples["input_ids"])  # Optimum's BERT export takes them
@@ -167,12 +168,13 @@ def markdown(machine: dict[str, Any], rows: list[dict[str, Any]], fidelity: dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="bert_base")
     parser.add_argument("--shapes", type=lambda s: [tuple(map(int, x.split("x"))) for x in s.split(",")],
                         default=[(1, 32), (8, 32), (1, 128), (8, 128)], help="BATCHxSEQ,...")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per shape, all rows")
     parser.add_argument("--calib-size", type=int, default=32)
-    parser.add_argument("--work", type=Path, default=Path("bench-transformers"))
+    parser.add_argument("--work", type=Path, help="build folder (default: bench-transformers[-MODEL])")
     parser.add_argument("--rows", type=lambda s: [r.strip() for r in s.split(",")],
                         default=[*BUILDS, *OPTIMUM_ROWS], help="rows to build and time, comma-separated")
     args = parser.parse_args()
@@ -185,8 +187,9 @@ def main() -> None:
     from modelport.bundle import ModelBundle
     from modelport.machine import machine_summary
 
+    args.work = args.work or Path("bench-transformers" + ("" if args.model == "bert_base" else f"-{args.model}"))
     torch.set_num_threads(THREADS)
-    source = modelport.load_model(MODEL, dynamic=DYNAMIC)
+    source = modelport.load_model(f"benchmarks.models:{args.model}", dynamic=DYNAMIC)
     onnx_path = ModelBundle(source).onnx_path
     paths, build_seconds = build_rows(source, args.work, args.calib_size,
                                       [REFERENCE, *(r for r in BUILDS if r in args.rows and r != REFERENCE)])
@@ -205,7 +208,8 @@ def main() -> None:
     details = {row: json.loads((path / "manifest.json").read_text()).get("details", {}) for row, path in paths.items()}
     machine = machine_summary()
     table = markdown(machine, rows, fidelity, peaks, notes, args)
-    path = write_dated_results("transformers", "Transformer fusions and INT8: BERT-base shape, random weights",
+    name = "transformers" + ("" if args.model == "bert_base" else f"-{args.model}")
+    path = write_dated_results(name, f"Transformer fusions and INT8: {MODELS[args.model]}, random weights",
                                table, machine, {"settings": {k: str(v) for k, v in vars(args).items()},
                                                 "peaks": peaks, "fidelity": fidelity, "rows": rows,
                                                 "build_seconds": build_seconds,

@@ -16,6 +16,7 @@ pytest.importorskip("openvino", reason="the [openvino] extra (openvino) is not i
 pytest.importorskip("nncf", reason="the [openvino] extra (nncf) is not installed")
 
 from modelport.artifact import Artifact
+from modelport.backends.openvino import _generic_int8_gemm
 from modelport.backends.probes import GUARD_MARGIN_DB
 from modelport.backends.saturation import int8_saturates
 from modelport.builder import build_artifact
@@ -367,3 +368,40 @@ def test_bert_int8_chooses_the_transformer_scheme_and_keeps_cosine_to_fp32(build
     feeds = token_batch(16, 16, seed=3)
     with load_artifact(build_bert("fp32")) as ref_runner, load_artifact(build_bert("int8")) as runner:
         assert cosine(runner.run(feeds)["output"], ref_runner.run(feeds)["output"]) >= 0.99
+
+
+def test_the_latency_check_reads_back_which_kernel_each_precision_ran(build_digits):
+    details = Artifact.open(build_digits("int8")).details
+    assert details.get("warning") == details["latency"]["warning"]  # a slow INT8 is the warning the build prints
+    kernels = details["latency"]["kernels"]
+    assert set(kernels) == {"fp32", "int8"}
+    for found in kernels.values():
+        assert sum(v["layers"] for v in found.values()) == 4  # the digits CNN's two convs and two FCs
+        assert 0 < sum(v["share"] for v in found.values()) <= 1
+    assert all(k.lower().endswith(("i8", "u8")) for k in kernels["int8"])  # the INT8 IR's layers run INT8 kernels
+
+
+def test_a_slow_int8_warning_names_the_generic_int8_gemm_where_the_profile_shows_it():
+    fast = {"fp32": {"FullyConnected/brgemm_avx2_f32": {"layers": 2, "share": 0.9}},
+            "int8": {"FullyConnected/brgemm_avx2_vnni_I8": {"layers": 2, "share": 0.8}}}
+    slow = {**fast, "int8": {"FullyConnected/jit_gemm_I8": {"layers": 2, "share": 0.8}}}
+    assert _generic_int8_gemm(fast) == ""
+    why = _generic_int8_gemm(slow)
+    assert "2 INT8 layers (80% of the run)" in why and "jit_gemm_I8" in why and "brgemm_avx2_f32" in why
+
+
+def test_int8_matmuls_run_as_convolutions_only_where_the_plugin_gives_those_a_faster_int8_kernel(build_digits,
+                                                                                                digits_test_data):
+    details = Artifact.open(build_digits("int8")).details
+    layout = details["fc_as_conv"]
+    fc_kernels = layout["kernels"]["fully_connected"]
+    generic_fc = any(k.startswith("FullyConnected") and "jit_gemm" in k for k in fc_kernels)
+    assert layout["layers"] == 2  # both classifier MatMuls qualify
+    assert (layout["chosen"] == "convolution") == generic_fc  # on this CPU, decided by the kernels read back
+    if layout["chosen"] == "convolution":
+        assert "FullyConnected" not in details["runtime"]["int8_by_type"]
+    off = build_digits("int8", fc_as_conv="off")
+    assert Artifact.open(off).details["fc_as_conv"] == {"chosen": "fully_connected", "reason": "fc_as_conv=off"}
+    images, _ = digits_test_data
+    with load_artifact(build_digits("int8"), threads=2) as a, load_artifact(off, threads=2) as b:
+        assert cosine(a.run({"x": images})["output"], b.run({"x": images})["output"]) > 0.9999

@@ -7,7 +7,9 @@ it also builds NNCF at its own defaults and, on graphs with attention, the QDQ m
 to FP32 on probe inputs. Weights get 7 bits where this CPU's 8-bit kernels saturate (x86 without VNNI: NNCF's
 overflow fix, the QDQ pass's reduce_range). int8-dynamic is NNCF's weight-only INT8. Each build compiles its IR
 once on this machine and records what the plugin will really run (inference precision, how many layers run INT8
-kernels), since OpenVINO decides that at load.
+kernels), since OpenVINO decides that at load. Where the plugin's INT8 FullyConnected kernel is its generic GEMM
+and a 1x1 convolution's is not (x86 without VNNI), INT8 MatMuls are laid out as convolutions (`fc_as_conv`,
+backends/openvino_fc_conv.py), decided from the kernels the plugin reports for both layouts.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,7 @@ import numpy as np
 
 from modelport import progress
 from modelport.backends.base import SLOWER_THAN_FP32, Backend, Recipe, Runner, RuntimeOp
+from modelport.backends.openvino_fc_conv import CONV_SUFFIX, rewrite_int8_matmuls
 from modelport.backends.probes import GUARD_MARGIN_DB, closest, probe_feeds
 from modelport.backends.saturation import int8_saturates
 from modelport.errors import BadInput, StepFailed, Unavailable
@@ -96,6 +99,10 @@ class OpenVinoBackend(Backend):
                "op types.", default=(), parse=parse_list, precisions=("int8", "int8-dynamic")),
         Option(name="measure", help="Time the int8 IR against its float IR at build time, and say so when INT8 does "
                "not pay.", default=True, parse=parse_bool, precisions=("int8",)),
+        Option(name="fc_as_conv", help="Run INT8 MatMuls with constant weights as 1x1 convolutions: auto does where "
+               "the CPU plugin's INT8 FullyConnected kernel is its generic GEMM and the convolution's is not (x86 "
+               "without VNNI); on or off.", default="auto", parse=str.lower, choices=("auto", "on", "off"),
+               precisions=("int8",)),
         *(_qdq_only(name) for name in QDQ_ONLY),
     )
 
@@ -115,6 +122,7 @@ class OpenVinoBackend(Backend):
             if precision == "int8" and opts["source"] == "qdq":
                 assert calibration is not None  # build_artifact demands it for int8
                 model, info = _from_qdq(bundle.onnx_path, recipe, calibration, _overflow_fix(opts))
+                model, info["fc_as_conv"] = _fc_layout(model, opts, feeds)
             else:
                 onnx_path, details["attention"] = _sdpa_ready(bundle.onnx_path, feeds, Path(tmp))
                 with progress.stage("convert"):
@@ -124,9 +132,13 @@ class OpenVinoBackend(Backend):
                     assert calibration is not None  # build_artifact demands it for int8
                     float_model = model.clone()
                     model, info = _int8(model, onnx_path, recipe, calibration, feeds)
+                    with progress.stage("int8 layout"):
+                        model, info["fc_as_conv"] = _fc_layout(model, opts, feeds)
                     if opts["measure"]:
                         with progress.stage("latency check"):
                             info["latency"] = _int8_vs_float(float_model, model, feeds, opts["device"])
+                        if info["latency"]["warning"]:
+                            info["warning"] = info["latency"]["warning"]  # printed by the build, as on ORT, TFLite
                 elif precision == "int8-dynamic":
                     with progress.stage("compress weights"):
                         model, info = _compress_weights(model, opts["exclude"])
@@ -242,12 +254,88 @@ def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.nda
                 for k, m in (("fp32", float_model), ("int8", int8_model))}
     ms = {k: min(v) for k, v in interleaved_rounds({k: r.infer for k, r in requests.items()}, bound, 5, 3.0).items()}
     speedup = ms["fp32"] / ms["int8"]
+    kernels = {k: compute_kernels(core, name, m, bound) for k, m in (("fp32", float_model), ("int8", int8_model))}
     out = {"fp32_ms": round(ms["fp32"], 4), "int8_ms": round(ms["int8"], 4), "speedup": round(speedup, 3),
-           "threads": 2, "how": "best of 5 interleaved rounds of median run time, at build time", "warning": None}
+           "threads": 2, "how": "best of 5 interleaved rounds of median run time, at build time", "kernels": kernels,
+           "warning": None}
     if speedup < SLOWER_THAN_FP32:
         out["warning"] = (f"INT8 does not pay here: {ms['int8']:.3f} ms against {ms['fp32']:.3f} ms for the float IR "
-                          f"(2 threads, the example inputs); build fp32 for this model on this machine.")
+                          f"(2 threads, the example inputs){_generic_int8_gemm(kernels)}; build fp32 for this model on "
+                          "this machine.")
     return out
+
+
+def compute_kernels(core: Any, device: str, model: Any, feeds: Mapping[str, np.ndarray],
+                    layers: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The kernel the plugin ran for each compute layer type, read from one profiled inference of `feeds`: which
+    implementation (brgemm, MLAS, oneDNN's generic jit_gemm) and its share of the run, per `type/implementation`
+    (of the runtime layers named in `layers`, where given).
+    The IR says a layer is INT8; only the plugin's profile says whether the INT8 kernel it picked is a fast one."""
+    request = core.compile_model(model, device, {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
+                                                 "PERF_COUNT": True}).create_infer_request()
+    request.infer(dict(feeds))
+    profile = [p for p in request.get_profiling_info() if p.status.name == "EXECUTED"]
+    total = sum(p.real_time.total_seconds() for p in profile) or 1.0
+    found: dict[str, dict[str, Any]] = {}
+    for p in profile:
+        if (p.node_type in _RUNTIME_COMPUTE or p.node_type.startswith("FullyConnected")) and (
+                layers is None or p.node_name in layers):
+            entry = found.setdefault(f"{p.node_type}/{p.exec_type}", {"layers": 0, "share": 0.0})
+            entry["layers"] += 1
+            entry["share"] += p.real_time.total_seconds() / total
+    return {k: {"layers": v["layers"], "share": round(v["share"], 3)} for k, v in sorted(found.items())}
+
+
+def _fc_layout(model: Any, opts: Mapping[str, Any], feeds: Mapping[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
+    """The INT8 IR with its MatMuls as 1x1 convolutions where that gets a faster INT8 kernel, and why: decided
+    from the kernels the plugin really picks for both layouts (one profiled inference each), not from the CPU's
+    name, so a CPU whose FullyConnected has a fast INT8 kernel keeps it."""
+    import openvino as ov
+
+    if opts["fc_as_conv"] == "off":
+        return model, {"chosen": "fully_connected", "reason": "fc_as_conv=off"}
+    if opts["device"] != "cpu" and opts["fc_as_conv"] == "auto":
+        return model, {"chosen": "fully_connected", "reason": f"auto: the kernels compared are the CPU plugin's, "
+                                                             f"not device={opts['device']}'s"}
+    convs = model.clone()
+    rewritten = rewrite_int8_matmuls(convs)
+    if not rewritten:
+        return model, {"chosen": "fully_connected", "reason": "no INT8 MatMul with constant int8 weights"}
+    if opts["fc_as_conv"] == "on":
+        return convs, {"chosen": "convolution", "layers": len(rewritten), "reason": "fc_as_conv=on"}
+    core = ov.Core()
+    bound = {k: np.asarray(v) for k, v in feeds.items()}
+    kernels = {"fully_connected": compute_kernels(core, "CPU", model, bound),
+               "convolution": compute_kernels(core, "CPU", convs, bound, {n + CONV_SUFFIX for n in rewritten})}
+    slow_fc = [k for k in kernels["fully_connected"] if k.startswith("FullyConnected") and _generic(k)]
+    fast_conv = [k for k in kernels["convolution"] if k.lower().endswith(("_i8", "_u8")) and not _generic(k)]
+    out = {"layers": len(rewritten), "kernels": kernels}
+    if slow_fc and fast_conv:
+        return convs, {"chosen": "convolution", **out,
+                       "reason": f"auto: INT8 FullyConnected runs on the generic GEMM here ({', '.join(slow_fc)}), "
+                                 f"1x1 convolutions on {', '.join(fast_conv)}"}
+    return model, {"chosen": "fully_connected", **out,
+                   "reason": "auto: " + ("the convolutions would not get a dedicated INT8 kernel either" if slow_fc
+                                         else "INT8 FullyConnected has a dedicated kernel here")}
+
+
+def _generic(kernel: str) -> bool:
+    """Whether a `type/implementation` key is oneDNN's generic INT8 GEMM."""
+    return "jit_gemm" in kernel.split("/")[1].lower() and kernel.lower().endswith(("_i8", "_u8"))
+
+
+def _generic_int8_gemm(kernels: Mapping[str, Mapping[str, Any]]) -> str:
+    """Why INT8 is slow, where the profile shows it: INT8 layers on oneDNN's generic GEMM (seen on AVX2 without
+    VNNI, where FP32 layers get brgemm or MLAS kernels and run about as fast)."""
+    generic = {k: v for k, v in kernels["int8"].items() if _generic(k)}
+    if not generic:
+        return ""
+    layers = sum(v["layers"] for v in generic.values())
+    share = sum(v["share"] for v in generic.values())
+    fp32 = ", ".join(sorted({k.split("/")[1] for k in kernels["fp32"]}))
+    return (f": OpenVINO runs {layers} INT8 layers ({share:.0%} of the run) on its generic INT8 GEMM "
+            f"({', '.join(sorted({k.split('/')[1] for k in generic}))}) on this CPU, no faster than the float IR's "
+            f"{fp32} kernels")
 
 
 def _first_line(exc: BaseException) -> str:
