@@ -446,8 +446,9 @@ def _full_range_choice(choice: CpuChoice, o: Mapping[str, Any]) -> CpuChoice | N
     """Where this CPU's choice takes 7-bit weights against saturation and the user chose neither the weight range
     nor the types: the alternative that keeps all 8 bits without saturating (uint8 weights, for ORT's u8u8 kernels,
     which widen both operands to 16 bits instead of multiplying u8 by s8 with VPMADDUBSW), at some speed. None
-    where there is nothing to weigh."""
-    if not choice.reduce_range or o.get("reduce_range", "auto") != "auto" or o.get("quant_type", "auto") != "auto":
+    where there is nothing to weigh, and with a ranges file: QAT trained the weights on this CPU's grid."""
+    if (not choice.reduce_range or o.get("reduce_range", "auto") != "auto" or o.get("quant_type", "auto") != "auto"
+            or o.get("ranges_file") is not None):
         return None
     return CpuChoice("uint8", "uint8", False, "u8u8 with 8-bit weights: ORT's u8u8 kernels widen both operands to "
                      "16 bits, so all 8 bits of the weights stay exact; measured more faithful than this CPU's u8s8 "
