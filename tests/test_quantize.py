@@ -289,3 +289,19 @@ def test_the_op_making_a_graph_output_stays_float_so_the_output_is_not_rounded_t
     x = {"x": rng.standard_normal((64, 32)).astype(np.float32)}
     ref = _run(onnx_path, x)
     assert array_sqnr_db(ref, _run(result.path, x)) > array_sqnr_db(ref, _run(rounded.path, x))
+
+
+def test_an_entry_whose_algorithms_leave_the_model_as_another_did_takes_its_ranges(write_model, tmp_path, monkeypatch):
+    source = load_model(write_model(SIGMOID_HEAD), dynamic=["x:0=batch"])
+    data = np.random.default_rng(1).standard_normal((48, 32)).astype(np.float32)
+    calibration = CalibrationSet.from_arrays({"x": data}, source.inputs)
+    onnx_path = ModelBundle(source).onnx_path
+    first = write_qdq_model(onnx_path, calibration, tmp_path / "a.onnx", fidelity_target=None)
+    spy = CountingCalibrator(monkeypatch)
+    # CLE (auto) reads the weight settings, so 7-bit weights are another entry; with no chain to equalize, the
+    # prepared model is the same and so are its ranges
+    second = write_qdq_model(onnx_path, calibration, tmp_path / "b.onnx", reduce_range=True, fidelity_target=None)
+    assert second.cache_key != first.cache_key and second.from_cache and not first.from_cache
+    assert spy.calls == 0 and second.samples_seen == 48
+    entries = [cache_dir() / "qdq" / r.cache_key / "ranges.json" for r in (first, second)]
+    assert entries[0].read_text() == entries[1].read_text()
