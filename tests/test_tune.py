@@ -21,14 +21,11 @@ from modelport.errors import BadInput
 from modelport.model import load_model
 from modelport.tune import parse_budget, search
 from modelport.tune.budget import check_applies
-from tests.outlier import NO_CLE, normal
+from tests.outlier import ORT_7_BIT, normal
 
 cli = CliRunner()
 BUDGET = "cos>=0.9999"  # full INT8 reaches about 0.9991 on ORT, keeping `head` in float about 0.99992
 PLANTED = {"node_conv2d_1", "node_relu", "node_conv2d_2"}  # wide, act (folded into wide), head: what reads the outlier
-# ORT's 7-bit u8s8 weights, pinned: where the CPU saturates, the int8 build's fidelity guard would otherwise take u8u8
-# with 8-bit weights, whose full INT8 already meets the budget here (the search would have nothing to do)
-ORT_7_BIT = {**NO_CLE, "quant_type": "u8s8", "reduce_range": "true"}
 
 
 def data(outlier_source, n: int, seed: int) -> CalibrationSet:
