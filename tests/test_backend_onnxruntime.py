@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from modelport.backends.onnxruntime import SLOWER_THAN_FP32, cpu_choice
+from modelport.backends.probes import GUARD_MARGIN_DB
 from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
@@ -280,3 +281,25 @@ def test_cli_builds_an_onnxruntime_artifact(tmp_path):
     assert manifest["backend"] == "onnxruntime" and manifest["recipe"]["options"]["method"] == "entropy"
     assert manifest["details"]["calibration"]["samples_seen"] == 120
     assert (out / "model.onnx").is_file() and "onnxruntime int8" in result.output
+
+
+def test_static_int8_keeps_the_closer_of_7_bit_u8s8_and_8_bit_u8u8_where_the_cpu_saturates(models, built):
+    import onnx.numpy_helper
+
+    artifact, _ = built("digits", "int8")
+    details = artifact.details
+    weights = {onnx.numpy_helper.to_array(i).dtype for i in onnx.load(str(artifact.main_file)).graph.initializer
+               if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(i.dims) > 1}
+    if not cpu_choice().reduce_range:  # VNNI or ARM: 8-bit weights do not saturate, nothing to weigh
+        assert "fidelity_guard" not in details and weights == {np.dtype(np.int8)}
+        return
+    guard = details["fidelity_guard"]
+    scores = guard["sqnr_db"]
+    assert set(scores) == {"cpu_choice", "full_range"} and guard["samples"] == 64
+    expected = "full_range" if scores["full_range"] > scores["cpu_choice"] + GUARD_MARGIN_DB else "cpu_choice"
+    assert guard["chosen"] == expected
+    chosen = {"full_range": ("u8u8", False, np.uint8), "cpu_choice": ("u8s8", True, np.int8)}[expected]
+    assert (details["cpu_choice"]["quant_type"], details["cpu_choice"]["reduce_range"]) == chosen[:2]
+    assert weights == {np.dtype(chosen[2])}
+    user = built("digits", "int8", reduce_range="true")[0].details
+    assert "fidelity_guard" not in user and "reduce_range=True chosen by the user" in user["cpu_choice"]["reason"]

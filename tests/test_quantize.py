@@ -17,7 +17,7 @@ from modelport.model import load_model
 from modelport.ort_session import ort_session
 from modelport.quantize import write_qdq_model
 from modelport.quantize.algorithms.bias_correction import BiasCorrectionOptions
-from modelport.similarity import mean_cosine
+from modelport.similarity import array_sqnr_db, mean_cosine
 
 ATTENTION = '''
 import math
@@ -125,6 +125,23 @@ class CountingCalibrator:
             return real(calibrator, Counted())
 
         monkeypatch.setattr(MinMaxCalibrater, "collect_data", collect_data)
+
+SIGMOID_HEAD = '''
+class Head(nn.Module):
+    """A layer and the sigmoid that makes the model's output, as a multi-label or pitch head ends."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(32, 64)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x))
+
+
+def make():
+    return Head().eval(), (torch.randn(4, 32),)
+'''
 
 
 def _run(path, feeds):
@@ -256,3 +273,35 @@ def test_float_fallback_that_does_not_pay_for_its_speed_is_dropped(write_model, 
     assert result.fidelity["cosine"] == rounds[0]["cosine"] and not result.fidelity["met"]
     assert result.kept_float == [] and result.quantized["Gemm"] == 8
     assert "spread across the network" in result.fidelity["why_unmet"]
+
+
+def test_the_op_making_a_graph_output_stays_float_so_the_output_is_not_rounded_to_8_bits(write_model, tmp_path):
+    source = load_model(write_model(SIGMOID_HEAD), dynamic=["x:0=batch"])
+    rng = np.random.default_rng(0)
+    calibration = CalibrationSet.from_arrays({"x": rng.standard_normal((64, 32)).astype(np.float32)}, source.inputs)
+    onnx_path = ModelBundle(source).onnx_path
+    result = write_qdq_model(onnx_path, calibration, tmp_path / "q.onnx", fidelity_target=None)
+    assert [(k["op_type"], k["rule"]) for k in result.kept_float] == [("Sigmoid", "graph-output")]
+    assert {"Gemm", "MatMul"} & set(result.quantized)  # the layer before it still runs in int8
+    graph = onnx.load(str(result.path)).graph
+    assert next(n.op_type for n in graph.node if n.output[0] == graph.output[0].name) == "Sigmoid"
+    rounded = write_qdq_model(onnx_path, calibration, tmp_path / "r.onnx", fidelity_target=None, auto_exclude=False)
+    x = {"x": rng.standard_normal((64, 32)).astype(np.float32)}
+    ref = _run(onnx_path, x)
+    assert array_sqnr_db(ref, _run(result.path, x)) > array_sqnr_db(ref, _run(rounded.path, x))
+
+
+def test_an_entry_whose_algorithms_leave_the_model_as_another_did_takes_its_ranges(write_model, tmp_path, monkeypatch):
+    source = load_model(write_model(SIGMOID_HEAD), dynamic=["x:0=batch"])
+    data = np.random.default_rng(1).standard_normal((48, 32)).astype(np.float32)
+    calibration = CalibrationSet.from_arrays({"x": data}, source.inputs)
+    onnx_path = ModelBundle(source).onnx_path
+    first = write_qdq_model(onnx_path, calibration, tmp_path / "a.onnx", fidelity_target=None)
+    spy = CountingCalibrator(monkeypatch)
+    # CLE (auto) reads the weight settings, so 7-bit weights are another entry; with no chain to equalize, the
+    # prepared model is the same and so are its ranges
+    second = write_qdq_model(onnx_path, calibration, tmp_path / "b.onnx", reduce_range=True, fidelity_target=None)
+    assert second.cache_key != first.cache_key and second.from_cache and not first.from_cache
+    assert spy.calls == 0 and second.samples_seen == 48
+    entries = [cache_dir() / "qdq" / r.cache_key / "ranges.json" for r in (first, second)]
+    assert entries[0].read_text() == entries[1].read_text()

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from modelport.artifact import Artifact
 from modelport.backends import get_backend
+from modelport.backends.saturation import int8_saturates
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.cli import app
@@ -21,7 +22,7 @@ from modelport.errors import BadInput
 from modelport.model import load_model
 from modelport.tune import parse_budget, search
 from modelport.tune.budget import check_applies
-from tests.outlier import NO_CLE, normal
+from tests.outlier import NO_CLE, ORT_7_BIT, normal
 
 cli = CliRunner()
 BUDGET = "cos>=0.9999"  # full INT8 reaches about 0.9991 on ORT, keeping `head` in float about 0.99992
@@ -68,7 +69,7 @@ def test_the_cli_refuses_a_budget_before_any_slow_work(outlier_file):
 def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(outlier_source, tmp_path):
     out = tmp_path / "tuned"
     outcome = search(ModelBundle(outlier_source), "onnxruntime", out, parse_budget(BUDGET), data(outlier_source, 96, 0),
-                     evaluation=data(outlier_source, 24, 1), options=NO_CLE)
+                     evaluation=data(outlier_source, 24, 1), options=ORT_7_BIT)
     record = Artifact.open(out).manifest["tune"]
     first, chosen = record["candidates"][0], record["candidates"][record["chosen"]]
     assert outcome.met and record["status"] == "met" and Artifact.open(out).details["budget"] == "met"
@@ -78,6 +79,22 @@ def test_the_search_keeps_the_planted_layer_in_float_to_meet_the_budget(outlier_
     assert record["evaluation"]["samples"] == 24 and all(c["latency_ms"] for c in record["candidates"])
     assert len(record["candidates"]) <= 10 and not out.with_name("tuned.tune").exists()
     assert "route" not in record and "shared QDQ pass" in record["exclusion"]
+
+
+def test_where_the_default_int8_chose_fidelity_over_speed_the_faster_build_is_judged_and_ships_only_if_it_meets(
+        outlier_source, tmp_path):
+    if not int8_saturates()[0]:
+        pytest.skip("ONNX Runtime's int8 fidelity guard runs only where 8-bit weights saturate (x86 without VNNI)")
+    out = tmp_path / "tuned"
+    search(ModelBundle(outlier_source), "onnxruntime", out, parse_budget(BUDGET), data(outlier_source, 96, 0),
+           evaluation=data(outlier_source, 24, 1), options=NO_CLE)
+    record = Artifact.open(out).manifest["tune"]
+    default, faster = record["candidates"]  # the guard's u8u8 build met the budget: no layer search, one variant
+    assert default["met"] and default["options"] == {}
+    assert record["faster"]["options"] == faster["options"] == {"quant_type": "u8s8", "reduce_range": "true"}
+    met = [c for c in record["candidates"] if c["met"]]
+    assert record["candidates"][record["chosen"]] == min(met, key=lambda c: c["latency_ms"])  # the fastest that meets
+    assert faster["met"] or record["chosen"] == 0  # here 7-bit weights miss the 100x outlier: the faithful one ships
 
 
 # OpenVINO's default NNCF build misses it whatever is kept in NNCF's ignored scope (SQNR stays near 17 dB), so the

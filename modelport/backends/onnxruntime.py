@@ -8,7 +8,9 @@ What users meet with ORT's tools by hand, and what this backend does instead:
   kernel in the execution provider stay float32, found by asking the runtime, and listed.
 - INT8 static: the shared QDQ pass (`modelport/quantize/`) with activation/weight signedness and
   reduce_range chosen from the CPU's instruction set, an op set that has fast int8 kernels for this
-  kind of graph, range-wrecking tensors kept in float, and a latency check against FP32.
+  kind of graph, range-wrecking tensors kept in float, and a latency check against FP32. Where the CPU's
+  choice is 7-bit weights (x86 without VNNI), a fidelity guard also builds u8u8 with 8-bit weights (ORT's
+  u8u8 kernels do not saturate) and keeps the closer on calibration samples.
 - INT8 dynamic: MatMul/Gemm weights in int8 with activations quantized at run time, Conv only where it
   measured faster; a fidelity guard builds it as `quantize_dynamic`'s defaults would too and keeps the closer.
 """
@@ -57,6 +59,7 @@ CNN_INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu",
                 "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Resize", "Reshape", "Flatten", "Transpose",
                 "Squeeze", "Unsqueeze", "Pad", "Split", "Slice")
 TRANSFORMER_INT8_OPS = ("MatMul", "Gemm", "Conv")
+QUANT_TYPES = {"u8s8": ("uint8", "int8"), "s8s8": ("int8", "int8"), "u8u8": ("uint8", "uint8")}  # act, weight
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
              "tensor(bool)": np.bool_}
@@ -222,8 +225,9 @@ class OnnxRuntimeBackend(Backend):
         *QdqSettings.as_options(),  # the shared QDQ pass's knobs, declared in modelport/quantize/settings.py
         Option(name="per_channel", help="Quantize weights per output channel (measured slower with run-time "
                "activation quantization, hence off).", default=False, parse=parse_bool, precisions=("int8-dynamic",)),
-        Option(name="quant_type", help="Activation/weight signedness: auto (from the CPU), u8s8 or s8s8.",
-               default="auto", choices=("auto", "u8s8", "s8s8"), precisions=("int8",)),
+        Option(name="quant_type", help="Activation/weight signedness: auto (from the CPU, and where it takes 7-bit "
+               "weights the closer of it and u8u8 with 8-bit weights), u8s8, s8s8 or u8u8.", default="auto",
+               choices=("auto", *QUANT_TYPES), precisions=("int8",)),
         Option(name="reduce_range", help="7-bit weights: auto (from the CPU), true or false.", default="auto",
                parse=_tristate, choices=("auto", "true", "false"), precisions=("int8", "int8-dynamic")),
         Option(name="conv", help="Dynamic INT8 of Conv too: auto (only where it measures faster), true or false.",
@@ -257,7 +261,7 @@ class OnnxRuntimeBackend(Backend):
                     raise BadInput("Static int8 needs calibration data.",
                                    hint="Pass --calib SRC (file.npz, a directory, images:DIR, file.py:fn), or "
                                         "--calib synthetic for a latency-only build whose accuracy means nothing.")
-                details = _build_int8(start, out, o, calibration)
+                details = _build_int8(start, out, o, calibration, tmp)
             else:
                 with progress.stage("quantize"):
                     details = _build_int8_dynamic(start, out, o, tmp, bundle.source.example_feeds())
@@ -384,15 +388,29 @@ def _looks_like_transformer(model: onnx.ModelProto) -> bool:
     return any(n.op_type == "MatMul" and not constants & set(n.input) for n in model.graph.node)
 
 
-def _build_int8(src: Path, out: Path, o: Mapping[str, Any], calibration: CalibrationSet) -> dict[str, Any]:
+def _build_int8(src: Path, out: Path, o: Mapping[str, Any], calibration: CalibrationSet,
+                tmp: Path) -> dict[str, Any]:
     import onnx
 
-    choice = _cpu_choice_with(o)
     op_set = _op_set(onnx.load(str(src), load_external_data=False), o["op_types"])
-    settings = QdqSettings.from_options(
-        o, activation_type=choice.activation_type, weight_type=choice.weight_type, reduce_range=choice.reduce_range,
-        op_types=op_set.op_types, float_outputs=op_set.float_outputs, weights_only=op_set.weights_only)
-    result = write_qdq_model(src, calibration, out, settings)
+    candidates = {"cpu_choice": _cpu_choice_with(o)}
+    full = _full_range_choice(candidates["cpu_choice"], o)
+    if full is not None:
+        candidates["full_range"] = full
+    results = {}
+    for label, candidate in candidates.items():
+        settings = QdqSettings.from_options(
+            o, activation_type=candidate.activation_type, weight_type=candidate.weight_type,
+            reduce_range=candidate.reduce_range, op_types=op_set.op_types, float_outputs=op_set.float_outputs,
+            weights_only=op_set.weights_only)
+        results[label] = write_qdq_model(src, calibration, tmp / f"int8-{label}.onnx", settings)
+    guard = None
+    if len(results) > 1:
+        with progress.stage("fidelity guard"):
+            guard = _static_guard(src, {k: r.path for k, r in results.items()}, calibration, settings)
+    label = guard["chosen"] if guard else "cpu_choice"
+    choice, result = candidates[label], results[label]
+    os.replace(result.path, out)
     details = {
         "format": "QDQ",
         "cpu_choice": {"quant_type": choice.label, "reduce_range": choice.reduce_range, "reason": choice.reason},
@@ -417,17 +435,52 @@ def _build_int8(src: Path, out: Path, o: Mapping[str, Any], calibration: Calibra
         details["fidelity_warning"] = (f"Cosine to FP32 on calibration samples is {result.fidelity['cosine']}, under "
                                        f"the target {result.fidelity['target']}: "
                                        f"{result.fidelity['why_unmet']}.")
+    if guard:
+        details["fidelity_guard"] = guard
     if result.notes:
         details["notes"] = result.notes
     return details
+
+
+def _full_range_choice(choice: CpuChoice, o: Mapping[str, Any]) -> CpuChoice | None:
+    """Where this CPU's choice takes 7-bit weights against saturation and the user chose neither the weight range
+    nor the types: the alternative that keeps all 8 bits without saturating (uint8 weights, for ORT's u8u8 kernels,
+    which widen both operands to 16 bits instead of multiplying u8 by s8 with VPMADDUBSW), at some speed. None
+    where there is nothing to weigh, and with a ranges file: QAT trained the weights on this CPU's grid."""
+    if (not choice.reduce_range or o.get("reduce_range", "auto") != "auto" or o.get("quant_type", "auto") != "auto"
+            or o.get("ranges_file") is not None):
+        return None
+    return CpuChoice("uint8", "uint8", False, "u8u8 with 8-bit weights: ORT's u8u8 kernels widen both operands to "
+                     "16 bits, so all 8 bits of the weights stay exact; measured more faithful than this CPU's u8s8 "
+                     f"choice on calibration samples (the CPU's choice: {choice.reason})")
+
+
+def _static_guard(src: Path, built: Mapping[str, Path], calibration: CalibrationSet,
+                  settings: QdqSettings) -> dict[str, Any]:
+    """Choose between the CPU's 7-bit-weight u8s8 model and the 8-bit-weight u8u8 one by output SQNR against FP32 on
+    calibration samples: 7 bits double the weights' rounding step, u8u8 kernels are slower, and which costs more
+    fidelity depends on the model, so it is measured. Both share the activation ranges, so scoring on the samples
+    that made them favours neither."""
+    from modelport.quantize.ranges import analysis_batches
+
+    batches = list(analysis_batches(calibration, settings))
+    reference = _float_outputs(ort_session(src, threads=1), batches)
+    chosen, scores = closest(reference, {label: _float_outputs(ort_session(path, threads=1), batches)
+                                         for label, path in built.items()}, preferred="cpu_choice")
+    samples = sum(len(next(iter(b.values()))) for b in batches)
+    return {"sqnr_db": scores, "chosen": chosen, "samples": samples,
+            "how": f"output SQNR against ORT FP32 on {samples} calibration samples (analysis_samples); full_range "
+                   f"(u8u8, 8-bit weights) replaces the CPU's choice when {GUARD_MARGIN_DB} dB closer"}
 
 
 def _cpu_choice_with(o: Mapping[str, Any]) -> CpuChoice:
     choice = cpu_choice()
     act, weight, reduce_range, reason = choice.activation_type, choice.weight_type, choice.reduce_range, choice.reason
     if o.get("quant_type", "auto") != "auto":
-        act = "uint8" if o["quant_type"] == "u8s8" else "int8"
+        act, weight = QUANT_TYPES[o["quant_type"]]
         reason = f"{o['quant_type']} chosen by the user (this CPU would take {choice.label}: {choice.reason})"
+        if weight == "uint8":  # ORT's u8u8 kernels widen both operands to 16 bits: 8-bit weights do not saturate
+            reduce_range = False
     if o.get("reduce_range", "auto") != "auto":
         reduce_range = o["reduce_range"] == "true"
         reason += f"; reduce_range={reduce_range} chosen by the user"

@@ -1,6 +1,8 @@
 """The range cache: the prepared float model, ORT's ranges and what the analysis found, keyed by what they
 depend on (model hash, calibration fingerprint, method, pre-processing, enabled algorithms and their options),
-so that a second backend (OpenVINO, TensorRT) does not calibrate again."""
+so that a second backend (OpenVINO, TensorRT) does not calibrate again. The ranges alone are kept too, keyed by
+the prepared model's content: an entry whose algorithms left the model as another's did (CLE in auto mode reads
+the weight settings, and often keeps no chain) takes that one's ranges instead of calibrating again."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelport.errors import StepFailed, os_error
+from modelport.errors import ModelportError, StepFailed, os_error
 from modelport.machine import cache_dir
 from modelport.quantize.algorithms import AlgorithmRun, enabled_algorithms
 from modelport.quantize.files import write_json_atomic
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 CACHE_VERSION = 2  # 2: the record holds each algorithm's changes under "algorithms"
 PREPARED, RANGES, RECORD = "prepared.onnx", "ranges.json", "record.json"
+RANGES_ONLY = "qdq-ranges"  # beside "qdq": ranges by prepared-model content
 
 
 def model_hash(path: Path) -> str:
@@ -95,6 +98,40 @@ class Entry:
             self.record["sqnr"][variant] = found
             write_json_atomic(self.folder / RECORD, self.record)
         return found
+
+
+def ranges_key(prepared: Path, calibration: CalibrationSet, settings: QdqSettings, size: int | None) -> str:
+    """What calibrated ranges depend on: the prepared model's content, the data, the method and the batching."""
+    return cache_key({"prepared": model_hash(prepared), "calibration": calibration.fingerprint,
+                      "method": settings.method,
+                      "percentile": settings.percentile if settings.method == "percentile" else None,
+                      "batch_size": size,  # histogram methods also probe sentinel ranges on the analysis samples
+                      "analysis_samples": None if settings.method == "minmax" else settings.analysis_samples,
+                      "version": CACHE_VERSION})
+
+
+def lookup_ranges(key: str) -> tuple[Path, dict[str, Any]] | None:
+    """Ranges calibrated before for the same prepared model, data and method, and what that pass measured."""
+    folder = cache_dir() / RANGES_ONLY / key
+    if (folder / RANGES).is_file() and (folder / RECORD).is_file():
+        return folder / RANGES, json.loads((folder / RECORD).read_text())
+    return None
+
+
+def store_ranges(key: str, ranges: Path, measured: dict[str, Any]) -> None:
+    """Keep calibrated ranges under `ranges_key`; best effort, as a miss only costs a later calibration."""
+    folder = cache_dir() / RANGES_ONLY / key
+    try:
+        ensure_dir(folder.parent)
+        staging = make_sibling_dir(folder, "writing")
+    except (OSError, ModelportError):  # no writable cache: store() says so
+        return
+    try:
+        shutil.copyfile(ranges, staging / RANGES)
+        write_json_atomic(staging / RECORD, measured)
+        staging.rename(folder)
+    except OSError:  # a full disk, or another process stored the same ranges first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def lookup(key: str) -> Entry | None:

@@ -1,5 +1,6 @@
 """What stays in float and why: the user's exclusions, and the automatic rules for tensors that wreck 8-bit
-ranges (mask adds, softmax inputs, normalization, sentinel-sized ranges) or measure a low SQNR.
+ranges (mask adds, softmax inputs, normalization, sentinel-sized ranges) or measure a low SQNR, and for the
+op that makes a graph output (its int8 output would only round what the user reads).
 
 Every decision is a (rule, reason) pair that the result lists per node.
 """
@@ -73,6 +74,7 @@ def automatic_float(graph: Graph, by_algorithms: Mapping[str, Why], ranges: Any,
                                "context): quantizing them adds two QuantizeLinear passes and error for a small product")
     if settings.auto_exclude:
         found.update({n: r for n, r in _range_wreckers(graph, ranges, candidates).items() if n not in found})
+        found.update({n: r for n, r in _graph_outputs(graph, candidates).items() if n not in found})
         rest = candidates - set(kept) - set(found)
         found.update(_low_sqnr(graph, sqnr, rest))
     return found
@@ -107,6 +109,17 @@ def _range_wreckers(graph: Graph, ranges: Any, candidates: set[str]) -> dict[str
                               "constant: its 8-bit step would erase every ordinary value beside it")
                 break
     return kept
+
+
+def _graph_outputs(graph: Graph, candidates: set[str]) -> dict[str, Why]:
+    """Non-compute ops (a final Sigmoid, Add, Reshape) whose output is a graph output: in int8 that output is rounded
+    to 256 levels and nothing downstream gains, while a float one reads its quantized inputs all the same. Conv,
+    MatMul and Gemm stay int8, as their kernels pay for themselves."""
+    outputs = {o.name for o in graph.model.graph.output}
+    return {name: ("graph-output", "its output is a graph output: an int8 one would add a rounding step to what "
+                   "the user reads, for no int8 op downstream")
+            for name in sorted(candidates)
+            if graph.nodes[name].op_type not in COMPUTE_OPS and outputs & set(graph.nodes[name].output)}
 
 
 def _low_sqnr(graph: Graph, sqnr: Mapping[str, float], candidates: set[str]) -> dict[str, Why]:

@@ -36,7 +36,8 @@ class QdqSettings(Declared):
     exclude: tuple[str, ...] = setting((), "Node names or op types to keep in float (comma-separated).", names,
                                        precisions=INT8_AND_DYNAMIC)
     auto_exclude: bool = setting(True, "Keep range-wrecking tensors in float: mask adds, softmax inputs, "
-                                 "normalization, ranges far wider than their neighbours'.", parse_bool)
+                                 "normalization, ranges far wider than their neighbours'; and the non-compute op "
+                                 "that makes a graph output.", parse_bool)
     fidelity_target: float | None = setting(0.99, "Cosine to FP32 on calibration samples under which more stays "
                                             "float; 0 disables.", fraction, key="fidelity")
     analysis_samples: int = setting(ANALYSIS_SAMPLES, "Calibration samples that the per-tensor noise analysis, "

@@ -3,6 +3,7 @@ from the cache), decide what stays in float, quantize, guard fidelity, write ato
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -21,7 +22,7 @@ from modelport.quantize.files import atomic_copy
 from modelport.quantize.graph import Graph, candidate_types, candidates, precision_counts
 from modelport.quantize.ort_tools import static_quantizer
 from modelport.quantize.prepare import prepare
-from modelport.quantize.ranges import calibrate
+from modelport.quantize.ranges import batch_size, calibrate
 from modelport.quantize.rules import automatic_float, resolve_exclude
 from modelport.quantize.settings import QdqSettings
 
@@ -150,12 +151,19 @@ def _calibrated(onnx_path: Path, calibration: CalibrationSet, settings: QdqSetti
     with progress.stage("prepare"):
         how = prepare(onnx_path, prepared, settings.preprocess)
         runs = apply_algorithms(prepared, calibration, settings)
-    with progress.stage("calibrate"):
-        measured = calibrate(prepared, calibration, settings, work / cache.RANGES, tmp)
+    ranges_key = cache.ranges_key(prepared, calibration, settings, batch_size(calibration, settings.batch_size))
+    found = cache.lookup_ranges(ranges_key)
+    if found is not None:  # the algorithms left the model as an earlier entry's: its ranges hold
+        shutil.copyfile(found[0], work / cache.RANGES)
+        measured = found[1]
+    else:
+        with progress.stage("calibrate"):
+            measured = asdict(calibrate(prepared, calibration, settings, work / cache.RANGES, tmp))
+        cache.store_ranges(ranges_key, work / cache.RANGES, measured)
     given_ranges = (given.apply(work / cache.RANGES, settings.ranges_file, Graph.load(prepared))
                     if settings.ranges_file else None)
-    record = {"key": key, "parts": parts, "samples_seen": measured.samples, "batches": measured.batches,
-              "batch_size": measured.batch_size or "static", "calibration_seconds": measured.seconds,
+    record = {"key": key, "parts": parts, "samples_seen": measured["samples"], "batches": measured["batches"],
+              "batch_size": measured["batch_size"] or "static", "calibration_seconds": measured["seconds"],
               "preprocess": how, "algorithms": {name: run.to_json() for name, run in runs.items()}, "sqnr": {},
-              "given_ranges": given_ranges}
-    return cache.store(key, work, record), False
+              "given_ranges": given_ranges, "ranges_key": ranges_key}
+    return cache.store(key, work, record), found is not None

@@ -6,6 +6,8 @@ kept in float until a candidate meets the budget, then a bisection on the count 
 `max_candidates` builds are judged. Where a backend's default build cannot keep a layer's error out by excluding
 it (OpenVINO's NNCF, exclude.ROUTES), a missed default build is followed by the route's full INT8 build, which
 is ranked and searched instead; the manifest's `tune.exclusion` and `tune.route` say how layers were kept out.
+Where the default build met the budget but chose fidelity over speed (ONNX Runtime's int8 guard taking u8u8,
+exclude.FASTER), its faster variant is judged beside it (`tune.faster`).
 Every candidate is timed in interleaved rounds (harness/latency.py); the fastest that meets the budget is
 written to `out`, or the closest when none does (marked `budget: missed`). The manifest's `tune.key` hashes
 everything the search depends on (model content, calibration and evaluation data, budget, options, cap, metric,
@@ -38,7 +40,7 @@ from modelport.harness.fidelity import ACCURACY, TaskMetric, evaluate, reference
 from modelport.loading import load_artifact
 from modelport.timing import interleaved_rounds
 from modelport.tune.budget import Budget, check_applies
-from modelport.tune.exclude import TO_OPTIONS, describe_exclusion, layer_groups, route_for, with_nodes
+from modelport.tune.exclude import TO_OPTIONS, describe_exclusion, faster_for, layer_groups, route_for, with_nodes
 
 MAX_CANDIDATES = 10
 TIMING_ROUNDS = 5
@@ -159,17 +161,20 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
     base = dict(user)
     builds = itertools.count()
 
+    def build(opts: dict[str, Any], nodes: tuple[str, ...] = ()) -> Candidate:
+        path = build_artifact(bundle, backend, "int8", workdir / f"c{next(builds)}", options=opts,
+                              calibration=calibration)[0].path
+        figures = judge(path)
+        extra = {k: v for k, v in opts.items() if user.get(k) != v}
+        built = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures), extra)
+        say(f"{len(nodes)} node(s) in float{''.join(f', {k}={v}' for k, v in extra.items() if k != 'exclude')}: "
+            f"{_figures(figures)} -> {'meets' if built.met else 'misses'} {budget.describe()}")
+        return built
+
     def at(count: int) -> Candidate:
         if count not in tried:
             nodes = tuple(n for g in groups[:count] for n in g)
-            opts = with_nodes(backend, base, nodes) if nodes else dict(base)
-            path = build_artifact(bundle, backend, "int8", workdir / f"c{next(builds)}", options=opts,
-                                  calibration=calibration)[0].path
-            figures = judge(path)
-            extra = {k: v for k, v in opts.items() if user.get(k) != v}
-            tried[count] = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures), extra)
-            say(f"{len(nodes)} node(s) in float{''.join(f', {k}={v}' for k, v in extra.items() if k != 'exclude')}: "
-                f"{_figures(figures)} -> {'meets' if tried[count].met else 'misses'} {budget.describe()}")
+            tried[count] = build(with_nodes(backend, base, nodes) if nodes else dict(base), nodes)
         return tried[count]
 
     route = route_for(backend, user)
@@ -179,10 +184,13 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
             base.update(route.options)
             at(0)
         cap = max_candidates - len(before_route)
+        # met already: a build the backend made for fidelity has a faster variant, which ships if it meets too
+        faster = faster_for(backend, Artifact.open(tried[0].path).details, user) if tried[0].met else None
+        variants = [build({**base, **faster.options})] if faster is not None and cap > 1 else []
         if not tried[0].met and backend in TO_OPTIONS and cap > 1:
             groups = _ranked_groups(bundle, backend, tried[0].path, evaluation, threads)
             _fewest(at, len(groups), tried, cap)
-        candidates = before_route + [tried[k] for k in sorted(tried)]
+        candidates = before_route + [tried[k] for k in sorted(tried)] + variants
         _time(candidates, judge.batches[0], threads)
         passing = [c for c in candidates if c.met]
         chosen = (min(passing, key=lambda c: (c.latency_ms or math.inf, len(c.nodes))) if passing
@@ -192,6 +200,7 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
                                  "fingerprint": evaluation.fingerprint},
                   "exclusion": describe_exclusion(backend, base),
                   **({"route": {"options": route.options, "why": route.why}} if before_route and route else {}),
+                  **({"faster": {"options": faster.options, "why": faster.why}} if variants and faster else {}),
                   "ranked_groups": [list(g) for g in groups], "max_candidates": max_candidates,
                   "candidates": [c.to_json() for c in candidates], "chosen": candidates.index(chosen),
                   "seconds": round(time.perf_counter() - start, 3)}
