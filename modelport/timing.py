@@ -18,6 +18,10 @@ RunFn = Callable[[Mapping[str, np.ndarray]], Any]
 ProgressFn = Callable[[int, int], None]
 
 CHUNKS = 20
+# Before each runner's turn: ONNX Runtime's and OpenVINO's worker threads spin a while after a run and would take
+# the cores from whichever runner comes next. The harness's rounds (harness/interleave.py) pause so between rows;
+# builds, the budget search and the benchmarks time with this loop, and now pause the same.
+HANDOFF_PAUSE_S = 0.02
 MIN_ITERATIONS = 10
 MAX_ITERATIONS = 1_000_000
 
@@ -37,7 +41,7 @@ def interleaved_rounds(runs: Mapping[str, RunFn], feeds: Mapping[str, np.ndarray
 
     Load drifting on a shared machine then hits every runner alike within a round: compare them round by
     round (a best round, or a median of per-round ratios), never one runner's whole run against another's.
-    About `budget_s` seconds in all, after 3 warm-up runs each.
+    About `budget_s` seconds in all, after 3 warm-up runs each, with HANDOFF_PAUSE_S before each turn.
     """
     for run in runs.values():
         warm_up(run, feeds, 3)
@@ -47,6 +51,7 @@ def interleaved_rounds(runs: Mapping[str, RunFn], feeds: Mapping[str, np.ndarray
     out: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(rounds):
         for key, run in runs.items():
+            time.sleep(HANDOFF_PAUSE_S)
             timed_loop(run, feeds, times, 0, count)
             out[key].append(float(np.median(times)) / 1e6)
     return out

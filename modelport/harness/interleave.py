@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelport.harness.isolate import ChildGone, LiveChild
 from modelport.harness.jobs import RoundsJob
-from modelport.timing import MAX_ITERATIONS, MIN_ITERATIONS
+from modelport.timing import HANDOFF_PAUSE_S, MAX_ITERATIONS, MIN_ITERATIONS
 
 if TYPE_CHECKING:
     from modelport.harness.matrix import MatrixRun, PlanItem, Prepared
@@ -29,7 +29,6 @@ SLOW_RUN_NS = 1e9
 # imports, reading weights), so two overlap on two cores; a row's load_seconds then includes some of the
 # other's. Nothing is timed until all are loaded.
 LOADING_AT_ONCE = 2
-HANDOFF_PAUSE_S = 0.02  # lets the previous runner's spinning worker threads go idle before the next one runs
 
 
 def runs_per_round(settings: Any, per_run_ns: float) -> int:
