@@ -95,6 +95,8 @@ def build_artifact(bundle: ModelBundle, backend_name: str, precision: str, out: 
             details = backend.build(bundle, recipe, calibration if precision in CALIBRATED else None, tmp)
             if beside is not None:
                 details["ranges_file_beside"] = beside
+            if (details.get("latency") or {}).get("warning"):  # a backend's "INT8 does not pay here" is the build's
+                details["warning"] = details["latency"]["warning"]
         except ModelportError:
             raise
         except OSError as exc:

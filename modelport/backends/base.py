@@ -305,7 +305,9 @@ class Backend(ABC):
         """Write the runtime's files into `out_dir` (a fresh directory) and return details for the manifest.
 
         The details must include `main_file` (the file `load` opens) and may include anything a user
-        would want to know about the build (ops kept in float and why, choices made for this CPU...).
+        would want to know about the build (ops kept in float and why, choices made for this CPU...). A
+        `latency` entry's `warning` (INT8 measured slower than FP32) becomes the build's `warning`, which the
+        build command prints.
         """
 
     @abstractmethod

@@ -271,8 +271,6 @@ class OnnxRuntimeBackend(Backend):
                 with progress.stage("latency check"):
                     details["latency"] = _latency_vs_fp32(start, out, bundle.source.example_feeds(),
                                                           recipe.precision)
-                if details["latency"]["warning"]:
-                    details["warning"] = details["latency"]["warning"]
         details["ops"] = _op_counts(out)
         details["main_file"] = MAIN_FILE
         return details
@@ -464,9 +462,7 @@ def _static_guard(src: Path, built: Mapping[str, Path], calibration: Calibration
     from modelport.quantize.ranges import analysis_batches
 
     batches = list(analysis_batches(calibration, settings))
-    reference = _float_outputs(ort_session(src, threads=1), batches)
-    chosen, scores = closest(reference, {label: _float_outputs(ort_session(path, threads=1), batches)
-                                         for label, path in built.items()}, preferred="cpu_choice")
+    chosen, scores = _closest_on(src, built, batches, preferred="cpu_choice")
     samples = sum(len(next(iter(b.values()))) for b in batches)
     return {"sqnr_db": scores, "chosen": chosen, "samples": samples,
             "how": f"output SQNR against ORT FP32 on {samples} calibration samples (analysis_samples); full_range "
@@ -572,12 +568,18 @@ def _fidelity_guard(src: Path, built: Mapping[str, Path], feeds: Mapping[str, np
     rounding step; a Gemm left float is exact), so neither is assumed and the artifact is never the less faithful.
     """
     probes = probe_feeds(feeds)
-    reference = _float_outputs(ort_session(src, threads=1), probes)
-    chosen, scores = closest(reference, {label: _float_outputs(ort_session(path, threads=1), probes)
-                                         for label, path in built.items()}, preferred="modelport")
+    chosen, scores = _closest_on(src, built, probes, preferred="modelport")
     return {"sqnr_db": scores, "chosen": chosen, "probes": len(probes),
             "how": f"output SQNR against ORT FP32 on the example input and {len(probes) - 1} copies with 10% noise; "
                    f"ort_defaults replaces modelport's choice when {GUARD_MARGIN_DB} dB closer"}
+
+
+def _closest_on(src: Path, built: Mapping[str, Path], inputs: list[dict[str, np.ndarray]],
+                preferred: str) -> tuple[str, dict[str, float]]:
+    """`probes.closest` of the `built` variants' outputs on `inputs` against the FP32 model at `src`."""
+    reference = _float_outputs(ort_session(src, threads=1), inputs)
+    return closest(reference, {label: _float_outputs(ort_session(path, threads=1), inputs)
+                               for label, path in built.items()}, preferred)
 
 
 def _float_outputs(session: Any, probes: list[dict[str, np.ndarray]]) -> np.ndarray:

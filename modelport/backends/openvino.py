@@ -122,7 +122,7 @@ class OpenVinoBackend(Backend):
             if precision == "int8" and opts["source"] == "qdq":
                 assert calibration is not None  # build_artifact demands it for int8
                 model, info = _from_qdq(bundle.onnx_path, recipe, calibration, _overflow_fix(opts))
-                model, info["fc_as_conv"] = _fc_layout(model, opts, feeds)
+                model, info["fc_as_conv"], _ = _fc_layout(model, opts, feeds)
             else:
                 onnx_path, details["attention"] = _sdpa_ready(bundle.onnx_path, feeds, Path(tmp))
                 with progress.stage("convert"):
@@ -133,12 +133,10 @@ class OpenVinoBackend(Backend):
                     float_model = model.clone()
                     model, info = _int8(model, onnx_path, recipe, calibration, feeds)
                     with progress.stage("int8 layout"):
-                        model, info["fc_as_conv"] = _fc_layout(model, opts, feeds)
+                        model, info["fc_as_conv"], kernels = _fc_layout(model, opts, feeds)
                     if opts["measure"]:
                         with progress.stage("latency check"):
-                            info["latency"] = _int8_vs_float(float_model, model, feeds, opts["device"])
-                        if info["latency"]["warning"]:
-                            info["warning"] = info["latency"]["warning"]  # printed by the build, as on ORT, TFLite
+                            info["latency"] = _int8_vs_float(float_model, model, feeds, opts["device"], kernels)
                 elif precision == "int8-dynamic":
                     with progress.stage("compress weights"):
                         model, info = _compress_weights(model, opts["exclude"])
@@ -241,8 +239,10 @@ def _count(model: Any, kind: str) -> int:
     return sum(op.get_type_name() == kind for op in model.get_ordered_ops())
 
 
-def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.ndarray], device: str) -> dict[str, Any]:
-    """Both IRs compiled here and timed in interleaved rounds: whether INT8 pays on this machine."""
+def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.ndarray], device: str,
+                   int8_kernels: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Both IRs compiled here and timed in interleaved rounds: whether INT8 pays on this machine. `int8_kernels`:
+    the INT8 IR's kernels where the layout choice already profiled it."""
     import openvino as ov
 
     from modelport.timing import interleaved_rounds
@@ -254,7 +254,8 @@ def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.nda
                 for k, m in (("fp32", float_model), ("int8", int8_model))}
     ms = {k: min(v) for k, v in interleaved_rounds({k: r.infer for k, r in requests.items()}, bound, 5, 3.0).items()}
     speedup = ms["fp32"] / ms["int8"]
-    kernels = {k: compute_kernels(core, name, m, bound) for k, m in (("fp32", float_model), ("int8", int8_model))}
+    kernels = {"fp32": compute_kernels(_profile(core, name, float_model, bound)),
+               "int8": int8_kernels or compute_kernels(_profile(core, name, int8_model, bound))}
     out = {"fp32_ms": round(ms["fp32"], 4), "int8_ms": round(ms["int8"], 4), "speedup": round(speedup, 3),
            "threads": 2, "how": "best of 5 interleaved rounds of median run time, at build time", "kernels": kernels,
            "warning": None}
@@ -265,16 +266,19 @@ def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.nda
     return out
 
 
-def compute_kernels(core: Any, device: str, model: Any, feeds: Mapping[str, np.ndarray],
-                    layers: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The kernel the plugin ran for each compute layer type, read from one profiled inference of `feeds`: which
-    implementation (brgemm, MLAS, oneDNN's generic jit_gemm) and its share of the run, per `type/implementation`
-    (of the runtime layers named in `layers`, where given).
-    The IR says a layer is INT8; only the plugin's profile says whether the INT8 kernel it picked is a fast one."""
+def _profile(core: Any, device: str, model: Any, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+    """The plugin's profiling info of the layers one inference of `feeds` executed."""
     request = core.compile_model(model, device, {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
                                                  "PERF_COUNT": True}).create_infer_request()
     request.infer(dict(feeds))
-    profile = [p for p in request.get_profiling_info() if p.status.name == "EXECUTED"]
+    return [p for p in request.get_profiling_info() if p.status.name == "EXECUTED"]
+
+
+def compute_kernels(profile: Sequence[Any], layers: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The kernel the plugin ran for each compute layer type in a `_profile`: which implementation (brgemm, MLAS,
+    oneDNN's generic jit_gemm) and its share of the run, per `type/implementation` (of the runtime layers named in
+    `layers`, where given).
+    The IR says a layer is INT8; only the plugin's profile says whether the INT8 kernel it picked is a fast one."""
     total = sum(p.real_time.total_seconds() for p in profile) or 1.0
     found: dict[str, dict[str, Any]] = {}
     for p in profile:
@@ -286,37 +290,41 @@ def compute_kernels(core: Any, device: str, model: Any, feeds: Mapping[str, np.n
     return {k: {"layers": v["layers"], "share": round(v["share"], 3)} for k, v in sorted(found.items())}
 
 
-def _fc_layout(model: Any, opts: Mapping[str, Any], feeds: Mapping[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
-    """The INT8 IR with its MatMuls as 1x1 convolutions where that gets a faster INT8 kernel, and why: decided
-    from the kernels the plugin really picks for both layouts (one profiled inference each), not from the CPU's
-    name, so a CPU whose FullyConnected has a fast INT8 kernel keeps it."""
+def _fc_layout(model: Any, opts: Mapping[str, Any], feeds: Mapping[str, np.ndarray]
+               ) -> tuple[Any, dict[str, Any], dict[str, dict[str, Any]] | None]:
+    """The INT8 IR with its MatMuls as 1x1 convolutions where that gets a faster INT8 kernel, why, and the chosen
+    IR's kernels where they were profiled: decided from the kernels the plugin really picks for both layouts (one
+    profiled inference each), not from the CPU's name, so a CPU whose FullyConnected has a fast INT8 kernel keeps
+    it."""
     import openvino as ov
 
     if opts["fc_as_conv"] == "off":
-        return model, {"chosen": "fully_connected", "reason": "fc_as_conv=off"}
+        return model, {"chosen": "fully_connected", "reason": "fc_as_conv=off"}, None
     if opts["device"] != "cpu" and opts["fc_as_conv"] == "auto":
         return model, {"chosen": "fully_connected", "reason": f"auto: the kernels compared are the CPU plugin's, "
-                                                             f"not device={opts['device']}'s"}
+                                                             f"not device={opts['device']}'s"}, None
     convs = model.clone()
     rewritten = rewrite_int8_matmuls(convs)
     if not rewritten:
-        return model, {"chosen": "fully_connected", "reason": "no INT8 MatMul with constant int8 weights"}
+        return model, {"chosen": "fully_connected", "reason": "no INT8 MatMul with constant int8 weights"}, None
     if opts["fc_as_conv"] == "on":
-        return convs, {"chosen": "convolution", "layers": len(rewritten), "reason": "fc_as_conv=on"}
+        return convs, {"chosen": "convolution", "layers": len(rewritten), "reason": "fc_as_conv=on"}, None
     core = ov.Core()
     bound = {k: np.asarray(v) for k, v in feeds.items()}
-    kernels = {"fully_connected": compute_kernels(core, "CPU", model, bound),
-               "convolution": compute_kernels(core, "CPU", convs, bound, {n + CONV_SUFFIX for n in rewritten})}
+    profiles = {"fully_connected": _profile(core, "CPU", model, bound),
+                "convolution": _profile(core, "CPU", convs, bound)}
+    kernels = {"fully_connected": compute_kernels(profiles["fully_connected"]),
+               "convolution": compute_kernels(profiles["convolution"], {n + CONV_SUFFIX for n in rewritten})}
     slow_fc = [k for k in kernels["fully_connected"] if k.startswith("FullyConnected") and _generic(k)]
     fast_conv = [k for k in kernels["convolution"] if k.lower().endswith(("_i8", "_u8")) and not _generic(k)]
     out = {"layers": len(rewritten), "kernels": kernels}
     if slow_fc and fast_conv:
-        return convs, {"chosen": "convolution", **out,
-                       "reason": f"auto: INT8 FullyConnected runs on the generic GEMM here ({', '.join(slow_fc)}), "
-                                 f"1x1 convolutions on {', '.join(fast_conv)}"}
-    return model, {"chosen": "fully_connected", **out,
-                   "reason": "auto: " + ("the convolutions would not get a dedicated INT8 kernel either" if slow_fc
-                                         else "INT8 FullyConnected has a dedicated kernel here")}
+        reason = (f"auto: INT8 FullyConnected runs on the generic GEMM here ({', '.join(slow_fc)}), 1x1 convolutions "
+                  f"on {', '.join(fast_conv)}")
+        return convs, {"chosen": "convolution", **out, "reason": reason}, compute_kernels(profiles["convolution"])
+    reason = "auto: " + ("the convolutions would not get a dedicated INT8 kernel either" if slow_fc
+                         else "INT8 FullyConnected has a dedicated kernel here")
+    return model, {"chosen": "fully_connected", **out, "reason": reason}, kernels["fully_connected"]
 
 
 def _generic(kernel: str) -> bool:

@@ -380,8 +380,6 @@ class TFLiteBackend(Backend):
                 details["latency"] = _latency_vs_fp32(export, candidates or {recipe.precision: content}, source,
                                                       recipe.precision, out_dir)
             content = candidates.get(details["latency"]["chosen"], content)
-            if details["latency"]["warning"]:
-                details["warning"] = details["latency"]["warning"]
         if "int8_op_set" in details:
             details["int8_op_set"]["kept_float"] = kept if candidates and content is candidates.get(KEPT) else []
         (out_dir / MAIN_FILE).write_bytes(content)
