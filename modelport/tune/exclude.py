@@ -91,6 +91,23 @@ def describe_exclusion(backend: str, options: Mapping[str, Any]) -> str:
 # Activations the QDQ pass folds into the Conv/Gemm/MatMul before them: keeping one alone in float changes nothing.
 FOLDED = ("Relu", "Clip", "LeakyRelu")
 FOLDS_INTO = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+# Ops that only move or select values: their INT8 output reuses their input's scale, so the rounding of a tensor
+# they read reappears in their output unless the ops reading that are kept in float too.
+PASS_THROUGH = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split",
+                          "Gather", "Concat", "Identity", "Pad", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+                          *FOLDED})
+# Backends whose exclusion keeps an op in float but not the tensors it reads and writes: the quantizer rounds a
+# tensor wherever an op on either side of it is INT8 (TFLite's int8 producer hands an int8 tensor on). For the
+# others, a layer's error is kept out by keeping its tensor's producer and readers in float (`_tensor_groups`).
+OP_GROUPS = frozenset(KEEPABLE)
+
+
+def already_float(details: Mapping[str, Any]) -> set[str]:
+    """The ONNX nodes a QDQ-pass build kept in float by its rules (ONNX Runtime's `kept_float`, OpenVINO's under
+    `qdq`): a group of only these changes nothing when kept in float, however large debug's jump at it (a float
+    Sigmoid reshapes its input's error, it adds none)."""
+    kept = details.get("kept_float") or (details.get("qdq") or {}).get("kept_float") or ()
+    return {k["node"] for k in kept if isinstance(k, Mapping) and "node" in k}
 
 
 def with_nodes(backend: str, options: Mapping[str, Any], nodes: Sequence[str]) -> dict[str, Any]:
@@ -105,23 +122,58 @@ def with_nodes(backend: str, options: Mapping[str, Any], nodes: Sequence[str]) -
 
 def layer_groups(layers: Sequence[Layer], backend: str | None = None,
                  mapped: Collection[str] = ()) -> dict[str, tuple[str, ...]]:
-    """ONNX node -> the nodes kept in float together with it: a Conv/Gemm/MatMul and the activation folded into it
-    (either one brings the other), any other node alone; only the nodes `backend` can keep in float (`mapped`: the
-    nodes debug mapped to a runtime tensor)."""
+    """ONNX node -> the nodes kept in float together so that the error debug measured at its output stays out.
+
+    A Conv/Gemm/MatMul and the activation folded into it are one unit (either brings the other). On QDQ-style
+    backends (the shared QDQ pass, NNCF) a tensor stays float only when its producer and every op reading it are
+    float, following pass-through readers (MaxPool, Reshape...) to the compute ops behind them; on TFLite a node is
+    kept alone, and only where `backend` can keep it (`mapped`: the nodes debug mapped to a runtime tensor)."""
     rule = KEEPABLE.get(backend or "")
 
     def keeps(layer: Layer) -> bool:
         return rule is None or rule(layer, mapped)
 
+    units = _units([layer for layer in layers if layer.onnx_node and keeps(layer)])
+    if backend in OP_GROUPS:
+        return units
+    return _tensor_groups(layers, units)
+
+
+def _units(layers: Sequence[Layer]) -> dict[str, tuple[str, ...]]:
     producer = {layer.tensor: layer for layer in layers}
-    groups: dict[str, tuple[str, ...]] = {}
+    units: dict[str, tuple[str, ...]] = {}
     for layer in layers:
-        if not layer.onnx_node or not keeps(layer):
-            continue
         before = producer.get(layer.inputs[0]) if layer.op_type in FOLDED and layer.inputs else None
-        if before is not None and before.onnx_node and before.op_type in FOLDS_INTO and keeps(before):
-            pair = (before.onnx_node, layer.onnx_node)
-            groups[before.onnx_node] = groups[layer.onnx_node] = pair
+        if before is not None and before.op_type in FOLDS_INTO:
+            units[before.onnx_node] = units[layer.onnx_node] = (before.onnx_node, layer.onnx_node)
         else:
-            groups.setdefault(layer.onnx_node, (layer.onnx_node,))
+            units.setdefault(layer.onnx_node, (layer.onnx_node,))
+    return units
+
+
+def _tensor_groups(layers: Sequence[Layer], units: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    readers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for name in dict.fromkeys(layer.inputs):
+            readers.setdefault(name, []).append(layer)
+    outputs: dict[str, list[str]] = {}
+    for layer in layers:
+        if layer.onnx_node:
+            outputs.setdefault(layer.onnx_node, []).append(layer.tensor)
+
+    def downstream(tensors: Sequence[str], seen: dict[str, None]) -> None:
+        for tensor in tensors:
+            for reader in readers.get(tensor, []):
+                node = reader.onnx_node
+                if node in seen or node not in units:
+                    continue
+                seen.update(dict.fromkeys(units[node]))
+                if reader.op_type in PASS_THROUGH:
+                    downstream(outputs[node], seen)
+
+    groups: dict[str, tuple[str, ...]] = {}
+    for node, unit in units.items():
+        seen = dict.fromkeys(unit)
+        downstream([t for member in unit for t in outputs[member]], seen)
+        groups[node] = tuple(seen)
     return groups

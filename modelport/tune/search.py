@@ -1,13 +1,15 @@
 """The accuracy-budget search: the fewest layers kept out of INT8 that meet the budget, judged on the target runtime.
 
 Full INT8 is built and judged first, on held-out evaluation data (never the calibration samples). If it misses,
-debug's ranking on that artifact orders the layers by the error each adds; the top 1, 2, 4... layer groups are
-kept in float until a candidate meets the budget, then a bisection on the count finds the fewest. At most
-`max_candidates` builds are judged. Where a backend's default build cannot keep a layer's error out by excluding
-it (OpenVINO's NNCF, exclude.ROUTES), a missed default build is followed by the route's full INT8 build, which
-is ranked and searched instead; the manifest's `tune.exclusion` and `tune.route` say how layers were kept out.
-Where the default build met the budget but chose fidelity over speed (ONNX Runtime's int8 guard taking u8u8,
-exclude.FASTER), its faster variant is judged beside it (`tune.faster`).
+debug's ranking on that artifact orders the layers by the error each adds (each as the group of nodes that keeps its
+error out, tune/exclude.py); the top 1, 2, 4... groups are
+kept in float until a candidate meets the budget, then a bisection on the count finds the fewest; a group whose
+fallback did not help (the candidate with it came no closer than the one without) is then quantized again in one
+more candidate. At most `max_candidates` builds are judged. Where a backend's default build cannot keep a layer's
+error out by excluding it (OpenVINO's NNCF, exclude.ROUTES), a missed default build is followed by the route's full
+INT8 build, which is ranked and searched instead; the manifest's `tune.exclusion` and `tune.route` say how layers
+were kept out. Where the default build met the budget but chose fidelity over speed (ONNX Runtime's int8 guard
+taking u8u8, exclude.FASTER), its faster variant is judged beside it (`tune.faster`).
 Every candidate is timed in interleaved rounds (harness/latency.py); the fastest that meets the budget is
 written to `out`, or the closest when none does (marked `budget: missed`). The manifest's `tune.key` hashes
 everything the search depends on (model content, calibration and evaluation data, budget, options, cap, metric,
@@ -40,7 +42,15 @@ from modelport.harness.fidelity import ACCURACY, TaskMetric, evaluate, reference
 from modelport.loading import load_artifact
 from modelport.timing import interleaved_rounds
 from modelport.tune.budget import Budget, check_applies
-from modelport.tune.exclude import TO_OPTIONS, describe_exclusion, faster_for, layer_groups, route_for, with_nodes
+from modelport.tune.exclude import (
+    TO_OPTIONS,
+    already_float,
+    describe_exclusion,
+    faster_for,
+    layer_groups,
+    route_for,
+    with_nodes,
+)
 
 MAX_CANDIDATES = 10
 TIMING_ROUNDS = 5
@@ -190,6 +200,8 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
         if not tried[0].met and backend in TO_OPTIONS and cap > 1:
             groups = _ranked_groups(bundle, backend, tried[0].path, evaluation, threads)
             _fewest(at, len(groups), tried, cap)
+            kept = _without_unhelpful(tried, groups) if len(tried) < cap else None
+            variants += [build(with_nodes(backend, base, kept), kept)] if kept else []
         candidates = before_route + [tried[k] for k in sorted(tried)] + variants
         _time(candidates, judge.batches[0], threads)
         passing = [c for c in candidates if c.met]
@@ -240,12 +252,14 @@ def _searched(out: Path, key: str, budget: Budget, backend: str) -> Outcome | No
 def _ranked_groups(bundle: ModelBundle, backend: str, int8: Path, evaluation: CalibrationSet,
                    threads: int | None) -> list[tuple[str, ...]]:
     """Debug's culprits on the full INT8 artifact, as groups of ONNX nodes kept in float together, worst first;
-    layers that add no error, or that `backend` cannot keep in float, are left out."""
+    layers that add no error, that `backend` cannot keep in float, or whose group the build already kept in float,
+    are left out."""
     record = debug_artifact(int8, bundle.source, evaluation, threads=threads)
     mapped = {e["onnx_node"] for e in record["layers"] if e["runtime_tensor"]}
     groups = layer_groups(reference_layers(bundle.onnx_path), backend, mapped)
+    floats = already_float(Artifact.open(int8).details)
     ranked = [groups[e["onnx_node"]] for e in rank_layers(record["layers"])
-              if e["onnx_node"] in groups and e["jump_db"] > 0]
+              if e["onnx_node"] in groups and e["jump_db"] > 0 and not set(groups[e["onnx_node"]]) <= floats]
     return list(dict.fromkeys(ranked))
 
 
@@ -266,6 +280,19 @@ def _fewest(at: Callable[[int], Candidate], n: int, tried: Mapping[int, Candidat
             high = mid
         else:
             low = mid
+
+
+def _without_unhelpful(tried: Mapping[int, Candidate], groups: Sequence[tuple[str, ...]]) -> tuple[str, ...] | None:
+    """The best count's nodes less every group whose fallback did not help: judged at two consecutive counts, the
+    candidate with it came no closer to the budget than the one without. None when there is no such group."""
+    best = min(tried, key=lambda k: (not tried[k].met, k if tried[k].met else tried[k].shortfall))
+    useless = {k for k in range(2, best + 1) if k in tried and k - 1 in tried
+               and tried[k].shortfall >= tried[k - 1].shortfall}
+    if not useless:
+        return None
+    keep = [n for i, g in enumerate(groups[:best], start=1) if i not in useless for n in g]
+    drop = {n for i in useless for n in groups[i - 1]} - set(keep)
+    return tuple(n for n in tried[best].nodes if n not in drop) if drop else None
 
 
 def _time(candidates: Sequence[Candidate], feeds: Mapping[str, np.ndarray], threads: int | None) -> None:
