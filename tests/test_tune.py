@@ -8,6 +8,8 @@ On TFLite the 100x outlier's full INT8 already meets that budget; its 1000x twin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -19,9 +21,12 @@ from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.cli import app
 from modelport.errors import BadInput
+from modelport.exporters.tensor_map import Layer
 from modelport.model import load_model
 from modelport.tune import parse_budget, search
 from modelport.tune.budget import check_applies
+from modelport.tune.exclude import layer_groups
+from modelport.tune.search import Candidate, _without_unhelpful
 from tests.outlier import NO_CLE, ORT_7_BIT, normal
 
 cli = CliRunner()
@@ -195,7 +200,9 @@ def test_the_search_on_tflite_keeps_the_planted_layers_in_float(outlier_file, tm
     assert first["kept_in_float"] == [] and not first["met"], first  # full INT8 misses on TFLite
     assert outcome.met and chosen["figures"]["cos"] >= 0.9999
     groups = [g for g in record["ranked_groups"] if set(g) <= set(chosen["kept_in_float"])]
-    assert 1 <= len(groups) <= 2 and set(chosen["kept_in_float"]) <= PLANTED, record["ranked_groups"]
+    assert 1 <= len(groups) <= 2 and set(chosen["kept_in_float"]) <= PLANTED | {"node_mean"}, record["ranked_groups"]
+    # head's group brings the mean reading its output, which did not help: one more candidate quantizes it again
+    assert any(c["met"] and set(c["kept_in_float"]) == PLANTED for c in record["candidates"]), record["candidates"]
     assert "NO_QUANTIZE" in record["exclusion"]
     assert Artifact.open(tmp_path / "tuned").details["kept_in_float"]["onnx_nodes"] == chosen["kept_in_float"]
 
@@ -237,3 +244,32 @@ def test_the_search_key_changes_with_every_input_it_depends_on(outlier_source, o
                "evaluation": data(outlier_source, 8, 3), "options": {"per_channel": "false"}, "max_candidates": 4}
     for name, value in changes.items():
         assert search_key(**{**args, name: value}) != base, name
+
+
+def test_a_layer_group_keeps_its_output_tensor_float_from_its_producer_through_pass_through_readers():
+    # conv0+relu0 -> bn0 -> pool0 -> conv1+relu1: an INT8 tensor is rounded wherever an op on either side of it is
+    # INT8, and MaxPool's INT8 output reuses its input's scale, so each group runs to the compute op behind it
+    layers = [Layer("x", None, None, "Input", ()), Layer("t0", "conv0", None, "Conv", ("x",)),
+              Layer("t1", "relu0", None, "Relu", ("t0",)), Layer("t2", "bn0", None, "BatchNormalization", ("t1",)),
+              Layer("t3", "pool0", None, "MaxPool", ("t2",)), Layer("t4", "conv1", None, "Conv", ("t3",)),
+              Layer("t5", "relu1", None, "Relu", ("t4",))]
+    groups = layer_groups(layers, "onnxruntime")
+    assert groups["conv0"] == groups["relu0"] == ("conv0", "relu0", "bn0")  # stops at bn0: its output is new range
+    assert groups["bn0"] == ("bn0", "pool0", "conv1", "relu1")
+    assert groups["pool0"] == ("pool0", "conv1", "relu1")
+    assert groups["conv1"] == ("conv1", "relu1")
+
+
+def test_a_group_whose_fallback_did_not_help_is_quantized_again_in_one_more_candidate():
+    budget = parse_budget("sqnr>=38")
+    groups = [("a",), ("b",), ("c", "d")]
+
+    def tried(sqnr: float, nodes: tuple[str, ...]) -> Candidate:
+        figures = {"cos": None, "sqnr": sqnr, "drop": None}
+        return Candidate(nodes, Path("."), figures, budget.met(figures), budget.shortfall(figures), {})
+
+    judged = {0: tried(34.9, ()), 1: tried(36.3, ("a",)), 2: tried(35.5, ("a", "b")),
+              3: tried(38.2, ("a", "b", "c", "d"))}
+    assert _without_unhelpful(judged, groups) == ("a", "c", "d")  # "b" came no closer than without it
+    judged[2] = tried(37.0, ("a", "b"))
+    assert _without_unhelpful(judged, groups) is None  # every group helped

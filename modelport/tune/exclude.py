@@ -96,10 +96,6 @@ FOLDS_INTO = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 PASS_THROUGH = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split",
                           "Gather", "Concat", "Identity", "Pad", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
                           *FOLDED})
-# Backends whose exclusion keeps an op in float but not the tensors it reads and writes: the quantizer rounds a
-# tensor wherever an op on either side of it is INT8 (TFLite's int8 producer hands an int8 tensor on). For the
-# others, a layer's error is kept out by keeping its tensor's producer and readers in float (`_tensor_groups`).
-OP_GROUPS = frozenset(KEEPABLE)
 
 
 def already_float(details: Mapping[str, Any]) -> set[str]:
@@ -124,19 +120,17 @@ def layer_groups(layers: Sequence[Layer], backend: str | None = None,
                  mapped: Collection[str] = ()) -> dict[str, tuple[str, ...]]:
     """ONNX node -> the nodes kept in float together so that the error debug measured at its output stays out.
 
-    A Conv/Gemm/MatMul and the activation folded into it are one unit (either brings the other). On QDQ-style
-    backends (the shared QDQ pass, NNCF) a tensor stays float only when its producer and every op reading it are
-    float, following pass-through readers (MaxPool, Reshape...) to the compute ops behind them; on TFLite a node is
-    kept alone, and only where `backend` can keep it (`mapped`: the nodes debug mapped to a runtime tensor)."""
+    A Conv/Gemm/MatMul and the activation folded into it are one unit (either brings the other). Every quantizer
+    here rounds a tensor wherever an op on either side of it is INT8 (the QDQ pass quantizes each INT8 op's inputs
+    and outputs; TFLite's INT8 producer hands an INT8 tensor on), so a tensor stays float only with its producer and
+    every reader in float, following pass-through readers (MaxPool, Reshape...) to the compute ops behind them.
+    Only the nodes `backend` can keep in float take part (`mapped`: the nodes debug mapped to a runtime tensor)."""
     rule = KEEPABLE.get(backend or "")
 
     def keeps(layer: Layer) -> bool:
         return rule is None or rule(layer, mapped)
 
-    units = _units([layer for layer in layers if layer.onnx_node and keeps(layer)])
-    if backend in OP_GROUPS:
-        return units
-    return _tensor_groups(layers, units)
+    return _tensor_groups(layers, _units([layer for layer in layers if layer.onnx_node and keeps(layer)]))
 
 
 def _units(layers: Sequence[Layer]) -> dict[str, tuple[str, ...]]:

@@ -183,7 +183,7 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
 
     def at(count: int) -> Candidate:
         if count not in tried:
-            nodes = tuple(n for g in groups[:count] for n in g)
+            nodes = tuple(dict.fromkeys(n for g in groups[:count] for n in g))  # groups overlap
             tried[count] = build(with_nodes(backend, base, nodes) if nodes else dict(base), nodes)
         return tried[count]
 
@@ -286,7 +286,7 @@ def _without_unhelpful(tried: Mapping[int, Candidate], groups: Sequence[tuple[st
     """The best count's nodes less every group whose fallback did not help: judged at two consecutive counts, the
     candidate with it came no closer to the budget than the one without. None when there is no such group."""
     best = min(tried, key=lambda k: (not tried[k].met, k if tried[k].met else tried[k].shortfall))
-    useless = {k for k in range(2, best + 1) if k in tried and k - 1 in tried
+    useless = {k for k in range(1, best + 1) if k in tried and k - 1 in tried
                and tried[k].shortfall >= tried[k - 1].shortfall}
     if not useless:
         return None
