@@ -26,7 +26,7 @@ from modelport.model import load_model
 from modelport.tune import parse_budget, search
 from modelport.tune.budget import check_applies
 from modelport.tune.exclude import layer_groups
-from modelport.tune.search import Candidate, _without_unhelpful
+from modelport.tune.search import Candidate, _all_ranked_float, _without_unhelpful
 from tests.outlier import NO_CLE, ORT_7_BIT, normal
 
 cli = CliRunner()
@@ -272,3 +272,11 @@ def test_a_group_whose_fallback_did_not_help_is_quantized_again_in_one_more_cand
     assert _without_unhelpful(judged, groups) == ("a", "c", "d")  # "b" came no closer than without it
     judged[2] = tried(37.0, ("a", "b"))
     assert _without_unhelpful(judged, groups) is None  # every group helped
+
+
+def test_a_chosen_candidate_keeping_every_ranked_layer_in_float_is_called_int8_in_name_only():
+    groups = [("a",), ("b", "c")]
+    everything = Candidate(("a", "b", "c"), Path("."), {}, True, 0.0, {})
+    assert "FP32 or FP16 build may meet the budget" in _all_ranked_float(everything, groups, "openvino")
+    assert _all_ranked_float(Candidate(("a",), Path("."), {}, True, 0.0, {}), groups, "openvino") is None
+    assert _all_ranked_float(Candidate((), Path("."), {}, True, 0.0, {}), [], "openvino") is None  # full INT8 met

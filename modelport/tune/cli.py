@@ -44,6 +44,8 @@ def build_to_budget(bundle: ModelBundle, backend: str, out: Path, budget: Budget
     console.print(table)
     console.print(f"Wrote {outcome.artifact.path} (* the fastest that meets the budget; every candidate is in its "
                   "manifest under `tune`)", style="dim")
+    if record.get("warning"):
+        err_console.print(f"warning: {escape(record['warning'])}", style="yellow")
 
 
 def _num(value: float | None, digits: int) -> str:

@@ -215,7 +215,8 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
                   **({"faster": {"options": faster.options, "why": faster.why}} if variants and faster else {}),
                   "ranked_groups": [list(g) for g in groups], "max_candidates": max_candidates,
                   "candidates": [c.to_json() for c in candidates], "chosen": candidates.index(chosen),
-                  "seconds": round(time.perf_counter() - start, 3)}
+                  "seconds": round(time.perf_counter() - start, 3),
+                  **({"warning": warning} if (warning := _all_ranked_float(chosen, groups, backend)) else {})}
         artifact = _write(chosen.path, out, record)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -293,6 +294,16 @@ def _without_unhelpful(tried: Mapping[int, Candidate], groups: Sequence[tuple[st
     keep = [n for i, g in enumerate(groups[:best], start=1) if i not in useless for n in g]
     drop = {n for i in useless for n in groups[i - 1]} - set(keep)
     return tuple(n for n in tried[best].nodes if n not in drop) if drop else None
+
+
+def _all_ranked_float(chosen: Candidate, groups: Sequence[tuple[str, ...]], backend: str) -> str | None:
+    """A warning when the chosen candidate keeps every ranked group in float: an INT8 artifact mostly in name."""
+    ranked = {n for g in groups for n in g}
+    if not ranked or not ranked <= set(chosen.nodes):
+        return None
+    return (f"Every layer debug ranked is kept in float ({len(chosen.nodes)} nodes): little of this artifact runs in "
+            f"INT8, so {backend}'s FP32 or FP16 build may meet the budget as well and run faster (`modelport bench "
+            "--budget` times them side by side).")
 
 
 def _time(candidates: Sequence[Candidate], feeds: Mapping[str, np.ndarray], threads: int | None) -> None:
