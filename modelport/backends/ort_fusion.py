@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelport.backends.ort_mask import NotTheMask, padding_mask
+
 if TYPE_CHECKING:
     import onnx
 
@@ -51,6 +53,9 @@ class FusionReport:
     ort: dict[str, int] = field(default_factory=dict)
     ort_not_fired: dict[str, str] = field(default_factory=dict)
     ort_error: str | None = None
+    mask_index: int = 0
+    mask_input: str | None = None
+    additive_bias: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def fired(self) -> bool:
@@ -60,6 +65,8 @@ class FusionReport:
         return {"attention": {"op": self.attention_op, "fused": self.attention_fused, "sites": self.attention_sites,
                               "num_heads": self.num_heads, "hidden_size": self.hidden_size,
                               "not_fused": self.not_fused},
+                "mask": {"mask_index": self.mask_index, "input": self.mask_input,
+                         "additive_bias": self.additive_bias},
                 "ort": self.ort, "ort_not_fired": self.ort_not_fired, "ort_error": self.ort_error}
 
 
@@ -78,6 +85,9 @@ class _Site:
     head_size: int
     out_reshape: Any
     dead: list[Any]
+    bias_factor: float = 1.0  # a scale applied after the bias is added (to the bias too)
+    mask: str | None = None  # the raw int32 mask fed instead of the bias, where the bias is the padding mask's
+    fill: float = 0.0  # the bias where the mask is 0
 
 
 class OnnxGraph:
@@ -223,7 +233,7 @@ def _match(g: OnnxGraph, softmax: Any) -> _Site:
     dead.append(out[0])
     scores, scale, nodes = _scaled(g, softmax.input[0])
     dead += nodes
-    bias = None
+    bias, bias_factor = None, scale
     add = g.make("Add", scores)
     if add is not None:
         data = [i for i in add.input if g.make("MatMul", i) is not None or g.make("Mul", i) is not None]
@@ -246,7 +256,7 @@ def _match(g: OnnxGraph, softmax: Any) -> _Site:
     dead += nodes
     if not head_q == head_k == head_v:
         raise _NoMatch(f"Q, K and V have different head sizes ({head_q}, {head_k}, {head_v})")
-    return _Site(softmax, q, k, v, bias, scale * q_factor * k_factor, head_q, merged[0], dead)
+    return _Site(softmax, q, k, v, bias, scale * q_factor * k_factor, head_q, merged[0], dead, bias_factor)
 
 
 @dataclass
@@ -327,19 +337,20 @@ def _rewrite(g: OnnxGraph, site: _Site, index: int, pack: bool) -> tuple[str, in
         w, b = f"fused_attention_{index}_qkv_weight", f"fused_attention_{index}_qkv_bias"
         g.graph.initializer.extend([numpy_helper.from_array(packed.weight.astype(np.float32), w),
                                     numpy_helper.from_array(packed.bias.astype(np.float32), b)])
-        inputs = [packed.x, w, b, "", "", site.bias or ""]
+        inputs = [packed.x, w, b, site.mask or "", "", "" if site.mask else site.bias or ""]
         op = "Attention"
     else:
         hidden = _width(g, site.q)
         if hidden is None:
             raise _NoMatch("the width of Q is not known (no constant projection weight)")
         heads = hidden // site.head_size
-        inputs = [site.q, site.k, site.v, "", "", site.bias or ""]
+        inputs = [site.q, site.k, site.v, "", site.mask or "", "" if site.mask else site.bias or ""]
         op = "MultiHeadAttention"
     while inputs and not inputs[-1]:
         inputs.pop()
+    masked = {"mask_filter_value": float(site.fill)} if site.mask else {}
     node = helper.make_node(op, inputs, [out], name=f"{op}_{index}", domain=MS_DOMAIN, num_heads=heads,
-                            scale=float(site.scale))
+                            scale=float(site.scale), **masked)
     position = list(g.graph.node).index(site.out_reshape)
     g.graph.node.insert(position, node)
     site.out_reshape.input[0] = out
@@ -389,6 +400,7 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True) -> FusionReport:
             sites.append(_match(g, softmax))
         except _NoMatch as why:
             report.not_fused.append({"node": softmax.name, "reason": str(why)})
+    _masks_as_index(g, sites, report)
     ops = Counter()
     for index, site in enumerate(sites):
         try:
@@ -397,6 +409,7 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True) -> FusionReport:
             report.not_fused.append({"node": site.softmax.name, "reason": str(why)})
             continue
         ops[op] += 1
+        report.mask_index += site.mask is not None
     report.attention_fused = sum(ops.values())
     report.attention_op = "+".join(sorted(ops)) or None
     if ops:
@@ -404,6 +417,32 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True) -> FusionReport:
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         prune_dead(model)
     return report
+
+
+def _masks_as_index(g: OnnxGraph, sites: list[_Site], report: FusionReport) -> None:
+    """Point each site whose bias is the exporter's padding mask at the raw mask, cast to int32 once for all
+    layers (through bool: nonzero keeps, as the exporter's Cast to bool does, for any mask values); the others
+    keep their additive bias, with the reason in the report."""
+    from onnx import TensorProto, helper
+
+    cast: dict[str, str] = {}
+    for site in sites:
+        if site.bias is None:
+            continue
+        try:
+            if site.bias_factor != 1.0:
+                raise NotTheMask(f"the scores are scaled by {site.bias_factor:g} after the bias is added")
+            found = padding_mask(g, site.bias)
+        except NotTheMask as why:
+            report.additive_bias.append({"node": site.softmax.name, "reason": str(why)})
+            continue
+        if found.input not in cast:
+            keep, cast[found.input] = f"{found.input}_keep", f"{found.input}_int32"
+            g.graph.node.insert(0, helper.make_node("Cast", [keep], [cast[found.input]], to=TensorProto.INT32,
+                                                    name=f"{found.input}_to_int32"))
+            g.graph.node.insert(0, helper.make_node("Cast", [found.input], [keep], to=TensorProto.BOOL,
+                                                    name=f"{found.input}_to_bool"))
+        site.mask, site.fill, report.mask_input = cast[found.input], found.fill, found.input
 
 
 def fuse_transformer(src: Path, dst: Path, pack: bool = True) -> FusionReport:
