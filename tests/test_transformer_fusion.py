@@ -142,6 +142,20 @@ def test_a_bias_that_is_not_the_padding_mask_alone_stays_additive_and_says_why(b
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
+def test_approximate_gelu_is_opt_in_and_its_deviation_is_recorded(build):
+    """gelu=approximate swaps BiasGelu for FastGelu (Optimum O3's tanh GELU); by default GELU stays exact."""
+    exact, _ = build("bert")
+    fast, _ = build("bert", gelu="approximate")
+    assert "gelu_approximation" not in exact.details["fusions"] and "FastGelu" not in exact.details["ops"]
+    assert fast.details["ops"]["FastGelu"] == 2 and "BiasGelu" not in fast.details["ops"]
+    record = fast.details["fusions"]["gelu_approximation"]
+    assert record["fast_gelu"] == 2 and 0 < record["max_rel_error_vs_unfused"] < 1e-2
+    feeds = _padded(5, 13)
+    with load_artifact(fast.path) as approximate, load_artifact(exact.path) as unapproximated:
+        want, got = unapproximated.run(feeds)["output"], approximate.run(feeds)["output"]
+    assert 0 < np.abs(got - want).max() < 1e-2 * np.abs(want).max()
+
+
 def test_a_fused_graph_ort_cannot_run_builds_unfused_and_says_why(build):
     """A (batch, 1, 1, seq) additive bias: the exported graph broadcasts it, ORT's Attention rejects it."""
     artifact, _ = build("biased_bert_per_key")
