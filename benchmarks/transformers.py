@@ -5,7 +5,7 @@ row's share of the machine's measured matrix-multiply peak.
 
     python -m benchmarks.transformers [--model bert_base|minilm_l6] [--shapes 1x32,8x32,1x128,8x128] [--rounds 5]
                                       [--budget 20] [--rows "ort int8,ort int8-dynamic"] [--threads 2]
-                                      [--baseline "before ort fp32=DIR,..."]
+                                      [--baseline "before ort fp32=DIR,..."] [--tag NAME]
 
 Rows: modelport's ONNX Runtime FP32 / static INT8 / dynamic INT8 with and without fusions (`fusions=off` is
 what modelport built before), OpenVINO FP32 and INT8, and Optimum's export optimized by `ORTOptimizer` at
@@ -20,7 +20,7 @@ median of per-round shares under the same load, not a ratio to a peak measured a
 builds and times a subset (ORT FP32, the reference of every ratio, always among them). Fidelity is the mean
 per-sample cosine to PyTorch FP32 on padded token batches: random weights, so it speaks to speed only.
 Writes benchmarks/results/transformers-<machine>-<date>.{md,json} (transformers-minilm_l6-... for that model,
--1thread... for --threads 1).
+-1thread-... for --threads 1, -TAG-... for --tag: a run of some rows beside the full table, not over it).
 """
 
 from __future__ import annotations
@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=THREADS, help="intra-op threads of every runner")
     parser.add_argument("--baseline", type=_baselines, default={},
                         help="ROW=ARTIFACT_DIR,...: artifacts built elsewhere, timed as extra rows")
+    parser.add_argument("--tag", help="appended to the results' file name")
     args = parser.parse_args()
     unknown = set(args.rows) - set(BUILDS) - set(OPTIMUM_ROWS)
     if unknown:
@@ -226,7 +227,7 @@ def main() -> None:
     machine = machine_summary()
     table = markdown(machine, rows, fidelity, peaks, notes, args)
     name = "transformers" + ("" if args.model == "bert_base" else f"-{args.model}") + \
-        ("" if args.threads == THREADS else f"-{args.threads}thread")
+        ("" if args.threads == THREADS else f"-{args.threads}thread") + (f"-{args.tag}" if args.tag else "")
     path = write_dated_results(name, f"Transformer fusions and INT8: {MODELS[args.model]}, random weights",
                                table, machine, {"settings": {k: str(v) for k, v in vars(args).items()},
                                                 "peaks": peaks, "fidelity": fidelity, "rows": rows,
