@@ -204,6 +204,18 @@ def test_dynamic_int8_runs_quantized_attention(build):
         assert mean_cosine(source.run(feeds)["output"], runner.run(feeds)["output"]) >= 0.98
 
 
+def test_dynamic_int8_keeps_an_additive_bias_out_of_qattention(build):
+    """QAttention has no attention_bias input (ORT's quantizer would drop GPT-2's causal mask): a site that keeps an
+    additive bias fuses as MultiHeadAttention, its projections quantized as MatMuls."""
+    artifact, source = build("gpt2", "int8-dynamic")
+    assert artifact.details["fusions"]["attention"]["op"] == "MultiHeadAttention"
+    assert artifact.details["ops"]["MultiHeadAttention"] == 2 and "QAttention" not in artifact.details["ops"]
+    assert artifact.details["ops"]["MatMulInteger"] >= 8
+    feeds = _feeds("gpt2", 16, SEQ, 3)
+    with load_artifact(artifact.path) as runner:
+        assert mean_cosine(source.run(feeds)["output"], runner.run(feeds)["output"]) >= 0.98
+
+
 def test_a_graph_without_attention_builds_unfused_and_says_why(tmp_path, write_model):
     source = load_model(write_model(NOT_ATTENTION), dynamic=["input:0=batch"])
     bundle = ModelBundle(source)

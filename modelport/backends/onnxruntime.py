@@ -251,10 +251,12 @@ class OnnxRuntimeBackend(Backend):
             tmp = Path(tmp_name)
             start, fusions = src, {"applied": False, "reason": "fusions=off"}
             if recipe.precision != "fp16" and o["fusions"] == "auto":
-                # static int8 keeps Q/K/V projections as MatMuls (MultiHeadAttention), so the QDQ pass quantizes them
+                # static int8 keeps Q/K/V projections as MatMuls (MultiHeadAttention), so the QDQ pass quantizes them;
+                # dynamic int8 too where attention keeps an additive bias, which QAttention has no input for
                 start, fusions = fused_for_build(src, tmp / "fused.onnx", bundle.source.example_feeds(),
                                                  pack=recipe.precision != "int8",
-                                                 gelu=o["gelu"] if recipe.precision == "fp32" else "exact")
+                                                 gelu=o["gelu"] if recipe.precision == "fp32" else "exact",
+                                                 pack_biased=recipe.precision != "int8-dynamic")
             if recipe.precision == "fp32":
                 with progress.stage("optimize"):
                     details = _build_fp32(src, start, out, o)

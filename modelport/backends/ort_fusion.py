@@ -325,11 +325,11 @@ def _packed_split(g: OnnxGraph, split: Any) -> _Packed | None:
     return _Packed(x, np.ascontiguousarray(weight, dtype=np.float32), np.ascontiguousarray(bias, dtype=np.float32))
 
 
-def _rewrite(g: OnnxGraph, site: _Site, index: int, pack: bool) -> tuple[str, int, int]:
+def _rewrite(g: OnnxGraph, site: _Site, index: int, pack: bool, pack_biased: bool) -> tuple[str, int, int]:
     """Put the fused node in the graph (dead nodes are pruned after): (op type, heads, hidden size)."""
     from onnx import helper, numpy_helper
 
-    packed = _packed(g, site) if pack else None
+    packed = _packed(g, site) if pack and (pack_biased or site.mask or not site.bias) else None
     out = f"fused_attention_{index}"
     if packed is not None:
         hidden = packed.weight.shape[1] // 3
@@ -383,10 +383,12 @@ def prune_dead(model: onnx.ModelProto) -> None:
     graph.initializer.extend(used)
 
 
-def fuse_attention(model: onnx.ModelProto, pack: bool = True) -> FusionReport:
+def fuse_attention(model: onnx.ModelProto, pack: bool = True, pack_biased: bool = True) -> FusionReport:
     """Fuse every attention site of `model` in place: Attention where Q/K/V pack, else MultiHeadAttention.
 
-    `pack=False` keeps the Q, K, V projections as MatMuls (MultiHeadAttention everywhere), for static INT8.
+    `pack=False` keeps the Q, K, V projections as MatMuls (MultiHeadAttention everywhere), for static INT8;
+    `pack_biased=False` does so only where a site keeps an additive bias, for dynamic INT8: ORT's quantizer turns
+    Attention into QAttention, which has no attention_bias input and would drop the bias (a causal mask among them).
     """
     from onnx import helper
 
@@ -404,7 +406,7 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True) -> FusionReport:
     ops = Counter()
     for index, site in enumerate(sites):
         try:
-            op, report.num_heads, report.hidden_size = _rewrite(g, site, index, pack)
+            op, report.num_heads, report.hidden_size = _rewrite(g, site, index, pack, pack_biased)
         except _NoMatch as why:
             report.not_fused.append({"node": site.softmax.name, "reason": str(why)})
             continue
@@ -445,7 +447,7 @@ def _masks_as_index(g: OnnxGraph, sites: list[_Site], report: FusionReport) -> N
         site.mask, site.fill, report.mask_input = cast[found.input], found.fill, found.input
 
 
-def fuse_transformer(src: Path, dst: Path, pack: bool = True) -> FusionReport:
+def fuse_transformer(src: Path, dst: Path, pack: bool = True, pack_biased: bool = True) -> FusionReport:
     """Attention fused here, then ORT's fusions for the rest; writes `dst` when anything fused."""
     import onnx
 
@@ -453,7 +455,7 @@ def fuse_transformer(src: Path, dst: Path, pack: bool = True) -> FusionReport:
 
     model = onnx.load(str(src))
     dst = Path(dst).resolve()
-    report = fuse_attention(model, pack)
+    report = fuse_attention(model, pack, pack_biased)
     before = Counter(n.op_type for n in model.graph.node)
     try:
         from onnxruntime.transformers.fusion_options import FusionOptions
@@ -520,7 +522,7 @@ def approximate_gelu(model: onnx.ModelProto) -> int:
 
 
 def fused_for_build(src: Path, dst: Path, feeds: Mapping[str, np.ndarray], pack: bool = True,
-                    gelu: str = "exact") -> tuple[Path, dict[str, Any]]:
+                    gelu: str = "exact", pack_biased: bool = True) -> tuple[Path, dict[str, Any]]:
     """The graph a build should start from (`dst` when fusions fired and kept the outputs, else `src`), and the
     manifest's record of what fused, what did not and why. `gelu="approximate"` then swaps the fused graph's GELUs
     for FastGelu and records how far that moves the outputs (it is not held to FUSED_RTOL: the build asked)."""
@@ -529,7 +531,7 @@ def fused_for_build(src: Path, dst: Path, feeds: Mapping[str, np.ndarray], pack:
     from modelport.exporters.parity import output_error
     from modelport.ort_session import ort_session
 
-    report = fuse_transformer(src, dst, pack)
+    report = fuse_transformer(src, dst, pack, pack_biased)
     record = report.to_json()
     if not report.fired:
         record["applied"] = False
