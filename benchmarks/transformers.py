@@ -222,7 +222,12 @@ def main() -> None:
     fidelity = {row: round(mean_cosine(reference, r.run(evaluation)["output"]), 5) for row, r in runners.items()}
     peaks = {"fp32": matmul_peak("fp32", args.threads), "int8": matmul_peak("int8", args.threads)}
     peak = PeakMatMul("int8", args.threads, repeats=PEAK_REPEATS)
+    load = [os.getloadavg()[0]]
     rows = measure(runners, onnx_path, args.shapes, args.rounds, args.budget, peak)
+    load.append(os.getloadavg()[0])
+    notes.append(f"1-minute load average {load[0]:.1f} when the timing started, {load[1]:.1f} when it ended "
+                 f"({os.cpu_count()} cores: above {args.threads} another process competed with the rows, alike "
+                 "within a round).")
     details = {row: json.loads((path / "manifest.json").read_text()).get("details", {}) for row, path in paths.items()}
     machine = machine_summary()
     table = markdown(machine, rows, fidelity, peaks, notes, args)
@@ -231,7 +236,7 @@ def main() -> None:
     path = write_dated_results(name, f"Transformer fusions and INT8: {MODELS[args.model]}, random weights",
                                table, machine, {"settings": {k: str(v) for k, v in vars(args).items()},
                                                 "peaks": peaks, "fidelity": fidelity, "rows": rows,
-                                                "build_seconds": build_seconds,
+                                                "build_seconds": build_seconds, "load_average": load,
                                                 "fusions": {r: d.get("fusions") for r, d in details.items()},
                                                 "openvino_runtime": {r: d.get("runtime") for r, d in details.items()
                                                                      if r.startswith("ov")}})
