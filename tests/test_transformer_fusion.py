@@ -29,11 +29,11 @@ TOKENS = ["input_ids:0=batch", "input_ids:1=seq", "attention_mask:0=batch", "att
 DYNAMIC = {"bert": TOKENS, "biased_bert": TOKENS, "biased_bert_per_key": TOKENS, "vit": ["x:0=batch"],
            "gpt2": ["input_ids:0=batch", "input_ids:1=seq"]}
 GELU = {"bert": "BiasGelu", "vit": "BiasGelu", "gpt2": "FastGelu"}  # GPT-2's tanh GELU is ORT's FastGelu
-# (sites fed the raw mask, the mask input, why each other site kept its additive bias)
-MASK = {"bert": (2, "attention_mask", []),
-        "vit": (0, None, ["a term of the bias' condition comes from Expand, not a gathered mask"] * 2),  # all-True
-        "gpt2": (0, None, ["a term of the bias' condition comes from LessOrEqual, not a gathered mask"] * 2),
-        "biased_bert": (0, None, ["the bias comes from Expand, not the exporter's Where over a mask"] * 2)}
+# (sites fed the raw mask, the mask input, why each other site kept its additive bias, zero biases dropped)
+MASK = {"bert": (2, "attention_mask", [], 0),
+        "vit": (0, None, [], 2),  # Where(expanded all-True, 0, fill): 0 everywhere
+        "gpt2": (0, None, ["a term of the bias' condition comes from LessOrEqual, not a gathered mask"] * 2, 0),
+        "biased_bert": (0, None, ["the bias comes from Expand, not the exporter's Where over a mask"] * 2, 0)}
 NOT_ATTENTION = '''
 def make():
     torch.manual_seed(0)
@@ -41,9 +41,10 @@ def make():
 '''
 
 
-def _mask(fusions: dict) -> tuple[int, str | None, list[str]]:
+def _mask(fusions: dict) -> tuple[int, str | None, list[str], int]:
     mask = fusions["mask"]
-    return mask["mask_index"], mask["input"], [site["reason"] for site in mask["additive_bias"]]
+    return (mask["mask_index"], mask["input"], [site["reason"] for site in mask["additive_bias"]],
+            mask["zero_bias_dropped"])
 
 
 def _feeds(name: str, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:

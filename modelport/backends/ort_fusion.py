@@ -56,6 +56,7 @@ class FusionReport:
     mask_index: int = 0
     mask_input: str | None = None
     additive_bias: list[dict[str, str]] = field(default_factory=list)
+    zero_bias_dropped: int = 0
 
     @property
     def fired(self) -> bool:
@@ -66,7 +67,7 @@ class FusionReport:
                               "num_heads": self.num_heads, "hidden_size": self.hidden_size,
                               "not_fused": self.not_fused},
                 "mask": {"mask_index": self.mask_index, "input": self.mask_input,
-                         "additive_bias": self.additive_bias},
+                         "additive_bias": self.additive_bias, "zero_bias_dropped": self.zero_bias_dropped},
                 "ort": self.ort, "ort_not_fired": self.ort_not_fired, "ort_error": self.ort_error}
 
 
@@ -423,8 +424,8 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True, pack_biased: bool 
 
 def _masks_as_index(g: OnnxGraph, sites: list[_Site], report: FusionReport) -> None:
     """Point each site whose bias is the exporter's padding mask at the raw mask, cast to int32 once for all
-    layers (through bool: nonzero keeps, as the exporter's Cast to bool does, for any mask values); the others
-    keep their additive bias, with the reason in the report."""
+    layers (through bool: nonzero keeps, as the exporter's Cast to bool does, for any mask values), and drop a bias
+    that is 0 everywhere; the others keep their additive bias, with the reason in the report."""
     from onnx import TensorProto, helper
 
     cast: dict[str, str] = {}
@@ -437,6 +438,10 @@ def _masks_as_index(g: OnnxGraph, sites: list[_Site], report: FusionReport) -> N
             found = padding_mask(g, site.bias)
         except NotTheMask as why:
             report.additive_bias.append({"node": site.softmax.name, "reason": str(why)})
+            continue
+        if found is None:  # 0 everywhere: adding it changes nothing
+            site.bias = None
+            report.zero_bias_dropped += 1
             continue
         if found.input not in cast:
             keep, cast[found.input] = f"{found.input}_keep", f"{found.input}_int32"

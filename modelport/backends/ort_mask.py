@@ -36,8 +36,9 @@ class PaddingMask:
     fill: float
 
 
-def padding_mask(g: Any, bias: str) -> PaddingMask:
-    """The 2D mask input behind an additive attention bias, or NotTheMask saying why it is not one."""
+def padding_mask(g: Any, bias: str) -> PaddingMask | None:
+    """The 2D mask input behind an additive attention bias, None where the bias is 0 everywhere (its condition
+    always true: ViT's, with no mask input), or NotTheMask saying why it is neither."""
     where = g.make("Where", bias)
     if where is None:
         raise NotTheMask(f"the bias comes from {g.origin(bias)}, not the exporter's Where over a mask")
@@ -48,9 +49,9 @@ def padding_mask(g: Any, bias: str) -> PaddingMask:
     for term in _and_terms(g, where.input[0]):
         if not _always_true(g, term):
             masks.append(_gathered_mask(g, term))
-    if len(masks) != 1:
+    if len(masks) > 1:
         raise NotTheMask(f"the bias' condition reads {len(masks)} masks, not one")
-    return PaddingMask(masks[0], fill)
+    return PaddingMask(masks[0], fill) if masks else None
 
 
 def _and_terms(g: Any, name: str) -> list[str]:
@@ -59,10 +60,14 @@ def _and_terms(g: Any, name: str) -> list[str]:
 
 
 def _always_true(g: Any, name: str) -> bool:
-    """A constant all-True, or an arange from 0 compared >= 0 (HF's bidirectional mask function)."""
+    """A constant all-True (or one expanded), or an arange from 0 compared >= 0 (HF's bidirectional mask
+    function)."""
     if name in g.const:
         value = g.const[name]
         return value.dtype == np.bool_ and bool(value.all())
+    expand = g.make("Expand", name)
+    if expand is not None:
+        return _always_true(g, expand.input[0])
     ge = g.make("GreaterOrEqual", name)
     if ge is None or g.scalar(ge.input[1]) != 0.0:
         return False
