@@ -4,19 +4,23 @@ FP32 and INT8 latency per runtime, fused against unfused, beside Hugging Face Op
 row's share of the machine's measured matrix-multiply peak.
 
     python -m benchmarks.transformers [--model bert_base|minilm_l6] [--shapes 1x32,8x32,1x128,8x128] [--rounds 5]
-                                      [--budget 20] [--rows "ort int8,ort int8-dynamic"]
+                                      [--budget 20] [--rows "ort int8,ort int8-dynamic"] [--threads 2]
+                                      [--baseline "before ort fp32=DIR,..."] [--tag NAME]
 
 Rows: modelport's ONNX Runtime FP32 / static INT8 / dynamic INT8 with and without fusions (`fusions=off` is
 what modelport built before), OpenVINO FP32 and INT8, and Optimum's export optimized by `ORTOptimizer` at
 O2 and O3 and the O3 model quantized with its avx2 static preset (built in the Optimum venv: make
-optimum-venv; benchmarks/optimum_transformers.py). One process holds every runner (2 threads each); for
+optimum-venv; benchmarks/optimum_transformers.py), and `--baseline` artifacts built elsewhere (another checkout's
+modelport, so a change is timed against what it replaces in the same rounds). One process holds every runner
+(`--threads` each, 2 by default); for
 each input shape the rows take turns round after round (modelport.timing.interleaved_rounds), so load
 drifting on the machine hits them alike; ratios are medians of per-round ratios. The INT8 peak (1024^3
 MatMulInteger, 20 in a turn, benchmarks/peak.py) takes its turn in the same rounds, so a row's share of it is a
 median of per-round shares under the same load, not a ratio to a peak measured at another moment. `--rows`
 builds and times a subset (ORT FP32, the reference of every ratio, always among them). Fidelity is the mean
 per-sample cosine to PyTorch FP32 on padded token batches: random weights, so it speaks to speed only.
-Writes benchmarks/results/transformers-<machine>-<date>.{md,json} (transformers-minilm_l6-... for that model).
+Writes benchmarks/results/transformers-<machine>-<date>.{md,json} (transformers-minilm_l6-... for that model,
+-1thread-... for --threads 1, -TAG-... for --tag: a run of some rows beside the full table, not over it).
 """
 
 from __future__ import annotations
@@ -41,13 +45,14 @@ from benchmarks.peers import DEFAULT_OPTIMUM_VENV, OPTIMUM_PYTHON  # noqa: E402
 from benchmarks.run_suite import write_dated_results  # noqa: E402
 from modelport.similarity import mean_cosine  # noqa: E402
 
-THREADS = 2
+THREADS = 2  # the default: the machine's cores
 MODELS = {"bert_base": "BERT-base shape", "minilm_l6": "6-layer MiniLM shape (hidden 384)"}
 DYNAMIC = ["input_ids:0=batch", "input_ids:1=seq", "attention_mask:0=batch", "attention_mask:1=seq"]
 QUICK = {"measure": "false", "analysis_samples": "16"}  # the benchmark times every row itself
 BUILDS = {  # row -> (backend, precision, options)
     "ort fp32 unfused": ("onnxruntime", "fp32", {"fusions": "off"}),
     "ort fp32": ("onnxruntime", "fp32", {}),
+    "ort fp32 gelu=approximate": ("onnxruntime", "fp32", {"gelu": "approximate"}),  # FastGelu, as Optimum O3
     "ort int8 unfused": ("onnxruntime", "int8", {"fusions": "off", **QUICK}),
     "ort int8": ("onnxruntime", "int8", QUICK),
     "ort int8-dynamic": ("onnxruntime", "int8-dynamic", {"measure": "false"}),
@@ -109,10 +114,10 @@ def optimum_rows(source: Any, work: Path, calib_size: int) -> tuple[dict[str, Pa
 class _OrtFile:
     """An ONNX file in ONNX Runtime, fed what its inputs take (Optimum's BERT adds token_type_ids)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int) -> None:
         from modelport.ort_session import ort_session
 
-        self.session = ort_session(path, threads=THREADS)
+        self.session = ort_session(path, threads=threads)
         self.names = [i.name for i in self.session.get_inputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,10 +154,11 @@ def measure(runners: dict[str, Any], onnx_path: Path, shapes: list[tuple[int, in
 
 def markdown(machine: dict[str, Any], rows: list[dict[str, Any]], fidelity: dict[str, float],
              peaks: dict[str, float], notes: list[str], args: argparse.Namespace) -> str:
-    lines = [f"Machine: {machine['cpu']} ({machine['cores']} cores, {', '.join(machine['flags'])}), {THREADS} threads, "
-             f"{args.rounds} interleaved rounds per shape. Peaks measured in this run (ONNX Runtime MatMul): "
-             f"FP32 {peaks['fp32'] / 1e9:.1f} GMAC/s, INT8 {peaks['int8'] / 1e9:.1f} GMAC/s alone; in the rounds "
-             "the INT8 peak took its turn with the rows (its median per shape is in the JSON, peak_gmacs_per_s).",
+    lines = [f"Machine: {machine['cpu']} ({machine['cores']} cores, {', '.join(machine['flags'])}), "
+             f"{args.threads} threads, {args.rounds} interleaved rounds per shape. Peaks measured in this run "
+             f"(ONNX Runtime MatMul): FP32 {peaks['fp32'] / 1e9:.1f} GMAC/s, INT8 {peaks['int8'] / 1e9:.1f} GMAC/s "
+             "alone; in the rounds the INT8 peak took its turn with the rows (its median per shape is in the JSON, "
+             "peak_gmacs_per_s).",
              "",
              "| batch | seq | row | p50 ms | vs ORT fp32 (fused) | vs Optimum O3 | share of INT8 peak | "
              "cosine to torch |", "|---|---|---|---|---|---|---|---|"]
@@ -166,6 +172,13 @@ def markdown(machine: dict[str, Any], rows: list[dict[str, Any]], fidelity: dict
     return "\n".join(lines)
 
 
+def _baselines(text: str) -> dict[str, Path]:
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(p) != 2 or not (Path(p[1]) / "manifest.json").is_file() for p in pairs):
+        raise argparse.ArgumentTypeError("expected ROW=ARTIFACT_DIR,... with a manifest.json in each folder")
+    return {row.strip(): Path(path) for row, path in pairs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="bert_base")
@@ -177,6 +190,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="build folder (default: bench-transformers[-MODEL])")
     parser.add_argument("--rows", type=lambda s: [r.strip() for r in s.split(",")],
                         default=[*BUILDS, *OPTIMUM_ROWS], help="rows to build and time, comma-separated")
+    parser.add_argument("--threads", type=int, default=THREADS, help="intra-op threads of every runner")
+    parser.add_argument("--baseline", type=_baselines, default={},
+                        help="ROW=ARTIFACT_DIR,...: artifacts built elsewhere, timed as extra rows")
+    parser.add_argument("--tag", help="appended to the results' file name")
     args = parser.parse_args()
     unknown = set(args.rows) - set(BUILDS) - set(OPTIMUM_ROWS)
     if unknown:
@@ -188,7 +205,7 @@ def main() -> None:
     from modelport.machine import machine_summary
 
     args.work = args.work or Path("bench-transformers" + ("" if args.model == "bert_base" else f"-{args.model}"))
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     source = modelport.load_model(f"benchmarks.models:{args.model}", dynamic=DYNAMIC)
     onnx_path = ModelBundle(source).onnx_path
     paths, build_seconds = build_rows(source, args.work, args.calib_size,
@@ -197,22 +214,29 @@ def main() -> None:
                         else ({}, None))
     optimum = {row: path for row, path in optimum.items() if row in args.rows}
     notes = [f"Optimum rows skipped: {skipped}"] if skipped else []
-    runners = {row: modelport.load(path, threads=THREADS) for row, path in paths.items()}
-    runners.update({row: _OrtFile(path) for row, path in optimum.items()})
+    paths.update(args.baseline)
+    runners = {row: modelport.load(path, threads=args.threads) for row, path in paths.items()}
+    runners.update({row: _OrtFile(path, args.threads) for row, path in optimum.items()})
     evaluation = _stack(list(token_batches(8, seed=3)))
     reference = source.run(evaluation)["output"]
     fidelity = {row: round(mean_cosine(reference, r.run(evaluation)["output"]), 5) for row, r in runners.items()}
-    peaks = {"fp32": matmul_peak("fp32", THREADS), "int8": matmul_peak("int8", THREADS)}
-    peak = PeakMatMul("int8", THREADS, repeats=PEAK_REPEATS)
+    peaks = {"fp32": matmul_peak("fp32", args.threads), "int8": matmul_peak("int8", args.threads)}
+    peak = PeakMatMul("int8", args.threads, repeats=PEAK_REPEATS)
+    load = [os.getloadavg()[0]]
     rows = measure(runners, onnx_path, args.shapes, args.rounds, args.budget, peak)
+    load.append(os.getloadavg()[0])
+    notes.append(f"1-minute load average {load[0]:.1f} when the timing started, {load[1]:.1f} when it ended "
+                 f"({os.cpu_count()} cores: above {args.threads} another process competed with the rows, alike "
+                 "within a round).")
     details = {row: json.loads((path / "manifest.json").read_text()).get("details", {}) for row, path in paths.items()}
     machine = machine_summary()
     table = markdown(machine, rows, fidelity, peaks, notes, args)
-    name = "transformers" + ("" if args.model == "bert_base" else f"-{args.model}")
+    name = "transformers" + ("" if args.model == "bert_base" else f"-{args.model}") + \
+        ("" if args.threads == THREADS else f"-{args.threads}thread") + (f"-{args.tag}" if args.tag else "")
     path = write_dated_results(name, f"Transformer fusions and INT8: {MODELS[args.model]}, random weights",
                                table, machine, {"settings": {k: str(v) for k, v in vars(args).items()},
                                                 "peaks": peaks, "fidelity": fidelity, "rows": rows,
-                                                "build_seconds": build_seconds,
+                                                "build_seconds": build_seconds, "load_average": load,
                                                 "fusions": {r: d.get("fusions") for r, d in details.items()},
                                                 "openvino_runtime": {r: d.get("runtime") for r, d in details.items()
                                                                      if r.startswith("ov")}})

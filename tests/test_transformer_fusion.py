@@ -2,6 +2,8 @@
 
 On small BERT, ViT and GPT-2 configs (2 layers, hidden 64, sequence 16) the FP32 artifact runs attention as
 ORT's fused `Attention` op with SkipLayerNormalization and BiasGelu/FastGelu, and matches the unfused build;
+BERT's padding mask reaches the fused attention as its raw 2D mask (the exporter's mask subgraph is gone), for any
+padding pattern, while a bias that is not the padding mask's alone (GPT-2's causal one) stays additive, saying why;
 static INT8 quantizes the fused graph (MultiHeadAttention, Q/K/V projections in int8) within the fidelity
 rules, dynamic INT8 runs QAttention; a graph with no attention to fuse builds as before and says why.
 On OpenVINO the same exported attention runs as one fused kernel in the CPU plugin's runtime model, in FP32
@@ -23,9 +25,15 @@ from tests.transformer_models import IMAGE, SEQ, VOCAB
 
 pytest.importorskip("transformers", reason="the models are built from transformers configs")
 
-DYNAMIC = {"bert": ["input_ids:0=batch", "input_ids:1=seq", "attention_mask:0=batch", "attention_mask:1=seq"],
-           "vit": ["x:0=batch"], "gpt2": ["input_ids:0=batch", "input_ids:1=seq"]}
+TOKENS = ["input_ids:0=batch", "input_ids:1=seq", "attention_mask:0=batch", "attention_mask:1=seq"]
+DYNAMIC = {"bert": TOKENS, "biased_bert": TOKENS, "biased_bert_per_key": TOKENS, "vit": ["x:0=batch"],
+           "gpt2": ["input_ids:0=batch", "input_ids:1=seq"]}
 GELU = {"bert": "BiasGelu", "vit": "BiasGelu", "gpt2": "FastGelu"}  # GPT-2's tanh GELU is ORT's FastGelu
+# (sites fed the raw mask, the mask input, why each other site kept its additive bias, zero biases dropped)
+MASK = {"bert": (2, "attention_mask", [], 0),
+        "vit": (0, None, [], 2),  # Where(expanded all-True, 0, fill): 0 everywhere
+        "gpt2": (0, None, ["a term of the bias' condition comes from LessOrEqual, not a gathered mask"] * 2, 0),
+        "biased_bert": (0, None, ["the bias comes from Expand, not the exporter's Where over a mask"] * 2, 0)}
 NOT_ATTENTION = '''
 def make():
     torch.manual_seed(0)
@@ -33,12 +41,18 @@ def make():
 '''
 
 
+def _mask(fusions: dict) -> tuple[int, str | None, list[str], int]:
+    mask = fusions["mask"]
+    return (mask["mask_index"], mask["input"], [site["reason"] for site in mask["additive_bias"]],
+            mask["zero_bias_dropped"])
+
+
 def _feeds(name: str, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     if name == "vit":
         return {"x": rng.standard_normal((batch, 3, IMAGE, IMAGE)).astype(np.float32)}
     feeds = {"input_ids": rng.integers(3, VOCAB, (batch, seq)).astype(np.int64)}
-    if name == "bert":
+    if "attention_mask:0=batch" in DYNAMIC[name]:
         mask = np.ones((batch, seq), np.int64)
         mask[0, seq // 2:] = 0  # a padded row: the mask reaches the fused attention as its bias
         feeds["attention_mask"] = mask
@@ -76,6 +90,7 @@ def test_fp32_runs_fused_attention_and_matches_the_unfused_build(build, name):
     assert fusions["applied"] and fusions["attention"] == {
         "op": "Attention", "fused": 2, "sites": 2, "num_heads": 4, "hidden_size": 64, "not_fused": []}
     ops = artifact.details["ops"]
+    assert _mask(fusions) == MASK[name]
     assert ops["Attention"] == 2 and ops["SkipLayerNormalization"] >= 3 and ops[GELU[name]] == 2
     assert "Softmax" not in ops and "Softmax" in plain.details["ops"]
     assert plain.details["fusions"] == {"applied": False, "reason": "fusions=off"}
@@ -84,6 +99,72 @@ def test_fp32_runs_fused_attention_and_matches_the_unfused_build(build, name):
             feeds = _feeds(name, batch, seq, 2)
             want, got = unfused.run(feeds)["output"], fused.run(feeds)["output"]
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def _padded(batch: int, seq: int) -> dict[str, np.ndarray]:
+    """Right, left and middle padding, a row with no padding and one fully masked."""
+    mask = np.ones((batch, seq), np.int64)
+    mask[0, seq - 5:] = 0
+    mask[1, :4] = 0
+    mask[2, 3:9] = 0
+    mask[4, :] = 0
+    return {"input_ids": np.random.default_rng(5).integers(3, VOCAB, (batch, seq)).astype(np.int64),
+            "attention_mask": mask}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_padding_mask_reaches_attention_raw_and_matches_for_any_padding(build, precision):
+    """Attention's mask_index (MultiHeadAttention's key_padding_mask for static INT8) takes the 2D mask, so the
+    exporter's ~25-op mask subgraph is gone. A fully masked row attends uniformly in the exported graph (its
+    -FLT_MAX fill leaves no NaN for its Where(IsNaN) guard to catch), and so it does fused: it matches too."""
+    artifact, _ = build("bert", precision)
+    plain, _ = build("bert", precision, fusions="off")
+    assert _mask(artifact.details["fusions"]) == MASK["bert"]
+    ops = artifact.details["ops"]
+    assert not {"GatherND", "Where", "Range", "And"} & set(ops) and "GatherND" in plain.details["ops"]
+    if precision == "int8":
+        return  # fused vs unfused INT8 differ by their quantization, which the fidelity test covers
+    feeds = _padded(5, 13)
+    with load_artifact(artifact.path) as fused, load_artifact(plain.path) as unfused:
+        want, got = unfused.run(feeds)["output"], fused.run(feeds)["output"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_a_bias_that_is_not_the_padding_mask_alone_stays_additive_and_says_why(build):
+    """BERT called with a 4D mask: padding plus a term of the tokens. Attention still fuses, with the bias."""
+    artifact, _ = build("biased_bert")
+    plain, _ = build("biased_bert", fusions="off")
+    fusions = artifact.details["fusions"]
+    assert fusions["applied"] and fusions["attention"]["fused"] == 2
+    assert _mask(fusions) == MASK["biased_bert"]
+    feeds = _padded(5, 13)
+    with load_artifact(artifact.path) as fused, load_artifact(plain.path) as unfused:
+        want, got = unfused.run(feeds)["output"], fused.run(feeds)["output"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_approximate_gelu_is_opt_in_and_its_deviation_is_recorded(build):
+    """gelu=approximate swaps BiasGelu for FastGelu (Optimum O3's tanh GELU); by default GELU stays exact."""
+    exact, _ = build("bert")
+    fast, _ = build("bert", gelu="approximate")
+    assert "gelu_approximation" not in exact.details["fusions"] and "FastGelu" not in exact.details["ops"]
+    assert fast.details["ops"]["FastGelu"] == 2 and "BiasGelu" not in fast.details["ops"]
+    record = fast.details["fusions"]["gelu_approximation"]
+    assert record["fast_gelu"] == 2 and 0 < record["max_rel_error_vs_unfused"] < 1e-2
+    feeds = _padded(5, 13)
+    with load_artifact(fast.path) as approximate, load_artifact(exact.path) as unapproximated:
+        want, got = unapproximated.run(feeds)["output"], approximate.run(feeds)["output"]
+    assert 0 < np.abs(got - want).max() < 1e-2 * np.abs(want).max()
+
+
+def test_a_fused_graph_ort_cannot_run_builds_unfused_and_says_why(build):
+    """A (batch, 1, 1, seq) additive bias: the exported graph broadcasts it, ORT's Attention rejects it."""
+    artifact, _ = build("biased_bert_per_key")
+    plain, _ = build("biased_bert_per_key", fusions="off")
+    fusions = artifact.details["fusions"]
+    assert not fusions["applied"] and fusions["reason"].startswith("the fused graph does not run on the example "
+                                                                   "inputs (InvalidArgument: ")
+    assert artifact.details["ops"] == plain.details["ops"]
 
 
 def test_static_int8_quantizes_the_fused_graph_within_the_fidelity_rules(build):
@@ -120,6 +201,18 @@ def test_dynamic_int8_runs_quantized_attention(build):
     assert artifact.details["fusions"]["attention"]["op"] == "Attention"
     assert artifact.details["ops"]["QAttention"] == 2
     feeds = _feeds("bert", 16, SEQ, 3)
+    with load_artifact(artifact.path) as runner:
+        assert mean_cosine(source.run(feeds)["output"], runner.run(feeds)["output"]) >= 0.98
+
+
+def test_dynamic_int8_keeps_an_additive_bias_out_of_qattention(build):
+    """QAttention has no attention_bias input (ORT's quantizer would drop GPT-2's causal mask): a site that keeps an
+    additive bias fuses as MultiHeadAttention, its projections quantized as MatMuls."""
+    artifact, source = build("gpt2", "int8-dynamic")
+    assert artifact.details["fusions"]["attention"]["op"] == "MultiHeadAttention"
+    assert artifact.details["ops"]["MultiHeadAttention"] == 2 and "QAttention" not in artifact.details["ops"]
+    assert artifact.details["ops"]["MatMulInteger"] >= 8
+    feeds = _feeds("gpt2", 16, SEQ, 3)
     with load_artifact(artifact.path) as runner:
         assert mean_cosine(source.run(feeds)["output"], runner.run(feeds)["output"]) >= 0.98
 

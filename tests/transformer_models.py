@@ -64,3 +64,33 @@ def gpt2() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0,
                         initializer_range=0.2)
     return _Decoder(GPT2Model(config)).eval(), {"input_ids": torch.randint(0, VOCAB, (2, SEQ))}
+
+
+
+class _BiasedBert(nn.Module):
+    """BERT called with a 4D additive mask: the padding mask plus a per-key term of the tokens. Not a function of
+    attention_mask alone, so the fused attention must keep it as an additive bias. `per_query=False` leaves the
+    bias (batch, 1, 1, seq), which the exported graph broadcasts and ORT's fused Attention does not take."""
+
+    def __init__(self, model: nn.Module, per_query: bool) -> None:
+        super().__init__()
+        self.model, self.per_query = model, per_query
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        padding = torch.where(attention_mask[:, None, None, :].bool(), 0.0, torch.finfo(torch.float32).min)
+        bias = padding + (input_ids % 7).float()[:, None, None, :] * 0.1
+        if self.per_query:
+            bias = bias.expand(-1, 1, input_ids.shape[1], -1)
+        return self.model(input_ids=input_ids, attention_mask=bias).last_hidden_state
+
+
+def biased_bert(per_query: bool = True) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=VOCAB, **SMALL), add_pooling_layer=False)
+    return _BiasedBert(model, per_query).eval(), _tokens()
+
+
+def biased_bert_per_key() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    return biased_bert(per_query=False)

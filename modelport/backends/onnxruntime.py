@@ -220,6 +220,10 @@ class OnnxRuntimeBackend(Backend):
         Option(name="fusions", help="Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm): auto applies "
                "them where the graph has them (before quantizing, for int8), off skips them.", default="auto",
                choices=("auto", "off"), precisions=("fp32", "int8", "int8-dynamic")),
+        Option(name="gelu", help="GELU in the fused graph: exact (erf, the fusions stay within 1e-4 of the exported "
+               "graph) or approximate (ORT's FastGelu, the tanh form Optimum's O3 uses: faster, not the same "
+               "function; its deviation is measured and recorded in the manifest).", default="exact",
+               choices=("exact", "approximate"), precisions=("fp32",)),
         Option(name="keep_fp32", help="Op types kept in float32 besides those chosen automatically "
                "(comma-separated).", default=(), parse=parse_list, precisions=("fp16",)),
         *QdqSettings.as_options(),  # the shared QDQ pass's knobs, declared in modelport/quantize/settings.py
@@ -247,9 +251,12 @@ class OnnxRuntimeBackend(Backend):
             tmp = Path(tmp_name)
             start, fusions = src, {"applied": False, "reason": "fusions=off"}
             if recipe.precision != "fp16" and o["fusions"] == "auto":
-                # static int8 keeps Q/K/V projections as MatMuls (MultiHeadAttention), so the QDQ pass quantizes them
+                # static int8 keeps Q/K/V projections as MatMuls (MultiHeadAttention), so the QDQ pass quantizes them;
+                # dynamic int8 too where attention keeps an additive bias, which QAttention has no input for
                 start, fusions = fused_for_build(src, tmp / "fused.onnx", bundle.source.example_feeds(),
-                                                 pack=recipe.precision != "int8")
+                                                 pack=recipe.precision != "int8",
+                                                 gelu=o["gelu"] if recipe.precision == "fp32" else "exact",
+                                                 pack_biased=recipe.precision != "int8-dynamic")
             if recipe.precision == "fp32":
                 with progress.stage("optimize"):
                     details = _build_fp32(src, start, out, o)
