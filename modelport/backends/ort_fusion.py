@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.ort_mask import NotTheMask, padding_mask
+from modelport.backends.ort_mask import NotTheMask, attribute, padding_mask
 
 if TYPE_CHECKING:
     import onnx
@@ -130,15 +130,6 @@ class OnnxGraph:
     def scalar(self, name: str) -> float | None:
         value = self.const.get(name)
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
-
-
-def attribute(node: Any, name: str, default: Any = None) -> Any:
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _scaled(g: OnnxGraph, name: str) -> tuple[str, float, list[Any]]:

@@ -84,13 +84,13 @@ def _gathered_mask(g: Any, name: str) -> str:
     if gather is None:
         raise NotTheMask(f"a term of the bias' condition comes from {g.origin(name)}, not a gathered mask")
     cast = g.make("Cast", gather.input[0])
-    if cast is None or _attr(gather, "batch_dims", 0) or _attr(cast, "to") != BOOL:
+    if cast is None or attribute(gather, "batch_dims", 0) or attribute(cast, "to") != BOOL:
         raise NotTheMask("the gathered mask is not the mask input cast to bool")
     mask = cast.input[0]
     if not _is_2d_int_input(g, mask):
         raise NotTheMask(f"{mask} is not a 2D integer graph input")
     concat = g.make("Concat", gather.input[1])
-    if concat is None or _attr(concat, "axis") not in (-1, BIAS_RANK) or len(concat.input) != 2:
+    if concat is None or attribute(concat, "axis") not in (-1, BIAS_RANK) or len(concat.input) != 2:
         raise NotTheMask("the mask's index grid is not a Concat of two index tensors")
     columns = [_grid_column(g, column) for column in concat.input]
     if len({shape for _, shape in columns}) != 1:
@@ -108,7 +108,7 @@ def _grid_column(g: Any, name: str) -> tuple[tuple[str, int, int], str]:
     expand = g.make("Expand", unsqueeze.input[0])
     shape = g.make("Shape", expand.input[1]) if expand is not None else None
     widest = g.make("Max", shape.input[0]) if shape is not None else None
-    if widest is None or _attr(shape, "start", 0) != 0 or _attr(shape, "end") is not None \
+    if widest is None or attribute(shape, "start", 0) != 0 or attribute(shape, "end") is not None \
             or expand.input[0] not in widest.input:
         raise NotTheMask("an index column is not expanded to the broadcast of the two aranges")
     found = _arange(g, expand.input[0])
@@ -142,8 +142,8 @@ def _dim_of(g: Any, name: str) -> tuple[str, int]:
     """Squeeze(Shape(x, start=d, end=d+1)): (x, d)."""
     squeeze = g.make("Squeeze", name)
     shape = g.make("Shape", squeeze.input[0]) if squeeze is not None else None
-    start = _attr(shape, "start", 0) if shape is not None else None
-    if shape is None or start is None or start < 0 or _attr(shape, "end") != start + 1:
+    start = attribute(shape, "start", 0) if shape is not None else None
+    if shape is None or start is None or start < 0 or attribute(shape, "end") != start + 1:
         raise NotTheMask("an arange's length is not one dim of a tensor's shape")
     return shape.input[0], int(start)
 
@@ -160,10 +160,11 @@ def _axes(g: Any, unsqueeze: Any) -> list[int] | None:
     if len(unsqueeze.input) > 1:
         value = g.const.get(unsqueeze.input[1])
         return None if value is None else [int(a) for a in value.reshape(-1)]
-    return _attr(unsqueeze, "axes")
+    return attribute(unsqueeze, "axes")
 
 
-def _attr(node: Any, name: str, default: Any = None) -> Any:
+def attribute(node: Any, name: str, default: Any = None) -> Any:
+    """An ONNX node attribute's value (repeated ones as a list), or `default` where the node has none."""
     from onnx import helper
 
     for a in node.attribute:
