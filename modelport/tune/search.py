@@ -2,18 +2,18 @@
 
 Full INT8 is built and judged first, on held-out evaluation data (never the calibration samples). If it misses,
 debug's ranking on that artifact orders the layers by the error each adds (each as the group of nodes that keeps its
-error out, tune/exclude.py); the top 1, 2, 4... groups are
-kept in float until a candidate meets the budget, then a bisection on the count finds the fewest; a group whose
-fallback did not help (the candidate with it came no closer than the one without) is then quantized again in one
-more candidate. At most `max_candidates` builds are judged. Where a backend's default build cannot keep a layer's
-error out by excluding it (OpenVINO's NNCF, exclude.ROUTES), a missed default build is followed by the route's full
-INT8 build, which is ranked and searched instead; the manifest's `tune.exclusion` and `tune.route` say how layers
-were kept out. Where the default build met the budget but chose fidelity over speed (ONNX Runtime's int8 guard
-taking u8u8, exclude.FASTER), its faster variant is judged beside it (`tune.faster`).
-Every candidate is timed in interleaved rounds (harness/latency.py); the fastest that meets the budget is
-written to `out`, or the closest when none does (marked `budget: missed`). The manifest's `tune.key` hashes
-everything the search depends on (model content, calibration and evaluation data, budget, options, cap, metric,
-runtime and modelport versions): a later search with the same key reuses the artifact at `out` unless `force`.
+error out, tune/exclude.py); the top 1, 2, 4... groups are kept in float until a candidate meets the budget, then a
+bisection on the count finds the fewest; a group whose fallback did not help (the candidate with it came no closer
+than the one without) is then quantized again in one more candidate. At most `max_candidates` builds are judged.
+Where a backend's default build cannot keep a layer's error out by excluding it (OpenVINO's NNCF, exclude.ROUTES), a
+missed default build is followed by the route's full INT8 build, which is ranked and searched instead; the
+manifest's `tune.exclusion` and `tune.route` say how layers were kept out. Where the default build met the budget
+but chose fidelity over speed (ONNX Runtime's int8 guard taking u8u8, exclude.FASTER), its faster variant is judged
+beside it (`tune.faster`). Every candidate is timed in interleaved rounds (harness/latency.py); the fastest that
+meets the budget is written to `out`, or the closest when none does (marked `budget: missed`). The manifest's
+`tune.key` hashes everything the search depends on (model content, calibration and evaluation data, budget, options,
+cap, metric, runtime and modelport versions): a later search with the same key reuses the artifact at `out` unless
+`force`.
 """
 
 from __future__ import annotations
