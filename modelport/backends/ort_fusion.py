@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.ort_mask import NotTheMask, attribute, padding_mask
+from modelport.backends.ort_causal import attention_mask
+from modelport.backends.ort_mask import NotTheMask, attribute
 
 if TYPE_CHECKING:
     import onnx
@@ -55,6 +56,7 @@ class FusionReport:
     ort_error: str | None = None
     mask_index: int = 0
     mask_input: str | None = None
+    causal: int = 0
     additive_bias: list[dict[str, str]] = field(default_factory=list)
     zero_bias_dropped: int = 0
 
@@ -66,7 +68,7 @@ class FusionReport:
         return {"attention": {"op": self.attention_op, "fused": self.attention_fused, "sites": self.attention_sites,
                               "num_heads": self.num_heads, "hidden_size": self.hidden_size,
                               "not_fused": self.not_fused},
-                "mask": {"mask_index": self.mask_index, "input": self.mask_input,
+                "mask": {"mask_index": self.mask_index, "input": self.mask_input, "causal": self.causal,
                          "additive_bias": self.additive_bias, "zero_bias_dropped": self.zero_bias_dropped},
                 "ort": self.ort, "ort_not_fired": self.ort_not_fired, "ort_error": self.ort_error}
 
@@ -89,6 +91,7 @@ class _Site:
     bias_factor: float = 1.0  # a scale applied after the bias is added (to the bias too)
     mask: str | None = None  # the raw int32 mask fed instead of the bias, where the bias is the padding mask's
     fill: float = 0.0  # the bias where the mask is 0
+    causal: bool = False  # the bias was (also) the causal mask: the fused op runs unidirectional=1 instead
 
 
 class OnnxGraph:
@@ -321,7 +324,7 @@ def _rewrite(g: OnnxGraph, site: _Site, index: int, pack: bool, pack_biased: boo
     """Put the fused node in the graph (dead nodes are pruned after): (op type, heads, hidden size)."""
     from onnx import helper, numpy_helper
 
-    packed = _packed(g, site) if pack and (pack_biased or site.mask or not site.bias) else None
+    packed = _packed(g, site) if pack and (pack_biased or not site.bias) else None
     out = f"fused_attention_{index}"
     if packed is not None:
         hidden = packed.weight.shape[1] // 3
@@ -329,18 +332,20 @@ def _rewrite(g: OnnxGraph, site: _Site, index: int, pack: bool, pack_biased: boo
         w, b = f"fused_attention_{index}_qkv_weight", f"fused_attention_{index}_qkv_bias"
         g.graph.initializer.extend([numpy_helper.from_array(packed.weight.astype(np.float32), w),
                                     numpy_helper.from_array(packed.bias.astype(np.float32), b)])
-        inputs = [packed.x, w, b, site.mask or "", "", "" if site.mask else site.bias or ""]
+        inputs = [packed.x, w, b, site.mask or "", "", site.bias or ""]
         op = "Attention"
     else:
         hidden = _width(g, site.q)
         if hidden is None:
             raise _NoMatch("the width of Q is not known (no constant projection weight)")
         heads = hidden // site.head_size
-        inputs = [site.q, site.k, site.v, "", site.mask or "", "" if site.mask else site.bias or ""]
+        inputs = [site.q, site.k, site.v, "", site.mask or "", site.bias or ""]
         op = "MultiHeadAttention"
     while inputs and not inputs[-1]:
         inputs.pop()
-    masked = {"mask_filter_value": float(site.fill)} if site.mask else {}
+    masked = {"mask_filter_value": float(site.fill)} if site.mask or site.causal else {}
+    if site.causal:
+        masked["unidirectional"] = 1
     node = helper.make_node(op, inputs, [out], name=f"{op}_{index}", domain=MS_DOMAIN, num_heads=heads,
                             scale=float(site.scale), **masked)
     position = list(g.graph.node).index(site.out_reshape)
@@ -404,6 +409,7 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True, pack_biased: bool 
             continue
         ops[op] += 1
         report.mask_index += site.mask is not None
+        report.causal += site.causal
     report.attention_fused = sum(ops.values())
     report.attention_op = "+".join(sorted(ops)) or None
     if ops:
@@ -415,8 +421,9 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True, pack_biased: bool 
 
 def _masks_as_index(g: OnnxGraph, sites: list[_Site], report: FusionReport) -> None:
     """Point each site whose bias is the exporter's padding mask at the raw mask, cast to int32 once for all
-    layers (through bool: nonzero keeps, as the exporter's Cast to bool does, for any mask values), and drop a bias
-    that is 0 everywhere; the others keep their additive bias, with the reason in the report."""
+    layers (through bool: nonzero keeps, as the exporter's Cast to bool does, for any mask values), mark a site
+    whose bias is (also) the causal mask to run unidirectional, and drop a bias that is 0 everywhere; the others keep
+    their additive bias, with the reason in the report."""
     from onnx import TensorProto, helper
 
     cast: dict[str, str] = {}
@@ -426,21 +433,24 @@ def _masks_as_index(g: OnnxGraph, sites: list[_Site], report: FusionReport) -> N
         try:
             if site.bias_factor != 1.0:
                 raise NotTheMask(f"the scores are scaled by {site.bias_factor:g} after the bias is added")
-            found = padding_mask(g, site.bias)
+            found = attention_mask(g, site.bias)
         except NotTheMask as why:
             report.additive_bias.append({"node": site.softmax.name, "reason": str(why)})
             continue
+        site.bias = None
         if found is None:  # 0 everywhere: adding it changes nothing
-            site.bias = None
             report.zero_bias_dropped += 1
             continue
-        if found.input not in cast:
-            keep, cast[found.input] = f"{found.input}_keep", f"{found.input}_int32"
-            g.graph.node.insert(0, helper.make_node("Cast", [keep], [cast[found.input]], to=TensorProto.INT32,
-                                                    name=f"{found.input}_to_int32"))
-            g.graph.node.insert(0, helper.make_node("Cast", [found.input], [keep], to=TensorProto.BOOL,
-                                                    name=f"{found.input}_to_bool"))
-        site.mask, site.fill, report.mask_input = cast[found.input], found.fill, found.input
+        site.causal, site.fill = found.causal, found.fill
+        if found.padding is None:
+            continue
+        if found.padding not in cast:
+            keep, cast[found.padding] = f"{found.padding}_keep", f"{found.padding}_int32"
+            g.graph.node.insert(0, helper.make_node("Cast", [keep], [cast[found.padding]], to=TensorProto.INT32,
+                                                    name=f"{found.padding}_to_int32"))
+            g.graph.node.insert(0, helper.make_node("Cast", [found.padding], [keep], to=TensorProto.BOOL,
+                                                    name=f"{found.padding}_to_bool"))
+        site.mask, report.mask_input = cast[found.padding], found.padding
 
 
 def fuse_transformer(src: Path, dst: Path, pack: bool = True, pack_biased: bool = True) -> FusionReport:

@@ -10,12 +10,12 @@ MultiHeadAttention take the raw mask instead (`mask_index` / `key_padding_mask`:
 
 where the grid's two index tensors are aranges over the mask's own batch and sequence dims placed on the bias'
 first and last axes, and every other And term is provably true (a constant True, or an arange compared >= 0).
-Anything else (GPT-2's causal mask, built from position ids, among it) keeps the additive bias, with the reason.
+The Where and its And terms are read by ort_causal.attention_mask, which also proves a causal term beside the
+mask (GPT-2's); this module proves the mask term and the always-true ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,32 +26,6 @@ BOOL, INT_TYPES = 9, (6, 7, 9)  # onnx TensorProto: BOOL; INT32, INT64, BOOL gra
 
 class NotTheMask(Exception):
     """The bias is not (provably) the exporter's function of a 2D attention mask alone; the message says where."""
-
-
-@dataclass(frozen=True)
-class PaddingMask:
-    """The bias is `fill` where `input[b, k]` is 0, else 0: what Attention computes from the raw mask."""
-
-    input: str
-    fill: float
-
-
-def padding_mask(g: Any, bias: str) -> PaddingMask | None:
-    """The 2D mask input behind an additive attention bias, None where the bias is 0 everywhere (its condition
-    always true: ViT's, with no mask input), or NotTheMask saying why it is neither."""
-    where = g.make("Where", bias)
-    if where is None:
-        raise NotTheMask(f"the bias comes from {g.origin(bias)}, not the exporter's Where over a mask")
-    keep, fill = g.scalar(where.input[1]), g.scalar(where.input[2])
-    if keep != 0.0 or fill is None or not np.isfinite(fill) or fill >= 0:
-        raise NotTheMask("the bias is not Where(mask, 0, a finite negative fill)")
-    masks = []
-    for term in _and_terms(g, where.input[0]):
-        if not _always_true(g, term):
-            masks.append(_gathered_mask(g, term))
-    if len(masks) > 1:
-        raise NotTheMask(f"the bias' condition reads {len(masks)} masks, not one")
-    return PaddingMask(masks[0], fill) if masks else None
 
 
 def _and_terms(g: Any, name: str) -> list[str]:
@@ -86,7 +60,7 @@ def _gathered_mask(g: Any, name: str) -> str:
     cast = g.make("Cast", gather.input[0])
     if cast is None or attribute(gather, "batch_dims", 0) or attribute(cast, "to") != BOOL:
         raise NotTheMask("the gathered mask is not the mask input cast to bool")
-    mask = cast.input[0]
+    mask = _unflattened(g, cast.input[0])
     if not _is_2d_int_input(g, mask):
         raise NotTheMask(f"{mask} is not a 2D integer graph input")
     concat = g.make("Concat", gather.input[1])
@@ -98,6 +72,19 @@ def _gathered_mask(g: Any, name: str) -> str:
     if [found for found, _ in columns] != [(mask, 0, BATCH_AXIS), (mask, 1, KEY_AXIS)]:
         raise NotTheMask("the mask's index grid is not (batch, key) over the mask's own dims on the bias' axes")
     return mask
+
+
+def _unflattened(g: Any, name: str) -> str:
+    """Through Reshape(mask, [mask's dim 0, -1]), which leaves a 2D mask as it is (GPT-2's mask.view(batch, -1))."""
+    reshape = g.make("Reshape", name)
+    concat = g.make("Concat", reshape.input[1]) if reshape is not None else None
+    if concat is None or len(concat.input) != 2 or g.scalar(concat.input[1]) != -1:
+        return name
+    shape = g.make("Shape", concat.input[0])
+    if shape is None or shape.input[0] != reshape.input[0] or attribute(shape, "start", 0) != 0 \
+            or attribute(shape, "end") != 1:
+        return name
+    return reshape.input[0]
 
 
 def _grid_column(g: Any, name: str) -> tuple[tuple[str, int, int], str]:
