@@ -3,7 +3,9 @@
 On small BERT, ViT and GPT-2 configs (2 layers, hidden 64, sequence 16) the FP32 artifact runs attention as
 ORT's fused `Attention` op with SkipLayerNormalization and BiasGelu/FastGelu, and matches the unfused build;
 BERT's padding mask reaches the fused attention as its raw 2D mask (the exporter's mask subgraph is gone), for any
-padding pattern, while a bias that is not the padding mask's alone (GPT-2's causal one) stays additive, saying why;
+padding pattern; GPT-2's causal mask (with or without a padding mask) runs as Attention's unidirectional=1 with no
+bias, while a bias that is not provably padding and/or causal (BERT given a 4D mask, GPT-2 given position ids) stays
+additive, saying why;
 static INT8 quantizes the fused graph (MultiHeadAttention, Q/K/V projections in int8) within the fidelity
 rules, dynamic INT8 runs QAttention; a graph with no attention to fuse builds as before and says why.
 On OpenVINO the same exported attention runs as one fused kernel in the CPU plugin's runtime model, in FP32
@@ -27,13 +29,18 @@ pytest.importorskip("transformers", reason="the models are built from transforme
 
 TOKENS = ["input_ids:0=batch", "input_ids:1=seq", "attention_mask:0=batch", "attention_mask:1=seq"]
 DYNAMIC = {"bert": TOKENS, "biased_bert": TOKENS, "biased_bert_per_key": TOKENS, "vit": ["x:0=batch"],
-           "gpt2": ["input_ids:0=batch", "input_ids:1=seq"]}
-GELU = {"bert": "BiasGelu", "vit": "BiasGelu", "gpt2": "FastGelu"}  # GPT-2's tanh GELU is ORT's FastGelu
-# (sites fed the raw mask, the mask input, why each other site kept its additive bias, zero biases dropped)
-MASK = {"bert": (2, "attention_mask", [], 0),
-        "vit": (0, None, [], 2),  # Where(expanded all-True, 0, fill): 0 everywhere
-        "gpt2": (0, None, ["a term of the bias' condition comes from LessOrEqual, not a gathered mask"] * 2, 0),
-        "biased_bert": (0, None, ["the bias comes from Expand, not the exporter's Where over a mask"] * 2, 0)}
+           "gpt2": ["input_ids:0=batch", "input_ids:1=seq"], "gpt2_masked": TOKENS,
+           "gpt2_positioned": ["input_ids:0=batch", "input_ids:1=seq", "position_ids:0=batch", "position_ids:1=seq"]}
+# GPT-2's tanh GELU is ORT's FastGelu
+GELU = {"bert": "BiasGelu", "vit": "BiasGelu", "gpt2": "FastGelu", "gpt2_masked": "FastGelu"}
+# (sites fed the raw mask, the mask input, sites run causal, why each other site kept its additive bias,
+# zero biases dropped)
+MASK = {"bert": (2, "attention_mask", 0, [], 0),
+        "vit": (0, None, 0, [], 2),  # Where(expanded all-True, 0, fill): 0 everywhere
+        "gpt2": (0, None, 2, [], 0),  # the causal mask, its packed-sequence term proved true of arange positions
+        "gpt2_masked": (2, "attention_mask", 2, [], 0),  # causal AND padding
+        "gpt2_positioned": (0, None, 0, ["positions come from a graph input, not an arange"] * 2, 0),
+        "biased_bert": (0, None, 0, ["the bias comes from Expand, not the exporter's Where over a mask"] * 2, 0)}
 NOT_ATTENTION = '''
 def make():
     torch.manual_seed(0)
@@ -41,9 +48,9 @@ def make():
 '''
 
 
-def _mask(fusions: dict) -> tuple[int, str | None, list[str], int]:
+def _mask(fusions: dict) -> tuple[int, str | None, int, list[str], int]:
     mask = fusions["mask"]
-    return (mask["mask_index"], mask["input"], [site["reason"] for site in mask["additive_bias"]],
+    return (mask["mask_index"], mask["input"], mask["causal"], [site["reason"] for site in mask["additive_bias"]],
             mask["zero_bias_dropped"])
 
 
@@ -52,6 +59,8 @@ def _feeds(name: str, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
     if name == "vit":
         return {"x": rng.standard_normal((batch, 3, IMAGE, IMAGE)).astype(np.float32)}
     feeds = {"input_ids": rng.integers(3, VOCAB, (batch, seq)).astype(np.int64)}
+    if name == "gpt2_positioned":
+        feeds["position_ids"] = np.broadcast_to(np.arange(seq), (batch, seq)).copy()
     if "attention_mask:0=batch" in DYNAMIC[name]:
         mask = np.ones((batch, seq), np.int64)
         mask[0, seq // 2:] = 0  # a padded row: the mask reaches the fused attention as its bias
@@ -82,7 +91,7 @@ def build(tmp_path_factory):
     return make
 
 
-@pytest.mark.parametrize("name", ["bert", "vit", "gpt2"])
+@pytest.mark.parametrize("name", ["bert", "vit", "gpt2", "gpt2_masked"])
 def test_fp32_runs_fused_attention_and_matches_the_unfused_build(build, name):
     artifact, _ = build(name)
     plain, _ = build(name, fusions="off")
@@ -208,12 +217,79 @@ def test_dynamic_int8_runs_quantized_attention(build):
 
 
 def test_dynamic_int8_keeps_an_additive_bias_out_of_qattention(build):
-    """QAttention has no attention_bias input (ORT's quantizer would drop GPT-2's causal mask): a site that keeps an
-    additive bias fuses as MultiHeadAttention, its projections quantized as MatMuls."""
-    artifact, source = build("gpt2", "int8-dynamic")
+    """QAttention has no attention_bias input (ORT's quantizer would drop it): a site that keeps an additive bias
+    fuses as MultiHeadAttention, its projections quantized as MatMuls."""
+    artifact, source = build("biased_bert", "int8-dynamic")
     assert artifact.details["fusions"]["attention"]["op"] == "MultiHeadAttention"
     assert artifact.details["ops"]["MultiHeadAttention"] == 2 and "QAttention" not in artifact.details["ops"]
     assert artifact.details["ops"]["MatMulInteger"] >= 8
+    feeds = _feeds("biased_bert", 16, SEQ, 3)
+    with load_artifact(artifact.path) as runner:
+        assert mean_cosine(source.run(feeds)["output"], runner.run(feeds)["output"]) >= 0.98
+
+
+def _attention_nodes(artifact) -> list[dict]:
+    """The fused attention nodes of an ONNX Runtime artifact: op type, inputs and attributes."""
+    import onnx
+
+    model = onnx.load(str(artifact.path / "model.onnx"))
+    return [{"op": n.op_type, "inputs": list(n.input), **{a.name: onnx.helper.get_attribute_value(a)
+                                                           for a in n.attribute}}
+            for n in model.graph.node if n.op_type in ("Attention", "MultiHeadAttention", "QAttention")]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt2_masked"])
+def test_gpt2s_causal_mask_runs_as_unidirectional_attention_with_no_bias(build, name):
+    """The causal mask (AND-ed with the padding mask where there is one) is proved from its provenance: Attention
+    runs unidirectional=1, takes no attention_bias (its sixth input), and the mask subgraph is gone."""
+    artifact, _ = build(name)
+    plain, _ = build(name, fusions="off")
+    nodes = _attention_nodes(artifact)
+    assert [(n["op"], n["unidirectional"], len(n["inputs"]) < 6) for n in nodes] == [("Attention", 1, True)] * 2
+    assert all((n["inputs"][3:4] == ["attention_mask_int32"]) == (name == "gpt2_masked") for n in nodes)
+    gone = {"LessOrEqual", "Where", "GatherND", "CumSum", "And"}  # (a Range stays: the position embedding's)
+    assert not gone & set(artifact.details["ops"]) and "LessOrEqual" in plain.details["ops"]
+
+
+def test_causal_and_padding_masks_together_match_the_unfused_graph_for_any_padding(build):
+    """Right, left and inner padding, a row with none and one fully masked: a query that sees no key attends
+    uniformly in the exported graph and in ORT's Attention alike."""
+    _matches_unfused(build("gpt2_masked")[0], build("gpt2_masked", fusions="off")[0])
+
+
+def test_a_causal_looking_bias_over_position_ids_from_an_input_stays_additive_and_says_why(build):
+    """GPT-2 called with position ids compares them, not aranges (and splits packed sequences where they restart):
+    nothing proves that causal, so Attention keeps the bias, and matches on packed positions too."""
+    artifact, _ = build("gpt2_positioned")
+    plain, _ = build("gpt2_positioned", fusions="off")
+    fusions = artifact.details["fusions"]
+    assert fusions["applied"] and _mask(fusions) == MASK["gpt2_positioned"]
+    assert all("unidirectional" not in n and len(n["inputs"]) == 6 for n in _attention_nodes(artifact))
+    feeds = _feeds("gpt2_positioned", 3, SEQ, 6)
+    feeds["position_ids"][1] = np.r_[np.arange(7), np.arange(SEQ - 7)]  # two sequences packed in one row
+    with load_artifact(artifact.path) as fused, load_artifact(plain.path) as unfused:
+        want, got = unfused.run(feeds)["output"], fused.run(feeds)["output"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_static_int8_runs_the_causal_mask_in_multiheadattention(build):
+    """Static INT8 keeps Q/K/V as MatMuls (quantized): MultiHeadAttention runs unidirectional=1 with the raw mask
+    as key_padding_mask (its fifth input), no bias."""
+    artifact, source = build("gpt2_masked", "int8")
+    nodes = _attention_nodes(artifact)
+    assert [(n["op"], n["unidirectional"], n["inputs"][4:]) for n in nodes] == \
+        [("MultiHeadAttention", 1, ["attention_mask_int32"])] * 2
+    assert artifact.details["fidelity_on_calibration"]["met"]
+    feeds = _feeds("gpt2_masked", 16, SEQ, 3)
+    with load_artifact(artifact.path) as runner:
+        assert mean_cosine(source.run(feeds)["output"], runner.run(feeds)["output"]) >= 0.98
+
+
+def test_dynamic_int8_runs_gpt2_as_unidirectional_qattention(build):
+    """With no bias left, GPT-2's attention is QAttention again (ORT's quantizer keeps unidirectional)."""
+    artifact, source = build("gpt2", "int8-dynamic")
+    assert artifact.details["fusions"]["attention"]["op"] == "Attention"
+    assert [(n["op"], n["unidirectional"]) for n in _attention_nodes(artifact)] == [("QAttention", 1)] * 2
     feeds = _feeds("gpt2", 16, SEQ, 3)
     with load_artifact(artifact.path) as runner:
         assert mean_cosine(source.run(feeds)["output"], runner.run(feeds)["output"]) >= 0.98

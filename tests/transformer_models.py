@@ -25,6 +25,16 @@ class _Decoder(nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).last_hidden_state
 
 
+class _MaskedDecoder(_Decoder):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+class _PositionedDecoder(_Decoder):
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+
+
 class _Vision(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -57,13 +67,35 @@ def vit() -> tuple[nn.Module, tuple[torch.Tensor]]:
     return _Vision(model).eval(), (torch.randn(2, 3, IMAGE, IMAGE),)
 
 
-def gpt2() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+def _gpt2_model() -> nn.Module:
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0,
                         initializer_range=0.2)
-    return _Decoder(GPT2Model(config)).eval(), {"input_ids": torch.randint(0, VOCAB, (2, SEQ))}
+    return GPT2Model(config)
+
+
+def gpt2() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    model = _gpt2_model()
+    return _Decoder(model).eval(), {"input_ids": torch.randint(0, VOCAB, (2, SEQ))}
+
+
+def gpt2_masked() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """GPT-2 called with a padding mask: the causal mask AND-ed with it. The example mask pads nothing: the export
+    check shuffles the example's values, and with a padded example that put padding first in a row, where a query
+    sees no key, and torch and the exported graph differ there (max abs 1.83 seen)."""
+    model = _gpt2_model()
+    return _MaskedDecoder(model).eval(), {"input_ids": torch.randint(0, VOCAB, (2, SEQ)),
+                                          "attention_mask": torch.ones(2, SEQ, dtype=torch.int64)}
+
+
+def gpt2_positioned() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """GPT-2 called with position ids: its mask compares them (and splits packed sequences where they restart), so
+    the bias is causal only where they are an arange, which no graph can prove of an input."""
+    model = _gpt2_model()
+    positions = torch.arange(SEQ).expand(2, -1).contiguous()
+    return _PositionedDecoder(model).eval(), {"input_ids": torch.randint(0, VOCAB, (2, SEQ)), "position_ids": positions}
 
 
 
