@@ -329,3 +329,49 @@ def test_openvino_fuses_attention_in_fp32_and_int8(build):
         np.testing.assert_allclose(runner.run(feeds)["output"], ref, rtol=0, atol=1e-4 * np.abs(ref).max())
     with load_artifact(int8.path) as runner:  # NNCF has no fallback rounds: 0.987 measured on these weights
         assert mean_cosine(ref, runner.run(feeds)["output"]) >= 0.98
+
+
+def _gpt2_graph_edited(edit) -> dict:
+    """fusions.mask of GPT-2's exported graph after `edit(graph)` changed one node of its causal mask."""
+    import onnx
+
+    from modelport.backends.ort_fusion import fuse_attention
+
+    model = onnx.load(str(ModelBundle(load_model("tests.transformer_models:gpt2", dynamic=DYNAMIC["gpt2"])).onnx_path))
+    edit(model.graph)
+    return fuse_attention(model).to_json()["mask"]
+
+
+def _first(graph, op: str):
+    return next(n for n in graph.node if n.op_type == op)
+
+
+def test_a_causal_looking_bias_that_is_not_exactly_causal_keeps_its_bias():
+    """Each edit leaves a mask the graph computes that Attention's unidirectional=1 would not: query <= key; a
+    packed-sequence check no longer provably true (position diffs compared with 2); positions shifted on one side."""
+    def swap(graph):
+        le = _first(graph, "LessOrEqual")
+        le.input[0], le.input[1] = le.input[1], le.input[0]
+
+    def diff_two(graph):
+        from onnx import helper
+
+        equal = next(n for n in graph.node if n.op_type == "Equal" and _first(graph, "CumSum") is not None
+                     and any("sub" in i for i in n.input))
+        graph.node.insert(0, helper.make_node("Constant", [], ["two"], value=helper.make_tensor("", 7, [], [2])))
+        equal.input[1] = "two"
+
+    def shifted(graph):
+        from onnx import helper
+
+        le = _first(graph, "LessOrEqual")
+        graph.node.insert(0, helper.make_node("Constant", [], ["one"], value=helper.make_tensor("", 7, [], [1])))
+        graph.node.insert(list(graph.node).index(le), helper.make_node("Add", [le.input[0], "one"], ["kv_plus_one"]))
+        le.input[0] = "kv_plus_one"
+
+    reasons = {"swap": "the bias' comparison is not key position <= query position",
+               "diff_two": "an Equal term of the bias' condition is not provably true everywhere",
+               "shifted": "an index comes from Add, not an arange from 0 by 1"}
+    for edit in (swap, diff_two, shifted):
+        mask = _gpt2_graph_edited(edit)
+        assert mask["causal"] == 0 and [s["reason"] for s in mask["additive_bias"]] == [reasons[edit.__name__]] * 2
