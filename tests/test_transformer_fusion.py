@@ -331,13 +331,13 @@ def test_openvino_fuses_attention_in_fp32_and_int8(build):
         assert mean_cosine(ref, runner.run(feeds)["output"]) >= 0.98
 
 
-def _gpt2_graph_edited(edit) -> dict:
+def _gpt2_graph_edited(build, edit) -> dict:
     """fusions.mask of GPT-2's exported graph after `edit(graph)` changed one node of its causal mask."""
     import onnx
 
     from modelport.backends.ort_fusion import fuse_attention
 
-    model = onnx.load(str(ModelBundle(load_model("tests.transformer_models:gpt2", dynamic=DYNAMIC["gpt2"])).onnx_path))
+    model = onnx.load(str(ModelBundle(build("gpt2")[1]).onnx_path))
     edit(model.graph)
     return fuse_attention(model).to_json()["mask"]
 
@@ -346,7 +346,7 @@ def _first(graph, op: str):
     return next(n for n in graph.node if n.op_type == op)
 
 
-def test_a_causal_looking_bias_that_is_not_exactly_causal_keeps_its_bias():
+def test_a_causal_looking_bias_that_is_not_exactly_causal_keeps_its_bias(build):
     """Each edit leaves a mask the graph computes that Attention's unidirectional=1 would not: query <= key; a
     packed-sequence check no longer provably true (position diffs compared with 2); positions shifted on one side."""
     def swap(graph):
@@ -373,5 +373,5 @@ def test_a_causal_looking_bias_that_is_not_exactly_causal_keeps_its_bias():
                "diff_two": "an Equal term of the bias' condition is not provably true everywhere",
                "shifted": "an index comes from Add, not an arange from 0 by 1"}
     for edit in (swap, diff_two, shifted):
-        mask = _gpt2_graph_edited(edit)
+        mask = _gpt2_graph_edited(build, edit)
         assert mask["causal"] == 0 and [s["reason"] for s in mask["additive_bias"]] == [reasons[edit.__name__]] * 2
