@@ -13,6 +13,8 @@ from torch import nn
 from transformers import (
     BertConfig,
     BertModel,
+    GPT2Config,
+    GPT2Model,
     MobileNetV2Config,
     MobileNetV2ForImageClassification,
     ResNetConfig,
@@ -114,6 +116,21 @@ def _bert(config: BertConfig, seq: int) -> tuple[nn.Module, dict[str, torch.Tens
     mask = torch.ones(1, seq, dtype=torch.int64)
     mask[0, seq * 3 // 4:] = 0
     return _Encoder(model).eval(), {"input_ids": ids, "attention_mask": mask}
+
+
+class _Decoder(_Encoder):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def gpt2_l6(seq: int = 32) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A 6-layer GPT-2 shape (hidden 384, 6 heads, FFN 1536) called with a padding mask: its causal mask AND-ed
+    with the padding one. The example pads nothing: the export check shuffles the mask, and where a query then sees
+    no key (padding first in a row) torch and the exported graph differ."""
+    _seeded()
+    model = GPT2Model(GPT2Config(n_layer=6, n_embd=384, n_head=6)).eval()
+    ids = torch.randint(1000, 20000, (1, seq))
+    return _Decoder(model).eval(), {"input_ids": ids, "attention_mask": torch.ones(1, seq, dtype=torch.int64)}
 
 
 def vit_b16() -> tuple[nn.Module, tuple[torch.Tensor]]:

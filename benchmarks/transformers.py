@@ -1,10 +1,10 @@
-"""Transformer fusions and INT8 on a BERT-base-shaped encoder, or the 6-layer MiniLM shape with `--model minilm_l6`
-(random weights from a transformers config):
+"""Transformer fusions and INT8 on a BERT-base-shaped encoder, or the 6-layer MiniLM shape with `--model minilm_l6`,
+or a 6-layer GPT-2 shape with `--model gpt2_l6` (random weights from a transformers config):
 FP32 and INT8 latency per runtime, fused against unfused, beside Hugging Face Optimum's own path, and each
 row's share of the machine's measured matrix-multiply peak.
 
-    python -m benchmarks.transformers [--model bert_base|minilm_l6] [--shapes 1x32,8x32,1x128,8x128] [--rounds 5]
-                                      [--budget 20] [--rows "ort int8,ort int8-dynamic"] [--threads 2]
+    python -m benchmarks.transformers [--model bert_base|minilm_l6|gpt2_l6] [--shapes 1x32,8x32,1x128,8x128]
+                                      [--rounds 5] [--budget 20] [--rows "ort int8,ort int8-dynamic"] [--threads 2]
                                       [--baseline "before ort fp32=DIR,..."] [--tag NAME]
 
 Rows: modelport's ONNX Runtime FP32 / static INT8 / dynamic INT8 with and without fusions (`fusions=off` is
@@ -46,7 +46,8 @@ from benchmarks.run_suite import write_dated_results  # noqa: E402
 from modelport.similarity import mean_cosine  # noqa: E402
 
 THREADS = 2  # the default: the machine's cores
-MODELS = {"bert_base": "BERT-base shape", "minilm_l6": "6-layer MiniLM shape (hidden 384)"}
+MODELS = {"bert_base": "BERT-base shape", "minilm_l6": "6-layer MiniLM shape (hidden 384)",
+          "gpt2_l6": "6-layer GPT-2 shape (hidden 384), causal and padding mask"}
 DYNAMIC = ["input_ids:0=batch", "input_ids:1=seq", "attention_mask:0=batch", "attention_mask:1=seq"]
 QUICK = {"measure": "false", "analysis_samples": "16"}  # the benchmark times every row itself
 BUILDS = {  # row -> (backend, precision, options)
