@@ -12,8 +12,10 @@ MatMul/Softmax/Transpose nodes. This module fuses that decomposition itself, anc
 - any other match becomes `MultiHeadAttention` on the projected Q, K and V (the projections stay MatMuls,
   which is what static INT8 wants: the QDQ pass quantizes them, the core stays in float);
 
-then ORT's own fusions run for the rest (SkipLayerNormalization, BiasGelu, FastGelu, LayerNormalization), with
-the head count and hidden size found here. Every Softmax that did not fuse is listed with the reason.
+A site's additive bias that is provably the padding mask (ort_mask) and/or the causal mask (ort_causal) goes: the
+fused op takes the raw mask and/or runs unidirectional=1. Then ORT's own fusions run for the rest
+(SkipLayerNormalization, BiasGelu, FastGelu, LayerNormalization), with the head count and hidden size found here.
+Every Softmax that did not fuse is listed with the reason.
 """
 
 from __future__ import annotations
@@ -385,7 +387,8 @@ def fuse_attention(model: onnx.ModelProto, pack: bool = True, pack_biased: bool 
 
     `pack=False` keeps the Q, K, V projections as MatMuls (MultiHeadAttention everywhere), for static INT8;
     `pack_biased=False` does so only where a site keeps an additive bias, for dynamic INT8: ORT's quantizer turns
-    Attention into QAttention, which has no attention_bias input and would drop the bias (a causal mask among them).
+    Attention into QAttention, which has no attention_bias input and would drop the bias (a proved causal mask is no
+    bias: it runs as unidirectional=1, which QAttention keeps).
     """
     from onnx import helper
 
