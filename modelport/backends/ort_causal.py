@@ -60,7 +60,7 @@ class _Progression:
     rank: int
 
 
-def attention_mask(g: Any, bias: str) -> AttentionMask | None:
+def bias_mask(g: Any, bias: str) -> AttentionMask | None:
     """What an additive attention bias is made of, None where it is 0 everywhere (its condition always true: ViT's),
     or NotTheMask saying why it is not (provably) a padding and/or causal mask."""
     import numpy as np

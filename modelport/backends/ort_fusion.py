@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.backends.ort_causal import attention_mask
+from modelport.backends.ort_causal import bias_mask
 from modelport.backends.ort_mask import NotTheMask, attribute
 
 if TYPE_CHECKING:
@@ -436,7 +436,7 @@ def _masks_as_index(g: OnnxGraph, sites: list[_Site], report: FusionReport) -> N
         try:
             if site.bias_factor != 1.0:
                 raise NotTheMask(f"the scores are scaled by {site.bias_factor:g} after the bias is added")
-            found = attention_mask(g, site.bias)
+            found = bias_mask(g, site.bias)
         except NotTheMask as why:
             report.additive_bias.append({"node": site.softmax.name, "reason": str(why)})
             continue

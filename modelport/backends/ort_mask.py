@@ -10,7 +10,7 @@ MultiHeadAttention take the raw mask instead (`mask_index` / `key_padding_mask`:
 
 where the grid's two index tensors are aranges over the mask's own batch and sequence dims placed on the bias'
 first and last axes, and every other And term is provably true (a constant True, or an arange compared >= 0).
-The Where and its And terms are read by ort_causal.attention_mask, which also proves a causal term beside the
+The Where and its And terms are read by ort_causal.bias_mask, which also proves a causal term beside the
 mask (GPT-2's); this module proves the mask term and the always-true ones.
 """
 
