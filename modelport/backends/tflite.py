@@ -2,13 +2,13 @@
 
 No TensorFlow anywhere: litert-torch converts the module (see exporters/litert.py), ai-edge-quantizer
 writes the FP16, INT8 and dynamic-range INT8 variants, and the LiteRT interpreter runs them with
-XNNPACK. INT8 is full-integer on CNNs (but for single-channel depthwise convs where keeping them FP32 measures
-faster); on transformer-like graphs only the weight matmuls go int8 (`_int8_plan` says why), as the ONNX Runtime
-backend does. Dynamic INT8 leaves convs FP32: XNNPACK has no dynamically-quantized conv. With `measure` (the
-default) the build times the result against the FP32 .tflite and warns in the manifest where INT8 does not pay.
-The runner takes what the user feeds PyTorch
-(NCHW, float, any batch the model allows) and does the layout transposes, int8 quantization of inputs
-and dequantization of outputs itself.
+XNNPACK. INT8 on CNNs runs convs, pools and element-wise ops in int8 and the FULLY_CONNECTED layers dynamically
+quantized, float out (`_REASONS["cnn"]` says why; ops=all: full-integer), but for single-channel depthwise convs
+where keeping them FP32 measures faster; on transformer-like graphs only the weight matmuls go int8 (`_int8_plan`
+says why), as the ONNX Runtime backend does. Dynamic INT8 leaves convs FP32: XNNPACK has no dynamically-quantized
+conv. With `measure` (the default) the build times the result against the FP32 .tflite and warns in the manifest
+where INT8 does not pay. The runner takes what the user feeds PyTorch (NCHW, float, any batch the model allows) and
+does the layout transposes, int8 quantization of inputs and dequantization of outputs itself.
 """
 
 from __future__ import annotations
@@ -104,17 +104,25 @@ def _int8_dynamic(content: bytes) -> bytes:
     return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
-INT8_OP_SETS = ("auto", "all", "matmul")
+INT8_OP_SETS = ("auto", "mixed", "all", "matmul")
 # Measured on ViT-B/16 (2 threads, 16 held-out crops vs PyTorch FP32): ops=all gave ~9 dB output SQNR and ran
 # slower than FP32; static int8 activations on the matmuls alone ~26 dB; run-time (per-row) ones ~30 dB, fastest.
+# Measured on CNNs (128 held-out samples vs PyTorch FP32, 2 threads, interleaved against full-integer): CREPE tiny
+# 28.4 dB full-integer, 32.9 dB with its classifier FC dynamically quantized and the sigmoid after it in float, at
+# 0.99x full-integer's time; the digits CNN 19.2 dB against 38.8 dB, at 0.85x. The FC's 8-bit output was the loss:
+# one per-tensor range over logits (CREPE's span far below zero, where its sigmoid is flat) rounds the few that
+# matter; no recipe change to the convs, pools or BatchNorm ops recovered more than 0.1 dB.
 _REASONS = {
     "transformer": "transformer-like graph ({markers}): only the matmuls with constant weights ({ops}) run in int8, "
                    "their float inputs quantized per row at run time; softmax, normalization, GELU, the attention "
                    "matmuls and the element-wise ops stay FP32. With 8-bit activations on those ops (ops=all) "
                    "XNNPACK leaves them to slow reference kernels, and one per-tensor 8-bit range cannot hold "
                    "attention logits or normalization outputs: the model gets both slower and far less accurate",
-    "cnn": "no attention or layer norm: every op runs in int8 (full-integer) but those under kept_float, activations "
-           "8-bit between layers with ranges from the calibration set",
+    "cnn": "no attention or layer norm: convolutions, pools and element-wise ops run in int8, activations 8-bit "
+           "between layers with ranges from the calibration set; the FULLY_CONNECTED layers run XNNPACK's "
+           "dynamically-quantized kernels (int8 weights, inputs quantized per row at run time, float outputs) and an "
+           "op reading one and writing a model output stays float, as one 8-bit range over a FC's outputs (logits) "
+           "cost CREPE tiny 4.5 dB and the digits CNN 19 dB of SQNR at no speed gain (ops=all: full-integer)",
     "io": "integer I/O (io=int8) needs a full-integer model",
     "asked": "ops={ops} was asked for",
 }
@@ -159,10 +167,37 @@ def _int8_plan(path: Path, requested: str, io: str) -> dict[str, Any]:
         found = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in markers.items())
         why = _REASONS["transformer"].format(markers=found, ops=", ".join(MATMUL_OPS))
     else:
-        chosen, why = "all", _REASONS["cnn"]
+        chosen, why = "mixed", _REASONS["cnn"]
     return {"requested": requested, "chosen": chosen, "transformer_markers": markers, "reason": why,
-            "activations": ("8-bit with ranges from the calibration set" if chosen == "all"
-                            else "FP32 in the file, quantized per row at run time (the calibration set is not used)")}
+            "activations": _ACTIVATIONS[chosen]}
+
+
+_ACTIVATIONS = {"all": "8-bit with ranges from the calibration set",
+                "mixed": "8-bit with ranges from the calibration set, but the FULLY_CONNECTED inputs (quantized per "
+                         "row at run time) and outputs (float)",
+                "matmul": "FP32 in the file, quantized per row at run time (the calibration set is not used)"}
+
+
+def float_after_fc(path: Path) -> list[dict[str, str]]:
+    """The ops writing a model output from a FULLY_CONNECTED's output (a final sigmoid, softmax, reshape): where
+    the FC runs dynamically quantized its output is float, and re-quantizing it for this op would only round what
+    the user reads. By op type and scope."""
+    from ai_edge_litert.tools import flatbuffer_utils
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    found = []
+    for s, sg in enumerate(model.subgraphs):
+        outputs = {t.tensorIndex for sig in model.signatureDefs or [] if sig.subgraphIndex == s for t in sig.outputs}
+        writer = {i: flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in sg.operators for i in op.outputs}
+        for op in sg.operators:
+            kind = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+            if (kind not in MATMUL_OPS and set(op.outputs) & outputs and op.inputs
+                    and writer.get(op.inputs[0]) == "FULLY_CONNECTED"):
+                found.append({"op": kind, "tensor": tfl_flatbuffer_utils.get_op_scope(op, sg.tensors),
+                              "why": "writes a model output from a dynamically-quantized FULLY_CONNECTED's float "
+                                     "output: kept float rather than rounded to 8 bits again"})
+    return found
 
 
 # Measured on CREPE tiny's first layer (one input channel, 512 taps, 128 outputs; 1 thread): XNNPACK's int8 kernel
@@ -172,7 +207,7 @@ def _int8_plan(path: Path, requested: str, io: str) -> dict[str, Any]:
 _SINGLE_CHANNEL_WHY = ("a DEPTHWISE_CONV_2D fed one channel (a conv from a single input channel): XNNPACK's int8 "
                        "kernel can run it several times slower than FP32; kept FP32 (between QUANTIZE ops) as that "
                        "measured faster at build time")
-FULL, KEPT = "full-integer", "single-channel convs in FP32"
+FULL, KEPT = "every conv int8", "single-channel convs in FP32"
 
 
 def single_channel_depthwise(path: Path) -> list[dict[str, str]]:
@@ -201,15 +236,20 @@ def _int8_matmul(content: bytes, keep_float: str | None = None) -> bytes:
     return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
-def _static_quantizer(content: bytes, io: str, kept_float: Sequence[Mapping[str, str]], exclude: str | None) -> Any:
+def _static_quantizer(content: bytes, io: str, kept_float: Sequence[Mapping[str, str]], exclude: str | None,
+                      dynamic_fc: Sequence[Mapping[str, str]] | None = None) -> Any:
     """ai-edge-quantizer's static INT8 recipe but for the ops in `kept_float` and those `exclude` matches; with
-    io=float32 the model's I/O stays float (QUANTIZE/DEQUANTIZE inside)."""
-    from ai_edge_quantizer import algorithm_manager, quantizer, recipe
+    io=float32 the model's I/O stays float (QUANTIZE/DEQUANTIZE inside). With `dynamic_fc` (ops=mixed: the ops
+    `float_after_fc` found), the FULLY_CONNECTED ops are dynamically quantized and those ops stay float."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
 
     q = quantizer.Quantizer(bytearray(content), recipe.static_wi8_ai8())
     if io == "float32":
         for virtual_op in ("INPUT", "OUTPUT"):
             q.update_quantization_recipe(".*", virtual_op, algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    if dynamic_fc is not None:
+        q.add_dynamic_config(".*", qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=8)
+        kept_float = [*dynamic_fc, *kept_float]
     for op in kept_float:
         q.update_quantization_recipe(re.escape(op["tensor"]), op["op"],
                                      algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
@@ -218,14 +258,14 @@ def _static_quantizer(content: bytes, io: str, kept_float: Sequence[Mapping[str,
 
 
 def _int8_static(content: bytes, feed: _SignatureFeed, io: str, kept_float: Sequence[Mapping[str, str]],
-                 exclude: str | None = None) -> dict[str, bytes]:
-    """The full-integer model and, where `kept_float` names ops, the one with those in FP32: one calibration (the
-    full recipe's ranges cover every tensor the other quantizes)."""
-    full = _static_quantizer(content, io, (), exclude)
+                 exclude: str | None = None, dynamic_fc: Sequence[Mapping[str, str]] | None = None) -> dict[str, bytes]:
+    """The static INT8 model and, where `kept_float` names ops, the one with those in FP32: one calibration (the
+    first recipe's ranges cover every tensor the other quantizes)."""
+    full = _static_quantizer(content, io, (), exclude, dynamic_fc)
     result = full.calibrate({feed.export.signature_key: feed}, num_threads=os.cpu_count() or 1)
     models = {FULL: full.quantize(result, enable_progress_report=False).quantized_model}
     if kept_float:
-        kept = _static_quantizer(content, io, kept_float, exclude)
+        kept = _static_quantizer(content, io, kept_float, exclude, dynamic_fc)
         models[KEPT] = kept.quantize(result, enable_progress_report=False).quantized_model
     return {key: bytes(model) for key, model in models.items()}
 
@@ -254,16 +294,22 @@ def _fp16_compute(metadata: list[str]) -> str:
 def _compute(precision: str, details: Mapping[str, Any], description: Mapping[str, Any]) -> str:
     if precision == "fp16":
         return _fp16_compute(description["metadata"])
-    if details.get("int8_op_set", {}).get("chosen") == "matmul":
+    chosen = details.get("int8_op_set", {}).get("chosen")
+    if chosen == "matmul":
         return _COMPUTE["int8-matmul"]
     kept = details.get("int8_op_set", {}).get("kept_float")
-    return _COMPUTE[precision] + (f"; {len(kept)} op(s) kept FP32 (see int8_op_set.kept_float)" if kept else "")
+    return _COMPUTE["int8-mixed" if chosen == "mixed" else precision] + (
+        f"; {len(kept)} op(s) kept FP32 (see int8_op_set.kept_float)" if kept else "")
 
 
 _COMPUTE = {
     "fp32": "FP32 (XNNPACK)",
     "int8": "INT8 weights and activations, per-channel symmetric weights, per-tensor asymmetric activations "
             "(XNNPACK QS8 kernels where it takes the op, TFLite integer kernels otherwise)",
+    "int8-mixed": "INT8 weights and activations on the convolutions, pools and element-wise ops (per-channel "
+                  "symmetric weights, per-tensor asymmetric activations, XNNPACK QS8 kernels); the FULLY_CONNECTED "
+                  "layers with INT8 weights and their inputs quantized per row at run time (XNNPACK "
+                  "dynamically-quantized kernels), float outputs",
     "int8-matmul": "INT8 weights on the weight matmuls, whose FP32 inputs are quantized per row at run time "
                    "(XNNPACK dynamically-quantized kernels); every other op in FP32 (XNNPACK)",
     "int8-dynamic": "INT8 weights on the matmuls and fully-connected layers, their FP32 inputs quantized per op at "
@@ -318,10 +364,11 @@ class TFLiteBackend(Backend):
                "or int8 (integer I/O; the runner quantizes inputs and dequantizes outputs with each tensor's scale "
                "and zero point).", default="float32", parse=_lower, choices=("float32", "int8"), precisions=("int8",)),
         Option(name="ops", help="Which ops run in INT8: all (full-integer, activation ranges from the calibration "
-               "set), matmul (only FULLY_CONNECTED/BATCH_MATMUL with constant weights, inputs quantized at run "
-               "time; softmax, normalization, GELU stay FP32), or auto: matmul on transformer-like graphs "
-               "(attention, layer norms), all otherwise.", default="auto", parse=_lower, choices=INT8_OP_SETS,
-               precisions=("int8",)),
+               "set), mixed (as all, but the FULLY_CONNECTED layers dynamically quantized with float outputs, and an "
+               "op writing a model output from one in float), matmul (only FULLY_CONNECTED/BATCH_MATMUL with "
+               "constant weights, inputs quantized at run time; softmax, normalization, GELU stay FP32), or auto: "
+               "matmul on transformer-like graphs (attention, layer norms), mixed otherwise (all with io=int8).",
+               default="auto", parse=_lower, choices=INT8_OP_SETS, precisions=("int8",)),
         Option(name="exclude", help="ONNX node names (as modelport debug lists them) whose TFLite ops stay in float, "
                "comma-separated: the ops litert-torch made from each node's torch module (and the op writing a "
                "model output the node makes).", default=(), parse=parse_list, precisions=("int8",)),
@@ -364,7 +411,10 @@ class TFLiteBackend(Backend):
                     else:
                         feed = _SignatureFeed(calibration, export)
                         kept = single_channel_depthwise(export.path) if recipe.options["measure"] else []
-                        candidates = _int8_static(content, feed, recipe.options["io"], kept, keep)
+                        dynamic_fc = float_after_fc(export.path) if plan["chosen"] == "mixed" else None
+                        if dynamic_fc is not None:
+                            plan["float_outputs"] = dynamic_fc
+                        candidates = _int8_static(content, feed, recipe.options["io"], kept, keep, dynamic_fc)
                         content = candidates[FULL]
                         details["samples_calibrated"] = feed.passes[-1] if feed.passes else 0
             except (BadInput, StepFailed):
