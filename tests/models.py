@@ -127,3 +127,24 @@ def make():
         net.fc.bias -= 5.0  # outputs near 0, where the int8 LOGISTIC's fixed 1/256 output step is coarse
     return net.eval(), (torch.randn(1, 3, 16, 16),)
 '''
+
+POOLED = '''
+class Pooled(nn.Module):
+    """Convs with functional max-pools after them: MaxPool nodes of no module of their own."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.conv1(x), 2)
+        x = F.max_pool2d(self.conv2(x), 2)
+        return self.fc(x.flatten(1))
+
+
+def make():
+    torch.manual_seed(0)
+    return Pooled().eval(), (torch.randn(1, 3, 16, 16),)
+'''

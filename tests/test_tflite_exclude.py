@@ -1,10 +1,13 @@
 """TFLite's `exclude` and debug's TFLite mapping on ops no torch module made: a functional ReLU that XNNPACK-bound
-TFLite fuses into its conv, and a functional sigmoid ending the model (tests/models.py SIGMOID_HEAD).
+TFLite fuses into its conv, a functional sigmoid ending the model (tests/models.py SIGMOID_HEAD), and functional
+max-pools (POOLED).
 
-The sigmoid's outputs lie near 0, where the int8 LOGISTIC kernel's fixed 1/256 output step is coarse: full INT8
-loses the output there, and only keeping that op in float gets it back. Both have no module of their own, so
+The sigmoid's outputs lie near 0, where the int8 LOGISTIC kernel's fixed 1/256 output step is coarse: full-integer
+INT8 (ops=all) loses the output there, and only keeping that op in float gets it back; the default op set (mixed)
+keeps it float as it reads a dynamically-quantized FC's float output. None has a module of its own, so
 litert-torch's module-location names cannot find their ops; debug's mapping (a model output by name, a fused
-activation by the op's fused-activation field) does, and the exclusion and the search use the same mapping.
+activation by the op's fused-activation field, a pass-through op by the op of its kind reading its input's tensor)
+does, and the exclusion and the search use the same mapping.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ from modelport.bundle import ModelBundle
 from modelport.calibration import CalibrationSet
 from modelport.debug import debug_artifact
 from modelport.errors import BadInput
+from modelport.exporters.tensor_map import reference_layers
+from modelport.loading import load_artifact
 from modelport.model import load_model
+from modelport.similarity import array_sqnr_db
 from modelport.tune import parse_budget, search
+from modelport.tune.exclude import layer_groups
 from modelport.tune.search import Judge
-from tests.models import SIGMOID_HEAD
+from tests.models import POOLED, SIGMOID_HEAD
 
-BUDGET = "cos>=0.9999"  # full INT8 reaches about 0.989 here, the sigmoid in float about 0.99998
+BUDGET = "cos>=0.9999"  # full-integer INT8 reaches about 0.989 here, the sigmoid in float about 0.99998
+FULL_INTEGER = {"ops": "all"}  # every op int8, the sigmoid too, as the default kept it before ops=mixed
 
 
 def _normal(n: int, seed: int) -> np.ndarray:
@@ -48,7 +56,7 @@ def head(tmp_path_factory):
 def full_int8(head, tmp_path_factory):
     bundle, calibration, _ = head
     return build_artifact(bundle, "tflite", "int8", tmp_path_factory.mktemp("int8") / "a",
-                          calibration=calibration)[0]
+                          calibration=calibration, options=FULL_INTEGER)[0]
 
 
 def _op_dtypes(path, op_type: str) -> set[str]:
@@ -64,7 +72,7 @@ def test_excluding_a_functional_sigmoid_keeps_its_logistic_in_float_and_recovers
                                                                                             tmp_path):
     bundle, calibration, evaluation = head
     kept = build_artifact(bundle, "tflite", "int8", tmp_path / "kept", calibration=calibration,
-                          options={"exclude": "node_sigmoid"})[0]
+                          options={"exclude": "node_sigmoid", **FULL_INTEGER})[0]
     assert kept.details["kept_in_float"] == {"onnx_nodes": ["node_sigmoid"], "tflite_ops": {
         "node_sigmoid": [{"op": "LOGISTIC", "scope": "serving_default_output_output;"}]}}
     assert _op_dtypes(kept.main_file, "LOGISTIC") == {"FLOAT32"}
@@ -102,10 +110,75 @@ def test_debug_reads_a_fused_activation_as_the_activation_not_the_conv_before_it
 
 def test_the_search_on_tflite_keeps_the_functional_sigmoid_in_float(head, tmp_path):
     bundle, calibration, evaluation = head
-    outcome = search(bundle, "tflite", tmp_path / "tuned", parse_budget(BUDGET), calibration, evaluation=evaluation)
+    outcome = search(bundle, "tflite", tmp_path / "tuned", parse_budget(BUDGET), calibration, evaluation=evaluation,
+                     options=FULL_INTEGER)
     record = outcome.record
     assert not record["candidates"][0]["met"], record["candidates"][0]
     assert record["ranked_groups"][0] == ["node_sigmoid"]
     chosen = record["candidates"][record["chosen"]]
     assert outcome.met and chosen["kept_in_float"] == ["node_sigmoid"], record["candidates"]
     assert outcome.artifact.details["kept_in_float"]["onnx_nodes"] == ["node_sigmoid"]
+
+
+def test_the_default_op_set_keeps_the_sigmoid_after_a_dynamic_fc_in_float(head, full_int8, tmp_path):
+    bundle, calibration, evaluation = head
+    mixed = build_artifact(bundle, "tflite", "int8", tmp_path / "mixed", calibration=calibration,
+                           options={"measure": "off"})[0]
+    plan = mixed.details["int8_op_set"]
+    assert plan["chosen"] == "mixed" and [op["op"] for op in plan["float_outputs"]] == ["LOGISTIC"]
+    assert _op_dtypes(mixed.main_file, "LOGISTIC") == {"FLOAT32"}
+    assert "INT8" in _op_dtypes(mixed.main_file, "FULLY_CONNECTED")  # its weights: a dynamically-quantized FC
+    judge = Judge(bundle, evaluation, parse_budget(BUDGET))
+    assert judge(mixed.path)["sqnr"] > judge(full_int8.path)["sqnr"] + 15
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory):
+    ok, reason = get_backend("tflite").available()
+    if not ok:
+        pytest.skip(reason)
+    path = tmp_path_factory.mktemp("pooled") / "pooled.py"
+    path.write_text("import torch\nimport torch.nn.functional as F\nfrom torch import nn\n\n" + POOLED)
+    source = load_model(f"{path}:make", dynamic=["x:0=batch"])
+    bundle = ModelBundle(source)
+    calibration = CalibrationSet.from_arrays({"x": _normal(64, 0)}, source.inputs)
+    evaluation = CalibrationSet.from_arrays({"x": _normal(16, 1)}, source.inputs)
+    full = build_artifact(bundle, "tflite", "int8", tmp_path_factory.mktemp("pooled-int8") / "a",
+                          calibration=calibration, options={"measure": "off"})[0]
+    return bundle, calibration, evaluation, full
+
+
+def _max_pool_dtypes(path) -> list[set[str]]:
+    """Each MAX_POOL_2D's input and output types, in execution order."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    sg = model.subgraphs[0]
+    return [{flatbuffer_utils.type_to_name(sg.tensors[i].type) for i in [*op.inputs, *op.outputs]}
+            for op in sg.operators if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "MAX_POOL_2D"]
+
+
+def test_debug_maps_a_functional_max_pool_to_its_max_pool_2d_and_the_search_can_keep_it(pooled):
+    bundle, _, evaluation, full = pooled
+    record = debug_artifact(full.path, bundle.source, evaluation)
+    by_node = {e["onnx_node"]: e for e in record["layers"]}
+    for node in ("node_max_pool2d", "node_max_pool2d_1"):
+        assert by_node[node]["module"] is None and by_node[node]["status"] == "ok", by_node[node]
+    assert by_node["node_max_pool2d"]["runtime_tensor"] != by_node["node_max_pool2d_1"]["runtime_tensor"]
+    mapped = {e["onnx_node"] for e in record["layers"] if e["runtime_tensor"]}
+    groups = layer_groups(reference_layers(bundle.onnx_path), "tflite", mapped)
+    assert groups["node_max_pool2d"] == ("node_max_pool2d",)
+
+
+def test_excluding_a_functional_max_pool_keeps_that_max_pool_2d_in_float(pooled, tmp_path):
+    bundle, calibration, evaluation, full = pooled
+    kept = build_artifact(bundle, "tflite", "int8", tmp_path / "kept", calibration=calibration,
+                          options={"exclude": "node_max_pool2d_1", "measure": "off"})[0]
+    ops = kept.details["kept_in_float"]["tflite_ops"]["node_max_pool2d_1"]
+    assert [op["op"] for op in ops] == ["MAX_POOL_2D"]
+    assert _max_pool_dtypes(kept.main_file) == [{"INT8"}, {"FLOAT32"}]
+    assert _max_pool_dtypes(full.main_file) == [{"INT8"}, {"INT8"}]
+    feeds = next(evaluation.batches(16))
+    reference = next(iter(bundle.source.run(feeds).values()))
+    outputs = [next(iter(load_artifact(a.path, threads=2).run(feeds).values())) for a in (full, kept)]
+    assert array_sqnr_db(reference, outputs[0]) != array_sqnr_db(reference, outputs[1])  # a build of its own

@@ -113,6 +113,12 @@ class Runner(ABC):
         such a tensor is the activation's output, not the op's. Empty where the runtime keeps the ONNX names."""
         return {}
 
+    def tensor_producers(self) -> dict[str, tuple[str, str | None]]:
+        """Tensors of `tensor_names` -> the runtime's type of the op writing each and that op's first input (a name
+        of `tensor_names`, or None): how debug finds ops of no module where the runtime names tensors by module.
+        Empty where the runtime keeps the ONNX names."""
+        return {}
+
     def intermediates(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
         """The tensors `names` (from `tensor_names`) computed on `feeds` in the runtime itself, for per-layer
         debugging: float32, quantized tensors dequantized, in the runtime's own layout (TFLite: NHWC)."""

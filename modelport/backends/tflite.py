@@ -28,7 +28,7 @@ import numpy as np
 
 from modelport import progress
 from modelport.backends.base import SLOWER_THAN_FP32, Backend, Recipe, Runner
-from modelport.backends.tflite_exclude import find_float_ops, fused_activations
+from modelport.backends.tflite_exclude import find_float_ops, fused_activations, tensor_producers
 from modelport.errors import BadInput, StepFailed, Unavailable
 from modelport.exporters.litert_choices import DYNAMIC_MODES, LAYOUTS
 from modelport.options import Option, parse_bool, parse_list
@@ -649,6 +649,16 @@ class TFLiteRunner(Runner):
             return {}
         activations = fused_activations(flatbuffer_utils.read_model(str(self._path)))
         return {name: activations[(0, index)] for name, index in self._tensors.items() if (0, index) in activations}
+
+    def tensor_producers(self) -> dict[str, tuple[str, str | None]]:
+        try:
+            from ai_edge_litert.tools import flatbuffer_utils
+        except ImportError:  # as fused_activations: without the flatbuffer reader no producer is known
+            return {}
+        names = {index: name for name, index in self._tensors.items()}
+        producers = tensor_producers(flatbuffer_utils.read_model(str(self._path)))
+        return {names[i]: (kind, names.get(first[1]) if first else None)
+                for (s, i), (kind, first) in producers.items() if s == 0 and i in names}
 
     def intermediates(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
         """Read from a second interpreter with `experimental_preserve_all_tensors` (XNNPACK then delegates op by

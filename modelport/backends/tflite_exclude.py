@@ -3,9 +3,10 @@
 A node's ops are those whose outputs lie in its torch module (litert-torch names each op's output tensors by module
 location and the dynamo ONNX exporter records each node's module scopes: modelport/exporters/module_names.py), and
 the op writing the tensor debug's mapping (exporters/tensor_map.py, the same code) matches to the node's output:
-the op writing a model output (litert-torch renames those tensors `serving_default_...`), or an op with the node's
-activation fused into it. So a functional `torch.sigmoid` ending a model, or a functional `F.relu` fused into its
-conv, can be kept in float although no module of its own made it. ai-edge-quantizer matches its recipe by regex on
+the op writing a model output (litert-torch renames those tensors `serving_default_...`), an op with the node's
+activation fused into it, or a pass-through op of the node's kind reading what the node's input maps to. So a
+functional `torch.sigmoid` ending a model, a functional `F.relu` fused into its conv, or a functional `F.max_pool2d`
+can be kept in float although no module of its own made it. ai-edge-quantizer matches its recipe by regex on
 an op's scope (its output tensor names joined by ';'), so each matched op's exact scope becomes a NO_QUANTIZE
 entry of the recipe.
 """
@@ -58,6 +59,20 @@ def fused_activations(model: Any) -> dict[tuple[int, int], str]:
     return found
 
 
+def tensor_producers(model: Any) -> dict[tuple[int, int], tuple[str, tuple[int, int] | None]]:
+    """(subgraph, tensor index) -> the type of the op writing it and that op's first input, from a flatbuffer model as
+    `flatbuffer_utils.read_model` reads it: what debug's mapping finds pass-through ops of no module by."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    found = {}
+    for s, subgraph in enumerate(model.subgraphs):
+        for op in subgraph.operators:
+            kind = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+            first = (s, op.inputs[0]) if len(op.inputs) and op.inputs[0] >= 0 else None
+            found.update({(s, i): (kind, first) for i in op.outputs if i >= 0})
+    return found
+
+
 def find_float_ops(tflite: Path, onnx_path: Path, nodes: Sequence[str], outputs: Mapping[str, str]) -> FloatOps:
     """The ops of the float .tflite at `tflite` implementing each ONNX node of `nodes`; BadInput naming a node the
     ONNX graph lacks, or one no op implements. `outputs`: model output name -> signature output name."""
@@ -77,6 +92,10 @@ def find_float_ops(tflite: Path, onnx_path: Path, nodes: Sequence[str], outputs:
     signature_tensors = {(sig.subgraphIndex, t.tensorIndex): model_output.get(_text(t.name), _text(t.name))
                          for sig in model.signatureDefs or [] for t in sig.outputs}
     activations = fused_activations(model)
+    tensor_names = {(s, i): signature_tensors.get((s, i), _text(t.name))
+                    for s, subgraph in enumerate(model.subgraphs) for i, t in enumerate(subgraph.tensors)}
+    producers = {tensor_names[out]: (kind, tensor_names.get(first) if first else None)
+                 for out, (kind, first) in tensor_producers(model).items()}
     ops = []  # (type, scope, modules of its outputs, its outputs named as debug's mapping names them)
     fused: dict[str, str] = {}
     for s, subgraph in enumerate(model.subgraphs):
@@ -87,7 +106,8 @@ def find_float_ops(tflite: Path, onnx_path: Path, nodes: Sequence[str], outputs:
             ops.append((flatbuffer_utils.opcode_to_name(model, op.opcodeIndex),
                         tfl_flatbuffer_utils.get_op_scope(op, subgraph.tensors),
                         {m for name in names for m in tensor_modules(name, modules)}, set(names)))
-    matched = map_tensors(reference_layers(onnx_path), [n for op in ops for n in op[3]], by_module=True, fused=fused)
+    matched = map_tensors(reference_layers(onnx_path), [n for op in ops for n in op[3]], by_module=True, fused=fused,
+                          producers=producers)
     found: dict[str, list[dict[str, str]]] = {}
     for name in nodes:
         node = by_name[name]

@@ -80,7 +80,8 @@ def _side(artifact: Artifact, layers: Sequence[Layer], threads: int | None) -> S
            "is matched, the ones inside it are not)" if by_module
            else f"the {artifact.backend} artifact has no such tensor (fused or removed when it was built)")
     label = f"{artifact.path.name} ({artifact.backend} {artifact.precision})"
-    mapped = map_tensors(layers, names, by_module=by_module, fused=runner.fused_activations())
+    mapped = map_tensors(layers, names, by_module=by_module, fused=runner.fused_activations(),
+                         producers=runner.tensor_producers())
     return Side(label, runner, mapped, why)
 
 
