@@ -71,14 +71,14 @@ def digits_calibration(digits):
 
 @pytest.fixture(scope="module")
 def digits_builds(digits, digits_calibration, tmp_path_factory):
-    """Every precision of the digits CNN, plus INT8 with integer I/O, full-integer INT8 (ops=all) and FP32 with NHWC
+    """Every precision of the digits CNN, plus INT8 with integer I/O, INT8 with ops=mixed and FP32 with NHWC
     inputs; INT8 unmeasured, so every conv int8 whatever the machine times (test_measure_* specify the measured
     choice)."""
     root = tmp_path_factory.mktemp("tflite-digits")
     bundle = ModelBundle(digits)
     plan = {p: (p, {"measure": "false"} if p.startswith("int8") else {}) for p in PRECISIONS}
     plan["int8-io"] = ("int8", {"io": "int8", "measure": "false"})
-    plan["int8-all"] = ("int8", {"ops": "all", "measure": "false"})
+    plan["int8-mixed"] = ("int8", {"ops": "mixed", "measure": "false"})
     plan["fp32-nhwc"] = ("fp32", {"layout": "nhwc"})
     return {key: build_artifact(bundle, "tflite", precision, root / key, options=options,
                                 calibration=digits_calibration)[0]
@@ -142,42 +142,43 @@ def _op_types(artifact, op_type: str) -> list[list[str]]:
             for op in sg.operators if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == op_type]
 
 
-def test_int8_on_a_cnn_runs_convs_in_int8_and_the_fcs_dynamically_quantized_with_float_io(digits_builds):
+def test_int8_is_full_integer_with_float_io_by_default(digits_builds):
     details = digits_builds["int8"].details
     assert details["io"] == "float32"
     assert details["signature_inputs"]["args_0"]["dtype"] == "float32"
     assert details["signature_outputs"]["output"]["dtype"] == "float32"
-    assert details["int8_op_set"]["chosen"] == "mixed" and details["int8_op_set"]["transformer_markers"] == {}
-    assert "no attention or layer norm" in details["int8_op_set"]["reason"]
-    assert details["int8_op_set"]["float_outputs"] == []  # the last FC writes the output itself
-    assert _op_types(digits_builds["int8"], "CONV_2D") == [["INT8", "INT8", "INT32", "INT8"]]
-    # float input, int8 weights, float bias, float output: XNNPACK's dynamically-quantized FC
-    assert _op_types(digits_builds["int8"], "FULLY_CONNECTED") == [["FLOAT32", "INT8", "FLOAT32", "FLOAT32"]] * 2
-    assert "quantized per row at run time" in details["compute"]
-
-
-def test_int8_ops_all_is_full_integer_with_float_io(digits_builds):
-    details = digits_builds["int8-all"].details
     assert details["ops"]["QUANTIZE"] == 1 and details["ops"]["DEQUANTIZE"] == 1
     assert details["tensors_by_dtype"]["FLOAT32"] == 2  # the model's input and output; everything inside is int
     assert details["float_ops"] == {"QUANTIZE": 1}  # the float input's; every other op takes int8
-    assert details["int8_op_set"]["chosen"] == "all" and details["int8_op_set"]["reason"] == "ops=all was asked for"
+    assert details["int8_op_set"]["chosen"] == "all" and details["int8_op_set"]["transformer_markers"] == {}
+    assert "no attention or layer norm" in details["int8_op_set"]["reason"]
+    assert details["ranges"]["chosen"] == "minmax" and "every calibration sample" in details["ranges"]["reason"]
 
 
-def test_int8_keeps_closer_to_torch_than_full_integer_on_the_digits(digits, digits_builds, digits_test_data):
+def test_ops_mixed_runs_convs_in_int8_and_the_fcs_dynamically_quantized(digits_builds):
+    details = digits_builds["int8-mixed"].details
+    assert details["int8_op_set"]["chosen"] == "mixed" and details["int8_op_set"]["reason"] == "ops=mixed was asked for"
+    assert details["int8_op_set"]["float_outputs"] == []  # the last FC writes the output itself
+    assert _op_types(digits_builds["int8-mixed"], "CONV_2D") == [["INT8", "INT8", "INT32", "INT8"]]
+    # float input, int8 weights, float bias, float output: XNNPACK's dynamically-quantized FC
+    assert _op_types(digits_builds["int8-mixed"], "FULLY_CONNECTED") == [["FLOAT32", "INT8", "FLOAT32", "FLOAT32"]] * 2
+    assert "quantized per row at run time" in details["compute"]
+
+
+def test_ops_mixed_keeps_closer_to_torch_than_full_integer_on_the_digits(digits, digits_builds, digits_test_data):
     """The FCs' 8-bit outputs (logits) are full-integer's loss here: about 41 dB SQNR against about 44."""
     from modelport.similarity import array_sqnr_db
 
     images, _ = digits_test_data
     reference = digits.run({"x": images})["output"]
-    runs = {key: load_artifact(digits_builds[key].path, threads=2).run({"x": images}) for key in ("int8", "int8-all")}
+    runs = {key: load_artifact(digits_builds[key].path, threads=2).run({"x": images}) for key in ("int8", "int8-mixed")}
     sqnr = {key: array_sqnr_db(reference, out["output"]) for key, out in runs.items()}
-    assert sqnr["int8"] > sqnr["int8-all"] + 1.5, sqnr
+    assert sqnr["int8-mixed"] > sqnr["int8"] + 1.5, sqnr
 
 
 def test_int8_io_round_trips_through_the_tensor_scale_and_zero_point(digits_builds, digits_test_data):
     images, labels = digits_test_data
-    integer, floating = digits_builds["int8-io"], digits_builds["int8-all"]  # both full-integer
+    integer, floating = digits_builds["int8-io"], digits_builds["int8"]
     signature = integer.details["signature_inputs"]["args_0"]
     assert signature["dtype"] == "int8" and signature["scale"] > 0
     assert integer.details["signature_outputs"]["output"]["dtype"] == "int8"

@@ -2,9 +2,9 @@
 TFLite fuses into its conv, a functional sigmoid ending the model (tests/models.py SIGMOID_HEAD), and functional
 max-pools (POOLED).
 
-The sigmoid's outputs lie near 0, where the int8 LOGISTIC kernel's fixed 1/256 output step is coarse: full-integer
-INT8 (ops=all) loses the output there, and only keeping that op in float gets it back; the default op set (mixed)
-keeps it float as it reads a dynamically-quantized FC's float output. None has a module of its own, so
+The sigmoid's outputs lie near 0, where the int8 LOGISTIC kernel's fixed 1/256 output step is coarse: full INT8
+loses the output there, and only keeping that op in float gets it back (ops=mixed keeps it float, as it reads a
+dynamically-quantized FC's float output). None has a module of its own, so
 litert-torch's module-location names cannot find their ops; debug's mapping (a model output by name, a fused
 activation by the op's fused-activation field, a pass-through op by the op of its kind reading its input's tensor)
 does, and the exclusion and the search use the same mapping.
@@ -32,8 +32,7 @@ from modelport.tune.exclude import layer_groups
 from modelport.tune.search import Judge
 from tests.models import POOLED, SIGMOID_HEAD
 
-BUDGET = "cos>=0.9999"  # full-integer INT8 reaches about 0.989 here, the sigmoid in float about 0.99998
-FULL_INTEGER = {"ops": "all"}  # every op int8, the sigmoid too, as the default kept it before ops=mixed
+BUDGET = "cos>=0.9999"  # full INT8 reaches about 0.989 here, the sigmoid in float about 0.99998
 
 
 def _normal(n: int, seed: int) -> np.ndarray:
@@ -56,7 +55,7 @@ def head(tmp_path_factory):
 def full_int8(head, tmp_path_factory):
     bundle, calibration, _ = head
     return build_artifact(bundle, "tflite", "int8", tmp_path_factory.mktemp("int8") / "a",
-                          calibration=calibration, options=FULL_INTEGER)[0]
+                          calibration=calibration)[0]
 
 
 def _op_dtypes(path, op_type: str) -> set[str]:
@@ -72,7 +71,7 @@ def test_excluding_a_functional_sigmoid_keeps_its_logistic_in_float_and_recovers
                                                                                             tmp_path):
     bundle, calibration, evaluation = head
     kept = build_artifact(bundle, "tflite", "int8", tmp_path / "kept", calibration=calibration,
-                          options={"exclude": "node_sigmoid", **FULL_INTEGER})[0]
+                          options={"exclude": "node_sigmoid"})[0]
     assert kept.details["kept_in_float"] == {"onnx_nodes": ["node_sigmoid"], "tflite_ops": {
         "node_sigmoid": [{"op": "LOGISTIC", "scope": "serving_default_output_output;"}]}}
     assert _op_dtypes(kept.main_file, "LOGISTIC") == {"FLOAT32"}
@@ -110,8 +109,7 @@ def test_debug_reads_a_fused_activation_as_the_activation_not_the_conv_before_it
 
 def test_the_search_on_tflite_keeps_the_functional_sigmoid_in_float(head, tmp_path):
     bundle, calibration, evaluation = head
-    outcome = search(bundle, "tflite", tmp_path / "tuned", parse_budget(BUDGET), calibration, evaluation=evaluation,
-                     options=FULL_INTEGER)
+    outcome = search(bundle, "tflite", tmp_path / "tuned", parse_budget(BUDGET), calibration, evaluation=evaluation)
     record = outcome.record
     assert not record["candidates"][0]["met"], record["candidates"][0]
     assert record["ranked_groups"][0] == ["node_sigmoid"]
@@ -120,10 +118,10 @@ def test_the_search_on_tflite_keeps_the_functional_sigmoid_in_float(head, tmp_pa
     assert outcome.artifact.details["kept_in_float"]["onnx_nodes"] == ["node_sigmoid"]
 
 
-def test_the_default_op_set_keeps_the_sigmoid_after_a_dynamic_fc_in_float(head, full_int8, tmp_path):
+def test_ops_mixed_keeps_the_sigmoid_after_a_dynamic_fc_in_float(head, full_int8, tmp_path):
     bundle, calibration, evaluation = head
     mixed = build_artifact(bundle, "tflite", "int8", tmp_path / "mixed", calibration=calibration,
-                           options={"measure": "off"})[0]
+                           options={"ops": "mixed", "measure": "off"})[0]
     plan = mixed.details["int8_op_set"]
     assert plan["chosen"] == "mixed" and [op["op"] for op in plan["float_outputs"]] == ["LOGISTIC"]
     assert _op_dtypes(mixed.main_file, "LOGISTIC") == {"FLOAT32"}

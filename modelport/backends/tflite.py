@@ -2,13 +2,13 @@
 
 No TensorFlow anywhere: litert-torch converts the module (see exporters/litert.py), ai-edge-quantizer
 writes the FP16, INT8 and dynamic-range INT8 variants, and the LiteRT interpreter runs them with
-XNNPACK. INT8 on CNNs runs convs, pools and element-wise ops in int8 and the FULLY_CONNECTED layers dynamically
-quantized, float out (`_REASONS["cnn"]` says why; ops=all: full-integer), but for single-channel depthwise convs
-where keeping them FP32 measures faster; on transformer-like graphs only the weight matmuls go int8 (`_int8_plan`
-says why), as the ONNX Runtime backend does. Dynamic INT8 leaves convs FP32: XNNPACK has no dynamically-quantized
-conv. With `measure` (the default) the build times the result against the FP32 .tflite and warns in the manifest
-where INT8 does not pay. The runner takes what the user feeds PyTorch (NCHW, float, any batch the model allows) and
-does the layout transposes, int8 quantization of inputs and dequantization of outputs itself.
+XNNPACK. INT8 is full-integer on CNNs (ops=mixed: the FULLY_CONNECTED layers dynamically quantized, float out),
+but for single-channel depthwise convs where keeping them FP32 measures faster; on transformer-like graphs only the
+weight matmuls go int8 (`_int8_plan` says why), as the ONNX Runtime backend does. Activation ranges are the min and
+max over every calibration sample (`ranges`, RANGES_WHY). Dynamic INT8 leaves convs FP32: XNNPACK has no
+dynamically-quantized conv. With `measure` (the default) the build times the result against the FP32 .tflite and
+warns in the manifest where INT8 does not pay. The runner takes what the user feeds PyTorch (NCHW, float, any batch
+the model allows) and does the layout transposes, int8 quantization of inputs and dequantization of outputs itself.
 """
 
 from __future__ import annotations
@@ -107,22 +107,19 @@ def _int8_dynamic(content: bytes) -> bytes:
 INT8_OP_SETS = ("auto", "mixed", "all", "matmul")
 # Measured on ViT-B/16 (2 threads, 16 held-out crops vs PyTorch FP32): ops=all gave ~9 dB output SQNR and ran
 # slower than FP32; static int8 activations on the matmuls alone ~26 dB; run-time (per-row) ones ~30 dB, fastest.
-# Measured on CNNs (128 held-out samples vs PyTorch FP32, 2 threads, interleaved against full-integer; ranges=minmax):
-# CREPE tiny 34.2 dB full-integer, 35.9 dB with its classifier FC dynamically quantized and the sigmoid after it in
-# float, at 0.99x full-integer's time; the digits CNN 41.0 dB against 44.2 dB, at 0.85x. The FC's 8-bit output is
-# the loss: one per-tensor range over logits (CREPE's span far below zero, where its sigmoid is flat) rounds the few
-# that matter.
+# ops=mixed, measured against ops=all (128 held-out samples vs PyTorch FP32, 2 threads, ranges=minmax): CREPE tiny
+# 35.9 dB against 34.2 (its classifier's 8-bit logits are the loss: one range spanning far below zero, where its
+# sigmoid is flat), the digits CNN 44.2 against 41.0, both at full-integer's speed or faster (0.99x, 0.85x); but
+# tests/outlier.py's planted outlier 1000x fell from 27.7 to 16.3 dB (100x: 37.3 to 36.9): the run-time quantization
+# of a FC input far from zero is coarser than its calibrated range. So it is asked for, not chosen by auto.
 _REASONS = {
     "transformer": "transformer-like graph ({markers}): only the matmuls with constant weights ({ops}) run in int8, "
                    "their float inputs quantized per row at run time; softmax, normalization, GELU, the attention "
                    "matmuls and the element-wise ops stay FP32. With 8-bit activations on those ops (ops=all) "
                    "XNNPACK leaves them to slow reference kernels, and one per-tensor 8-bit range cannot hold "
                    "attention logits or normalization outputs: the model gets both slower and far less accurate",
-    "cnn": "no attention or layer norm: convolutions, pools and element-wise ops run in int8, activations 8-bit "
-           "between layers with ranges from the calibration set; the FULLY_CONNECTED layers run XNNPACK's "
-           "dynamically-quantized kernels (int8 weights, inputs quantized per row at run time, float outputs) and an "
-           "op reading one and writing a model output stays float, as one 8-bit range over a FC's outputs (logits) "
-           "cost CREPE tiny 1.7 dB and the digits CNN 3.2 dB of SQNR at no speed gain (ops=all: full-integer)",
+    "cnn": "no attention or layer norm: every op runs in int8 (full-integer) but those under kept_float, activations "
+           "8-bit between layers with ranges from the calibration set",
     "io": "integer I/O (io=int8) needs a full-integer model",
     "asked": "ops={ops} was asked for",
 }
@@ -167,7 +164,7 @@ def _int8_plan(path: Path, requested: str, io: str) -> dict[str, Any]:
         found = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in markers.items())
         why = _REASONS["transformer"].format(markers=found, ops=", ".join(MATMUL_OPS))
     else:
-        chosen, why = "mixed", _REASONS["cnn"]
+        chosen, why = "all", _REASONS["cnn"]
     return {"requested": requested, "chosen": chosen, "transformer_markers": markers, "reason": why,
             "activations": _ACTIVATIONS[chosen]}
 
@@ -258,14 +255,15 @@ def _static_quantizer(content: bytes, io: str, kept_float: Sequence[Mapping[str,
 
 
 RANGES = ("minmax", "moving-average")
-# Measured (128 held-out samples vs PyTorch FP32): ai-edge-quantizer's calibrator keeps a moving average (0.95) of
-# each sample's min and max, so a range ends near a typical sample's and clips the rest; the min and max over every
-# sample took CREPE tiny from 32.9 to 35.9 dB (full-integer: 28.4 to 34.2) and the digits CNN from 38.8 to 44.2 dB
-# (full-integer: 19.2 to 41.0). The ranges only set scales: the kernels, and so the speed, are the same.
+# Measured (held-out samples vs PyTorch FP32, full-integer): ai-edge-quantizer's calibrator keeps a moving average
+# (0.95) of each sample's min and max, so a range ends near a typical sample's and clips the rest; the min and max
+# over every sample took CREPE tiny from 28.4 to 34.2 dB and the digits CNN from 19.2 to 41.0 dB (128 samples each).
+# tests/outlier.py's planted 1000x outlier is the exception (31.9 to 27.7 dB on 24 samples, 100x: 36.4 to 37.3): a
+# clipped outlier channel leaves the others more levels. The ranges only set scales: the kernels, so the speed, stay.
 RANGES_WHY = {"minmax": "each activation's range is its min and max over every calibration sample, as the shared QDQ "
                         "pass's minmax; ai-edge-quantizer's default moving average of per-sample ranges clipped what "
-                        "fell outside a typical sample's (CREPE tiny 32.9 dB against 35.9, the digits CNN 38.8 "
-                        "against 44.2)",
+                        "fell outside a typical sample's (CREPE tiny 28.4 dB against 34.2, the digits CNN 19.2 "
+                        "against 41.0)",
               "moving-average": "ranges=moving-average was asked for: ai-edge-quantizer's moving average (0.95) of "
                                 "per-sample min and max"}
 
@@ -396,7 +394,8 @@ class TFLiteBackend(Backend):
                "set), mixed (as all, but the FULLY_CONNECTED layers dynamically quantized with float outputs, and an "
                "op writing a model output from one in float), matmul (only FULLY_CONNECTED/BATCH_MATMUL with "
                "constant weights, inputs quantized at run time; softmax, normalization, GELU stay FP32), or auto: "
-               "matmul on transformer-like graphs (attention, layer norms), mixed otherwise (all with io=int8).",
+               "matmul on transformer-like graphs (attention, layer norms), all otherwise. mixed: CREPE tiny 35.9 dB "
+               "against all's 34.2, but a FC input far from zero loses (a planted outlier: 16.3 against 27.7).",
                default="auto", parse=_lower, choices=INT8_OP_SETS, precisions=("int8",)),
         Option(name="ranges", help="How activation ranges merge over calibration samples: minmax (the min and max "
                "over every sample) or moving-average (ai-edge-quantizer's default, a moving average of per-sample "
