@@ -5,9 +5,11 @@
 Models: CREPE tiny (`modelport.examples.crepe:crepe_tiny`), the digits encoder and the digits CNN, trained weights.
 Rows per model, all from one float .tflite and one calibration set (256 samples):
 - `fp32`: modelport's FP32 build;
-- `int8 full-integer (before)`: every op int8, as the build made it before (today: `ops=all,measure=false`);
-- `int8 (after)`: the default build, which times full-integer against a form with single-channel convs in FP32
-  and keeps the faster (its choice and build-time times are shown);
+- `int8 full-integer (before)`: every op int8 with ai-edge-quantizer's moving-average ranges, as the build made it
+  before (today: `ops=all,ranges=moving-average,measure=false`);
+- `int8 (after)`: the default build (min/max ranges), which times full-integer against a form with single-channel
+  convs in FP32 and keeps the faster (its choice and build-time times are shown);
+- `int8 ops=mixed`: the FULLY_CONNECTED layers dynamically quantized with float outputs, the rest as `int8 (after)`;
 - `int8-dynamic dynamic_wi8_afp32 (before)`: ai-edge-quantizer's dynamic recipe on every op, convs included, as
   the build made it before;
 - `int8-dynamic (after)`: the default build, convs left FP32 (XNNPACK has no dynamically-quantized conv).
@@ -37,8 +39,10 @@ MODELS = (
     ("digits encoder", "modelport.examples:digits_transformer", "modelport.examples:digits_calibration", _digits),
     ("digits CNN", "modelport.examples:digits_cnn", "modelport.examples:digits_calibration", _digits),
 )
-ROWS = (("fp32", "fp32", {}), ("int8 full-integer (before)", "int8", {"ops": "all", "measure": "false"}),
-        ("int8 (after)", "int8", {}), ("int8-dynamic (after)", "int8-dynamic", {}))
+ROWS = (("fp32", "fp32", {}),
+        ("int8 full-integer (before)", "int8", {"ops": "all", "ranges": "moving-average", "measure": "false"}),
+        ("int8 (after)", "int8", {}), ("int8 ops=mixed", "int8", {"ops": "mixed"}),
+        ("int8-dynamic (after)", "int8-dynamic", {}))
 BEFORE_DYNAMIC = "int8-dynamic dynamic_wi8_afp32 (before)"
 
 
