@@ -180,3 +180,10 @@ def test_excluding_a_functional_max_pool_keeps_that_max_pool_2d_in_float(pooled,
     reference = next(iter(bundle.source.run(feeds).values()))
     outputs = [next(iter(load_artifact(a.path, threads=2).run(feeds).values())) for a in (full, kept)]
     assert array_sqnr_db(reference, outputs[0]) != array_sqnr_db(reference, outputs[1])  # a build of its own
+
+
+def test_ops_mixed_with_integer_io_is_bad_input(head, tmp_path):
+    bundle, calibration, _ = head
+    with pytest.raises(BadInput, match=re.escape("ops=mixed keeps the FULLY_CONNECTED outputs in float")):
+        build_artifact(bundle, "tflite", "int8", tmp_path / "x", calibration=calibration,
+                       options={"ops": "mixed", "io": "int8"})

@@ -152,9 +152,10 @@ def transformer_markers(path: Path) -> dict[str, int]:
 def _int8_plan(path: Path, requested: str, io: str) -> dict[str, Any]:
     """Which ops go int8 (all: full-integer; matmul: weight matmuls only) and why; recorded in the manifest."""
     markers = transformer_markers(path)
-    if requested == "matmul" and io == "int8":
-        raise BadInput("ops=matmul keeps most of the model in float, so it cannot have integer I/O (io=int8).",
-                       hint="Use io=float32 with ops=matmul, or ops=all for a full-integer model.")
+    if requested in ("matmul", "mixed") and io == "int8":
+        what = "most of the model" if requested == "matmul" else "the FULLY_CONNECTED outputs"
+        raise BadInput(f"ops={requested} keeps {what} in float, so it cannot have integer I/O (io=int8).",
+                       hint=f"Use io=float32 with ops={requested}, or ops=all for a full-integer model.")
     if requested != "auto":
         chosen, why = requested, _REASONS["asked"].format(ops=requested)
     elif io == "int8":
