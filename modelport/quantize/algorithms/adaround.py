@@ -6,8 +6,10 @@ Per layer, on its float input activations from the analysis samples (at most LAY
 rounding floor(W/s) + h(V), h the rectified sigmoid, is trained with Adam in torch to reconstruct the float
 output, under a regularizer whose exponent is annealed so that every h ends at 0 or 1. The learnt rounding is
 then written into the float model as weights that lie exactly on ORT's grid, so ORT's own nearest rounding
-reproduces it; each channel's (or the tensor's) largest-magnitude weight keeps its nearest grid point, so the
-scale ORT computes from the weights is unchanged. A layer keeps the learnt rounding only where its output
+reproduces it. Each channel's (or the tensor's) largest-magnitude weight is written as it was and rounds to its
+nearest, and no other weight may round past its magnitude, so the scale ORT computes from the written weights is
+unchanged: with uint8 weights (the u8u8 kernels x86 without VNNI gets) no grid point equals that magnitude, so a
+pinned weight written on the grid would move the scale. A layer keeps the learnt rounding only where its output
 error on held-out samples (the last quarter of those collected) is lower than nearest rounding's.
 
 Off by default: it costs layers x steps optimizer steps (`adaround_steps`, default 300: seconds per layer on a
@@ -117,15 +119,25 @@ def _collect(prepared: Path, graph: Graph, layers: list[Layer], calibration: Cal
     return {t: np.concatenate(parts) for t, parts in held.items()}
 
 
-def _pinned(w: np.ndarray, layer: Layer, settings: QdqSettings) -> np.ndarray:
-    """The largest-magnitude weight of each channel (or of the tensor): they set ORT's scale and keep their
-    nearest grid point."""
-    a = np.abs(w)
+def _magnitude(w: np.ndarray, layer: Layer, settings: QdqSettings) -> np.ndarray:
+    """The largest weight magnitude of each channel (or of the tensor), broadcastable to `w`: what sets ORT's scale."""
     if not settings.per_channel:
-        return a == a.max()
-    shape = [1] * a.ndim
+        return np.array(np.abs(w).max())
+    shape = [1] * w.ndim
     shape[layer.out_axis] = -1
-    return a == channel_max(w, layer.out_axis).reshape(shape)
+    return channel_max(w, layer.out_axis).reshape(shape)
+
+
+def _pinned(w: np.ndarray, layer: Layer, settings: QdqSettings) -> np.ndarray:
+    """The weights of the largest magnitude: they set ORT's scale, so they are written as they are."""
+    return np.abs(w) == _magnitude(w, layer, settings)
+
+
+def _bounds(grid: Grid, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The integers a learnt weight may take: on the grid and no larger in magnitude than the pinned weights (a uint8
+    grid reaches 128 steps below its zero point but only 127.5 steps of scale fit in the magnitude)."""
+    steps = np.floor(magnitude / grid.scale + 1e-4)
+    return np.maximum(grid.qmin, grid.zero - steps), np.minimum(grid.qmax, grid.zero + steps)
 
 
 def _rectified(v: torch.Tensor) -> torch.Tensor:
@@ -135,8 +147,9 @@ def _rectified(v: torch.Tensor) -> torch.Tensor:
 
 
 def learn_rounding(layer: Layer, x: torch.Tensor, w: np.ndarray, b: np.ndarray | None, grid: Grid,
-                   pinned: np.ndarray, steps: int, seed: int = 0) -> np.ndarray:
-    """The integer weights (on `grid`) whose rounding AdaRound learnt on inputs `x`."""
+                   pinned: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], steps: int, seed: int = 0
+                   ) -> np.ndarray:
+    """The integer weights (on `grid`, within `bounds` but where `pinned`) whose rounding AdaRound learnt on `x`."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -151,8 +164,10 @@ def learn_rounding(layer: Layer, x: torch.Tensor, w: np.ndarray, b: np.ndarray |
     v = torch.log(p / (1 - p)).requires_grad_(True)
     optimizer = torch.optim.Adam([v], lr=LEARNING_RATE)
 
+    low, high = (torch.from_numpy(np.broadcast_to(a, w.shape).astype(np.float32)) for a in bounds)
+
     def weights(h: torch.Tensor) -> torch.Tensor:
-        q = torch.where(pin, nearest, torch.clamp(floor + h, grid.qmin, grid.qmax))
+        q = torch.where(pin, nearest, torch.clamp(floor + h, low, high))
         return (q - zero) * scale
 
     with torch.no_grad():
@@ -174,7 +189,7 @@ def learn_rounding(layer: Layer, x: torch.Tensor, w: np.ndarray, b: np.ndarray |
         optimizer.step()
     with torch.no_grad():
         hard = (_rectified(v) >= 0.5).float()
-        return torch.where(pin, nearest, torch.clamp(floor + hard, grid.qmin, grid.qmax)).numpy()
+        return torch.where(pin, nearest, torch.clamp(floor + hard, low, high)).numpy()
 
 
 def _output_sqnr(layer: Layer, x: torch.Tensor, w: np.ndarray, wq: np.ndarray, b: np.ndarray | None) -> float:
@@ -219,14 +234,15 @@ def _round_layer(layer: Layer, x: torch.Tensor, values: dict[str, np.ndarray], s
     train, test = (x[:-hold], x[-hold:]) if hold else (x, x)
     grid = weight_grid(w, layer, settings)
     nearest = grid.integers(w)
-    learnt = learn_rounding(layer, train, w, b, grid, _pinned(w, layer, settings), steps)
-    on_grid = grid.values(learnt)
-    exact = bool(np.array_equal(weight_grid(on_grid, layer, settings).integers(on_grid), learnt))
+    pinned = _pinned(w, layer, settings)
+    learnt = learn_rounding(layer, train, w, b, grid, pinned, _bounds(grid, _magnitude(w, layer, settings)), steps)
+    written = np.where(pinned, w, grid.values(learnt)).astype(np.float32)
+    exact = bool(np.array_equal(weight_grid(written, layer, settings).integers(written), learnt))
     before = _output_sqnr(layer, test, w, grid.values(nearest), b)
-    after = _output_sqnr(layer, test, w, on_grid, b)
+    after = _output_sqnr(layer, test, w, grid.values(learnt), b)
     kept = exact and after > before
     if kept:
-        changed[layer.weight] = on_grid
+        changed[layer.weight] = written
     return {"layer": layer.name, "samples": len(x), "held_out": len(test), "steps": steps,
             "flipped": round(float((learnt != nearest).mean()), 4), "held_out_sqnr_db_nearest": before,
             "held_out_sqnr_db_adaround": after, "kept": kept, **({} if exact else {"why": "not on ORT's grid"})}
