@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+T = TypeVar("T")
 RunFn = Callable[[Mapping[str, np.ndarray]], Any]
 ProgressFn = Callable[[int, int], None]
 
@@ -49,12 +50,20 @@ def interleaved_rounds(runs: Mapping[str, RunFn], feeds: Mapping[str, np.ndarray
     count = int(min(50, max(3, budget_s / per_pass / rounds)))
     times = [0] * count
     out: dict[str, list[float]] = {key: [] for key in runs}
-    for _ in range(rounds):
-        for key, run in runs.items():
+    for r in range(rounds):
+        for key in turns(list(runs), r):
             time.sleep(HANDOFF_PAUSE_S)
-            timed_loop(run, feeds, times, 0, count)
+            timed_loop(runs[key], feeds, times, 0, count)
             out[key].append(float(np.median(times)) / 1e6)
     return out
+
+
+def turns(keys: list[T], round_index: int) -> list[T]:
+    """The order of round `round_index`'s turns: each round starts one runner later, so that every runner takes
+    every place, the first among them, equally often. In a fixed order the first runner always follows the last
+    one's turn and pays for it (its threads still spinning, the cache cold)."""
+    shift = round_index % len(keys) if keys else 0
+    return keys[shift:] + keys[:shift]
 
 
 def warm_up(run: RunFn, feeds: Mapping[str, np.ndarray], iterations: int) -> list[int]:

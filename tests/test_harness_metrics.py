@@ -10,7 +10,7 @@ import pytest
 
 from modelport.harness import fidelity
 from modelport.harness.latency import summarize
-from modelport.timing import MIN_ITERATIONS, interleaved_rounds, timed_runs
+from modelport.timing import MIN_ITERATIONS, interleaved_rounds, timed_runs, turns
 
 
 def test_identical_outputs_have_zero_error_unit_cosine_and_undefined_sqnr():
@@ -153,4 +153,13 @@ def test_interleaved_rounds_give_every_runner_the_same_runs_in_turns():
     assert all(ms >= 0 for v in per_round.values() for ms in v)
     timed = order[8:]  # after 3 warm-up runs and one sizing run each
     assert order.count("a") == order.count("b")
-    assert timed == (["a"] * 3 + ["b"] * 3) * 4  # the minimum of 3 runs per turn, taking turns round by round
+    # the minimum of 3 runs per turn, taking turns round by round, each round starting one runner later
+    assert timed == (["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3) * 2
+
+
+def test_every_runner_takes_every_place_in_a_round_equally_often():
+    keys = ["a", "b", "c"]
+    orders = [turns(keys, r) for r in range(6)]
+    assert all(sorted(o) == keys for o in orders)
+    assert all(sorted(o[place] for o in orders) == sorted(keys * 2) for place in range(3))
+    assert [o[0] for o in orders] == ["a", "b", "c"] * 2

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelport.harness.isolate import ChildGone, LiveChild
 from modelport.harness.jobs import RoundsJob
-from modelport.timing import HANDOFF_PAUSE_S, MAX_ITERATIONS, MIN_ITERATIONS
+from modelport.timing import HANDOFF_PAUSE_S, MAX_ITERATIONS, MIN_ITERATIONS, turns
 
 if TYPE_CHECKING:
     from modelport.harness.matrix import MatrixRun, PlanItem, Prepared
@@ -110,7 +110,7 @@ class Rounds:
                 counts[i] = runs_per_round(self.settings, reply["per_run_ns"])
         progress = self.run.step(f"timing {len(counts)} rows at batch {batch} in {self.settings.rounds} rounds")
         for r in range(self.settings.rounds):
-            for i in counts:
+            for i in turns(list(counts), r):
                 if i in self.children:
                     self._ask(i, {"cmd": "time", "batch": batch, "count": counts[i]})
                     time.sleep(HANDOFF_PAUSE_S)
