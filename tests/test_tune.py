@@ -206,6 +206,25 @@ def test_the_search_on_tflite_keeps_the_planted_layers_in_float(outlier_file, tm
     assert 1 <= len(groups) <= 2 and set(chosen["kept_in_float"]) <= PLANTED, record["ranked_groups"]
     assert "NO_QUANTIZE" in record["exclusion"]
     assert Artifact.open(tmp_path / "tuned").details["kept_in_float"]["onnx_nodes"] == chosen["kept_in_float"]
+    # float-output FCs were judged beside full INT8 and came out farther: the search went on from the default
+    assert record["candidates"][1]["options"] == {"ops": "mixed"} and not record["alternative"]["searched_from"]
+    assert all("ops" not in c["options"] for c in record["candidates"][2:])
+
+
+def test_where_tflites_float_output_fcs_come_closer_the_search_starts_from_them(digits, tmp_path):
+    _tflite()
+    from modelport.calibration import open_calibration, open_evaluation
+
+    calib = open_calibration("modelport.examples:digits_calibration", digits.inputs, size=128)
+    held_out = open_evaluation("modelport.examples:digits_evaluation", digits.inputs, size=64)
+    # full-integer reaches about 41 dB here, its 8-bit logits the loss; float-output FCs (ops=mixed) about 44
+    outcome = search(ModelBundle(digits), "tflite", tmp_path / "tuned", parse_budget("sqnr>=42.5"), calib,
+                     evaluation=held_out)
+    record = outcome.record
+    default, mixed = record["candidates"][:2]
+    assert not default["met"] and default["options"] == {} and mixed["options"] == {"ops": "mixed"}
+    assert outcome.met and record["chosen"] == 1 and record["alternative"]["searched_from"]
+    assert Artifact.open(tmp_path / "tuned").details["int8_op_set"]["chosen"] == "mixed"
 
 
 def test_a_second_identical_search_reuses_the_artifact_and_any_change_searches_again(outlier_file, tmp_path):

@@ -2,13 +2,14 @@
 
 No TensorFlow anywhere: litert-torch converts the module (see exporters/litert.py), ai-edge-quantizer
 writes the FP16, INT8 and dynamic-range INT8 variants, and the LiteRT interpreter runs them with
-XNNPACK. INT8 is full-integer on CNNs (ops=mixed: the FULLY_CONNECTED layers dynamically quantized, float out),
-but for single-channel depthwise convs where keeping them FP32 measures faster; on transformer-like graphs only the
-weight matmuls go int8 (`_int8_plan` says why), as the ONNX Runtime backend does. Activation ranges are the min and
-max over every calibration sample (`ranges`, RANGES_WHY). Dynamic INT8 leaves convs FP32: XNNPACK has no
-dynamically-quantized conv. With `measure` (the default) the build times the result against the FP32 .tflite and
-warns in the manifest where INT8 does not pay. The runner takes what the user feeds PyTorch (NCHW, float, any batch
-the model allows) and does the layout transposes, int8 quantization of inputs and dequantization of outputs itself.
+XNNPACK. INT8 is full-integer on CNNs (asked for, ops=mixed runs the FULLY_CONNECTED layers dynamically quantized
+with float outputs) but for single-channel depthwise convs where keeping them FP32 measures faster; on
+transformer-like graphs only the weight matmuls go int8 (`_int8_plan` says why), as the ONNX Runtime backend does.
+Activation ranges are the min and max over every calibration sample (`ranges`, RANGES_WHY). Dynamic INT8 leaves
+convs FP32: XNNPACK has no dynamically-quantized conv. With `measure` (the default) the build times the result
+against the FP32 .tflite and warns in the manifest where INT8 does not pay. The runner takes what the user feeds
+PyTorch (NCHW, float, any batch the model allows) and does the layout transposes, int8 quantization of inputs and
+dequantization of outputs itself.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ bisection on the count finds the fewest; a group whose fallback did not help (th
 than the one without) is then quantized again in one more candidate. At most `max_candidates` builds are judged.
 Where a backend's default build cannot keep a layer's error out by excluding it (OpenVINO's NNCF, exclude.ROUTES), a
 missed default build is followed by the route's full INT8 build, which is ranked and searched instead; the
-manifest's `tune.exclusion` and `tune.route` say how layers were kept out. Where the default build met the budget
+manifest's `tune.exclusion` and `tune.route` say how layers were kept out. Where a backend has a full INT8 build
+that is closer to float on some models and farther on others (TFLite's float-output FCs, exclude.ALTERNATIVES), a
+missed default build is judged beside it and the search goes on from the closer (`tune.alternative`). Where the
+default build met the budget
 but chose fidelity over speed (ONNX Runtime's int8 guard taking u8u8, exclude.FASTER), its faster variant is judged
 beside it (`tune.faster`). Every candidate is timed in interleaved rounds (harness/latency.py); the fastest that
 meets the budget is written to `out`, or the closest when none does (marked `budget: missed`). The manifest's
@@ -45,6 +48,7 @@ from modelport.tune.budget import Budget, check_applies
 from modelport.tune.exclude import (
     TO_OPTIONS,
     already_float,
+    alternative_for,
     describe_exclusion,
     faster_for,
     layer_groups,
@@ -67,6 +71,7 @@ class Candidate:
     shortfall: float
     options: dict[str, Any]  # what it was built with beyond the user's options (a route's and the exclusion)
     latency_ms: float | None = None
+    order: int = 0  # when it was built, among the search's candidates
 
     def to_json(self) -> dict[str, Any]:
         def clean(v: float | None) -> float | None:
@@ -165,18 +170,19 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
     judge = Judge(bundle, evaluation, budget, metric)
     say = report or (lambda _: None)
     tried: dict[int, Candidate] = {}  # by the number of ranked groups kept in float
-    before_route: list[Candidate] = []  # the default build, where the search then took a route past it
+    set_aside: list[Candidate] = []  # full INT8 builds judged that the search did not go on from
     groups: list[tuple[str, ...]] = []
     user = dict(options or {})
     base = dict(user)
     builds = itertools.count()
 
     def build(opts: dict[str, Any], nodes: tuple[str, ...] = ()) -> Candidate:
-        path = build_artifact(bundle, backend, "int8", workdir / f"c{next(builds)}", options=opts,
+        order = next(builds)
+        path = build_artifact(bundle, backend, "int8", workdir / f"c{order}", options=opts,
                               calibration=calibration)[0].path
         figures = judge(path)
         extra = {k: v for k, v in opts.items() if user.get(k) != v}
-        built = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures), extra)
+        built = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures), extra, order=order)
         say(f"{len(nodes)} node(s) in float{''.join(f', {k}={v}' for k, v in extra.items() if k != 'exclude')}: "
             f"{_figures(figures)} -> {'meets' if built.met else 'misses'} {budget.describe()}")
         return built
@@ -187,13 +193,21 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
             tried[count] = build(with_nodes(backend, base, nodes) if nodes else dict(base), nodes)
         return tried[count]
 
-    route = route_for(backend, user)
+    route, alternative = route_for(backend, user), alternative_for(backend, user)
     try:
         if not at(0).met and route is not None and max_candidates > 1:
-            before_route.append(tried.pop(0))
+            set_aside.append(tried.pop(0))
             base.update(route.options)
             at(0)
-        cap = max_candidates - len(before_route)
+        if not tried[0].met and alternative is not None and max_candidates - len(set_aside) > 1:
+            other = build({**base, **alternative.options})
+            if other.shortfall < tried[0].shortfall:
+                set_aside.append(tried.pop(0))
+                base.update(alternative.options)
+                tried[0] = other
+            else:
+                set_aside.append(other)
+        cap = max_candidates - len(set_aside)
         # met already: a build the backend made for fidelity has a faster variant, which ships if it meets too
         faster = faster_for(backend, Artifact.open(tried[0].path).details, user) if tried[0].met else None
         variants = [build({**base, **faster.options})] if faster is not None and cap > 1 else []
@@ -202,7 +216,8 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
             _fewest(at, len(groups), tried, cap)
             kept = _without_unhelpful(tried, groups) if len(tried) < cap else None
             variants += [build(with_nodes(backend, base, kept), kept)] if kept else []
-        candidates = before_route + [tried[k] for k in sorted(tried)] + variants
+        full = sorted([*set_aside, tried[0]], key=lambda c: c.order)  # the full INT8 builds, as judged
+        candidates = full + [tried[k] for k in sorted(tried) if k] + variants
         _time(candidates, judge.batches[0], threads)
         passing = [c for c in candidates if c.met]
         chosen = (min(passing, key=lambda c: (c.latency_ms or math.inf, len(c.nodes))) if passing
@@ -211,7 +226,12 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
                   "evaluation": {"source": evaluation.source.description, "samples": len(evaluation),
                                  "fingerprint": evaluation.fingerprint},
                   "exclusion": describe_exclusion(backend, base),
-                  **({"route": {"options": route.options, "why": route.why}} if before_route and route else {}),
+                  **({"route": {"options": route.options, "why": route.why}} if route and route.options.items() <=
+                     base.items() else {}),
+                  **({"alternative": {"options": alternative.options, "why": alternative.why,
+                                      "searched_from": alternative.options.items() <= base.items()}}
+                     if alternative and any(c.options.items() >= alternative.options.items() for c in candidates)
+                     else {}),
                   **({"faster": {"options": faster.options, "why": faster.why}} if variants and faster else {}),
                   "ranked_groups": [list(g) for g in groups], "max_candidates": max_candidates,
                   "candidates": [c.to_json() for c in candidates], "chosen": candidates.index(chosen),
