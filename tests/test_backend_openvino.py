@@ -219,10 +219,11 @@ def test_the_route_guard_replaces_a_less_faithful_preferred_build_and_keeps_it_o
     int8, _ = _quantize(float_model.clone(), get_backend("openvino").recipe("int8", {}), digits_calibration,
                         ("disable", "8-bit weights"))
     feeds = {"x": digits_data("test")[0][:1]}
-    lossless = _route_guard(float_model, {"nncf": int8, "qdq": float_model.clone()}, feeds, "cpu", "nncf")
+    opts = {"device": "cpu", "inference_precision": "f32"}
+    lossless = _route_guard(float_model, {"nncf": int8, "qdq": float_model.clone()}, feeds, opts, "nncf")
     assert lossless["chosen"] == "qdq" and lossless["sqnr_db"]["qdq"] is None  # identical outputs: no noise at all
     assert lossless["probes"] == 8 and lossless["sqnr_db"]["nncf"] < 60
-    tie = _route_guard(float_model, {"nncf": int8, "nncf_defaults": int8.clone()}, feeds, "cpu", "nncf_defaults")
+    tie = _route_guard(float_model, {"nncf": int8, "nncf_defaults": int8.clone()}, feeds, opts, "nncf_defaults")
     assert tie["chosen"] == "nncf_defaults" and tie["sqnr_db"]["nncf"] == tie["sqnr_db"]["nncf_defaults"]
 
 

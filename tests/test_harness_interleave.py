@@ -85,7 +85,7 @@ def test_rows_of_a_batch_size_take_turns_round_after_round_in_one_loaded_process
     order = [f"{name}{batch}" for name, batch, pid in calls if pid in timing]
     # per batch size: one warm-up run each, then 3 rounds in which a and b each make 2 runs in turn; each round starts
     # one row later among the three (PyTorch's row first in round 1, which this log does not see)
-    per_batch = ["a", "b"] + ["a", "a", "b", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"]
+    per_batch = ["a", "b", *["a", "a", "b", "b"] * 2, "b", "b", "a", "a"]
     assert order == [f"{n}1" for n in per_batch] + [f"{n}2" for n in per_batch]
     assert "taking turns over 3 rounds" in (out / "report.md").read_text()
 

@@ -12,6 +12,8 @@ op = pytest.importorskip("openvino.opset13")
 from modelport.backends.openvino_fc_conv import CONV_SUFFIX, rewrite_int8_matmuls  # noqa: E402
 
 K, N = 48, 24
+# as modelport compiles: float layers in f32 (the plugin takes bf16 where the CPU has it)
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 STEP = 3 / 128
 
 
@@ -46,7 +48,7 @@ def _model(*, transpose_b: bool = True, zero_point: bool = False, int8: bool = T
 
 
 def _run(model, x):
-    return ov.Core().compile_model(model, "CPU").create_infer_request().infer({"x": x})[0].copy()
+    return ov.Core().compile_model(model, "CPU", F32).create_infer_request().infer({"x": x})[0].copy()
 
 
 @pytest.mark.parametrize("transpose_b, zero_point, rank", [(True, False, 3), (False, True, 3), (True, True, 2)])
@@ -66,7 +68,7 @@ def test_the_rewritten_layer_keeps_its_name_and_tensor_names_and_runs_an_int8_ke
     rewrite_int8_matmuls(model)
     ops = {o.get_friendly_name(): o for o in model.get_ordered_ops()}
     assert ops["head"].get_type_name() == "Reshape" and ops["head"].output(0).get_names() == {"logits"}
-    request = ov.Core().compile_model(model, "CPU", {"PERF_COUNT": True}).create_infer_request()
+    request = ov.Core().compile_model(model, "CPU", {"PERF_COUNT": True, **F32}).create_infer_request()
     request.infer({"x": np.ones((2, 5, K), np.float32)})
     kernels = {p.node_name: p.exec_type for p in request.get_profiling_info() if p.node_type == "Convolution"}
     assert kernels["head" + CONV_SUFFIX].lower().endswith(("i8", "u8"))  # the plugin still runs it in INT8

@@ -26,7 +26,7 @@ from modelport.model import load_model
 from modelport.tune import parse_budget, search
 from modelport.tune.budget import check_applies
 from modelport.tune.exclude import layer_groups
-from modelport.tune.search import Candidate, _all_ranked_float, _without_unhelpful
+from modelport.tune.search import Candidate, _adding_nodes, _all_ranked_float, _without_unhelpful
 from tests.outlier import NO_CLE, ORT_7_BIT, normal
 
 cli = CliRunner()
@@ -279,6 +279,14 @@ def test_a_layer_group_keeps_its_output_tensor_float_from_its_producer_through_p
     assert groups["bn0"] == ("bn0", "pool0", "conv1", "relu1")
     assert groups["pool0"] == ("pool0", "conv1", "relu1")
     assert groups["conv1"] == ("conv1", "relu1")
+
+
+def test_a_group_that_higher_ranked_groups_already_keep_in_float_is_not_judged_again():
+    # CREPE tiny on OpenVINO: the third group (a BatchNorm, the pool, conv and ReLU after it) lay within the first two,
+    # so the bisection's count 3 rebuilt count 2's candidate
+    ranked = [("pool", "conv1", "relu1"), ("conv0", "relu0", "bn0"), ("bn0", "pool", "conv1", "relu1"),
+              ("pool", "conv1", "relu1"), ("bn1", "pool1", "conv2")]
+    assert _adding_nodes(ranked) == [ranked[0], ranked[1], ranked[4]]
 
 
 def test_a_group_whose_fallback_did_not_help_is_quantized_again_in_one_more_candidate():

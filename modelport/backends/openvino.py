@@ -103,6 +103,11 @@ class OpenVinoBackend(Backend):
                "the CPU plugin's INT8 FullyConnected kernel is its generic GEMM and the convolution's is not (x86 "
                "without VNNI); on or off.", default="auto", parse=str.lower, choices=("auto", "on", "off"),
                precisions=("int8",)),
+        Option(name="inference_precision", help="The precision the plugin computes float layers in: f32 (the "
+               "default: OpenVINO's CPU plugin would otherwise run an FP32 or INT8 IR's float layers in BF16 on CPUs "
+               "with AVX512_BF16 or AMX, 2e-2 off PyTorch on the digits CNN) or bf16 (faster there, measured by the "
+               "fidelity report; where the CPU lacks it, OpenVINO computes in f32 and the manifest says so).",
+               default="f32", parse=str.lower, choices=("f32", "bf16")),
         *(_qdq_only(name) for name in QDQ_ONLY),
     )
 
@@ -136,7 +141,7 @@ class OpenVinoBackend(Backend):
                         model, info["fc_as_conv"], kernels = _fc_layout(model, opts, feeds)
                     if opts["measure"]:
                         with progress.stage("latency check"):
-                            info["latency"] = _int8_vs_float(float_model, model, feeds, opts["device"], kernels)
+                            info["latency"] = _int8_vs_float(float_model, model, feeds, opts, kernels)
                 elif precision == "int8-dynamic":
                     with progress.stage("compress weights"):
                         model, info = _compress_weights(model, opts["exclude"])
@@ -146,12 +151,14 @@ class OpenVinoBackend(Backend):
             details["shapes"] = {p.get_any_name(): str(p.get_partial_shape()) for p in model.inputs}
             ov.save_model(model, str(out_dir / MAIN_FILE), compress_to_fp16=precision == "fp16")
         with progress.stage("runtime check"):
-            details["runtime"] = _runtime_check(out_dir / MAIN_FILE, opts["device"], precision)
+            details["runtime"] = _runtime_check(out_dir / MAIN_FILE, opts, precision)
         return details
 
     def load(self, artifact: Artifact, threads: int | None = None) -> OpenVinoRunner:
-        device = artifact.manifest["recipe"]["options"].get("device", "cpu")
-        return OpenVinoRunner(artifact.main_file, artifact.inputs, artifact.outputs, device=device, threads=threads)
+        options = artifact.manifest["recipe"]["options"]
+        return OpenVinoRunner(artifact.main_file, artifact.inputs, artifact.outputs,
+                              device=options.get("device", "cpu"), threads=threads,
+                              inference=options.get("inference_precision", "f32"))
 
 
 def _check_source_options(opts: Mapping[str, Any]) -> None:
@@ -224,7 +231,7 @@ def _sdpa_ready(onnx_path: Path, feeds: Mapping[str, np.ndarray], tmp: Path) -> 
 def _run_once(path: Path, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(_convert(path), "CPU")
+    compiled = _compile(ov.Core(), path, "CPU", "LATENCY", None, _convert(path))
     result = compiled.create_infer_request().infer({k: np.asarray(v) for k, v in feeds.items()})
     return [np.asarray(result[port]) for port in compiled.outputs]
 
@@ -239,7 +246,7 @@ def _count(model: Any, kind: str) -> int:
     return sum(op.get_type_name() == kind for op in model.get_ordered_ops())
 
 
-def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.ndarray], device: str,
+def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.ndarray], opts: Mapping[str, Any],
                    int8_kernels: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Both IRs compiled here and timed in interleaved rounds: whether INT8 pays on this machine. `int8_kernels`:
     the INT8 IR's kernels where the layout choice already profiled it."""
@@ -248,14 +255,14 @@ def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.nda
     from modelport.timing import interleaved_rounds
 
     core = ov.Core()
-    name = _device_name(core, device)
+    name, inference = _device_name(core, opts["device"]), opts["inference_precision"]
     bound = {k: np.asarray(v) for k, v in feeds.items()}
-    requests = {k: _compile(core, "", name, "LATENCY", 2, m).create_infer_request()
+    requests = {k: _compile(core, "", name, "LATENCY", 2, m, inference).create_infer_request()
                 for k, m in (("fp32", float_model), ("int8", int8_model))}
     ms = {k: min(v) for k, v in interleaved_rounds({k: r.infer for k, r in requests.items()}, bound, 5, 3.0).items()}
     speedup = ms["fp32"] / ms["int8"]
-    kernels = {"fp32": compute_kernels(_profile(core, name, float_model, bound)),
-               "int8": int8_kernels or compute_kernels(_profile(core, name, int8_model, bound))}
+    kernels = {"fp32": compute_kernels(_profile(core, name, float_model, bound, inference)),
+               "int8": int8_kernels or compute_kernels(_profile(core, name, int8_model, bound, inference))}
     out = {"fp32_ms": round(ms["fp32"], 4), "int8_ms": round(ms["int8"], 4), "speedup": round(speedup, 3),
            "threads": 2, "how": "best of 5 interleaved rounds of median run time, at build time", "kernels": kernels,
            "warning": None}
@@ -266,10 +273,9 @@ def _int8_vs_float(float_model: Any, int8_model: Any, feeds: Mapping[str, np.nda
     return out
 
 
-def _profile(core: Any, device: str, model: Any, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+def _profile(core: Any, device: str, model: Any, feeds: Mapping[str, np.ndarray], inference: str) -> list[Any]:
     """The plugin's profiling info of the layers one inference of `feeds` executed."""
-    request = core.compile_model(model, device, {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
-                                                 "PERF_COUNT": True}).create_infer_request()
+    request = _compile(core, "", device, "LATENCY", 1, model, inference, profile=True).create_infer_request()
     request.infer(dict(feeds))
     return [p for p in request.get_profiling_info() if p.status.name == "EXECUTED"]
 
@@ -311,8 +317,8 @@ def _fc_layout(model: Any, opts: Mapping[str, Any], feeds: Mapping[str, np.ndarr
         return convs, {"chosen": "convolution", "layers": len(rewritten), "reason": "fc_as_conv=on"}, None
     core = ov.Core()
     bound = {k: np.asarray(v) for k, v in feeds.items()}
-    profiles = {"fully_connected": _profile(core, "CPU", model, bound),
-                "convolution": _profile(core, "CPU", convs, bound)}
+    profiles = {"fully_connected": _profile(core, "CPU", model, bound, opts["inference_precision"]),
+                "convolution": _profile(core, "CPU", convs, bound, opts["inference_precision"])}
     kernels = {"fully_connected": compute_kernels(profiles["fully_connected"]),
                "convolution": compute_kernels(profiles["convolution"], {n + CONV_SUFFIX for n in rewritten})}
     slow_fc = [k for k in kernels["fully_connected"] if k.startswith("FullyConnected") and _generic(k)]
@@ -562,17 +568,17 @@ def _int8(model: Any, onnx_path: Path, recipe: Recipe, calibration: CalibrationS
         return quantized, {**info, "route": {"chosen": "nncf", "reason": "auto: NNCF's settings given and no "
                                                                          "attention for the QDQ model"}}
     preferred = "nncf_defaults" if "nncf_defaults" in built else "nncf"
-    guard = _route_guard(model, {k: m for k, (m, _) in built.items()}, feeds, opts["device"], preferred)
+    guard = _route_guard(model, {k: m for k, (m, _) in built.items()}, feeds, opts, preferred)
     chosen, chosen_info = built[guard["chosen"]]
     return chosen, {**chosen_info, "route": guard}
 
 
-def _route_guard(float_model: Any, candidates: Mapping[str, Any], feeds: Mapping[str, np.ndarray], device: str,
-                 preferred: str) -> dict[str, Any]:
+def _route_guard(float_model: Any, candidates: Mapping[str, Any], feeds: Mapping[str, np.ndarray],
+                 opts: Mapping[str, Any], preferred: str) -> dict[str, Any]:
     """Which INT8 model to keep: output SQNR against the float IR on probe inputs, compiled for the target device."""
     import openvino as ov
 
-    core = ov.Core()
+    core, device = ov.Core(), opts["device"]
     try:
         name = _device_name(core, device)
     except Unavailable as exc:
@@ -580,7 +586,7 @@ def _route_guard(float_model: Any, candidates: Mapping[str, Any], feeds: Mapping
     probes = probe_feeds(feeds)
 
     def outputs(model: Any) -> np.ndarray:
-        request = _compile(core, "", name, "LATENCY", 1, model).create_infer_request()
+        request = _compile(core, "", name, "LATENCY", 1, model, opts["inference_precision"]).create_infer_request()
         return np.concatenate([np.asarray(v, np.float64).ravel() for p in probes
                                for v in request.infer(p).values() if np.asarray(v).dtype.kind == "f"])
 
@@ -709,11 +715,18 @@ def _device_name(core: Any, device: str) -> str:
     return device.upper()
 
 
-def _compile(core: Any, path: Path | str, device: str, hint: str, threads: int | None, model: Any = None) -> Any:
-    """Compile the IR at `path` (or `model`, an edited copy of it) for `device`."""
+def _compile(core: Any, path: Path | str, device: str, hint: str, threads: int | None, model: Any = None,
+             inference: str = "f32", *, profile: bool = False) -> Any:
+    """Compile the IR at `path` (or `model`, an edited copy of it) for `device`, its float layers computed in
+    `inference` precision: never the plugin's own choice, which is BF16 on CPUs that have it (and F16 on GPUs), so
+    that an FP32 artifact computes what its fidelity figures say wherever it runs."""
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+    if device in ("CPU", "GPU"):
+        config["INFERENCE_PRECISION_HINT"] = inference
     if threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if profile:
+        config["PERF_COUNT"] = True
     try:
         return core.compile_model(str(path) if model is None else model, device, config)
     except Exception as exc:
@@ -729,16 +742,16 @@ def _property(compiled: Any, key: str) -> str:
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
-def _runtime_check(xml: Path, device: str, precision: str) -> dict[str, Any]:
+def _runtime_check(xml: Path, opts: Mapping[str, Any], precision: str) -> dict[str, Any]:
     """Compile the IR once here: proves it loads, and records the precision the plugin will really run."""
     import openvino as ov
 
     core = ov.Core()
     try:
-        name = _device_name(core, device)
+        name = _device_name(core, opts["device"])
     except Unavailable as exc:
         return {"checked": False, "reason": exc.message}
-    compiled = _compile(core, xml, name, "LATENCY", None)
+    compiled = _compile(core, xml, name, "LATENCY", None, inference=opts["inference_precision"])
     ops = runtime_ops(compiled)
     compute = [op for op in ops if op.type in _RUNTIME_COMPUTE]
     int8 = [op for op in compute if op.precision in _INT_TYPES]
@@ -766,15 +779,15 @@ class OpenVinoRunner(Runner):
     name = "openvino"
 
     def __init__(self, xml: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, inference: str = "f32") -> None:
         import openvino as ov
 
         self.inputs, self.outputs = inputs, outputs
-        self.threads = threads
+        self.threads, self.inference = threads, inference
         self._xml = xml
         self._core = ov.Core()
         self.device = _device_name(self._core, device)
-        self.compiled = _compile(self._core, xml, self.device, "LATENCY", threads)
+        self.compiled = _compile(self._core, xml, self.device, "LATENCY", threads, inference=inference)
         self._request = self.compiled.create_infer_request()
         self._ports = self._output_ports(self.compiled)
         self._throughput: Any = None
@@ -811,7 +824,8 @@ class OpenVinoRunner(Runner):
         AsyncInferQueue's do, and can deadlock against the GIL when the queue is freed).
         """
         if self._throughput is None:
-            compiled = _compile(self._core, self._xml, self.device, "THROUGHPUT", self.threads)
+            compiled = _compile(self._core, self._xml, self.device, "THROUGHPUT", self.threads,
+                                inference=self.inference)
             count = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             self._throughput = (compiled, [compiled.create_infer_request() for _ in range(count)],
                                 self._output_ports(compiled))
@@ -858,7 +872,7 @@ class OpenVinoRunner(Runner):
             ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
             targets = sorted({self._tensors[n] for n in wanted})
             added = model.add_outputs([ops[op].output(index) for op, index in targets])
-            compiled = _compile(self._core, self._xml, self.device, "LATENCY", self.threads, model)
+            compiled = _compile(self._core, self._xml, self.device, "LATENCY", self.threads, model, self.inference)
             index = {name: i for i, port in enumerate(compiled.outputs) for name in port.get_names()}
             where = dict(zip(targets, (index[port.get_any_name()] for port in added), strict=True))
             self._exposing[wanted] = compiled.create_infer_request(), {n: where[self._tensors[n]] for n in wanted}

@@ -281,7 +281,19 @@ def _ranked_groups(bundle: ModelBundle, backend: str, int8: Path, evaluation: Ca
     floats = already_float(Artifact.open(int8).details)
     ranked = [groups[e["onnx_node"]] for e in rank_layers(record["layers"])
               if e["onnx_node"] in groups and e["jump_db"] > 0 and not set(groups[e["onnx_node"]]) <= floats]
-    return list(dict.fromkeys(ranked))
+    return _adding_nodes(ranked)
+
+
+def _adding_nodes(ranked: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The ranked groups less those whose nodes groups ranked above already keep in float: groups overlap (a pool
+    and the conv after it), and such a group would make a count judge the same build as the count before it."""
+    seen: set[str] = set()
+    kept = []
+    for group in ranked:
+        if not set(group) <= seen:
+            kept.append(group)
+            seen.update(group)
+    return kept
 
 
 def _fewest(at: Callable[[int], Candidate], n: int, tried: Mapping[int, Candidate], cap: int) -> None:
