@@ -240,10 +240,13 @@ def test_measure_times_both_int8_forms_and_keeps_a_single_channel_conv_fp32_wher
     latency, plan = builds["measured"].details["latency"], builds["measured"].details["int8_op_set"]
     times = latency["candidates_ms"]
     assert set(times) == {tflite.FULL, tflite.KEPT}
-    assert times[tflite.FULL] > 2 * times[tflite.KEPT]  # XNNPACK's int8 kernel is several times slower on it
-    assert latency["chosen"] == tflite.KEPT and latency["artifact_ms"] == times[tflite.KEPT]
-    assert [op["op"] for op in plan["kept_float"]] == ["DEPTHWISE_CONV_2D"]
-    assert builds["measured"].details["float_ops"]["DEPTHWISE_CONV_2D"] == 1
+    # the faster form ships: on x86 without VNNI XNNPACK's int8 kernel for it took 2-4x the float one's time; on
+    # a CPU with AVX512-VNNI 1.9x (timings are the build's own, which is all this test reads)
+    faster = min(times, key=times.__getitem__)
+    assert latency["chosen"] == faster and latency["artifact_ms"] == times[faster]
+    kept = ["DEPTHWISE_CONV_2D"] if faster == tflite.KEPT else []
+    assert [op["op"] for op in plan["kept_float"]] == kept
+    assert builds["measured"].details["float_ops"].get("DEPTHWISE_CONV_2D", 0) == len(kept)
     assert latency["speedup"] == pytest.approx(latency["fp32_ms"] / latency["artifact_ms"], rel=1e-2)
     assert (latency["warning"] is not None) == (latency["speedup"] < tflite.SLOWER_THAN_FP32)
     assert builds["measured"].details.get("warning") == latency["warning"]
