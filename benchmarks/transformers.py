@@ -59,9 +59,12 @@ BUILDS = {  # row -> (backend, precision, options)
     "ort int8-dynamic": ("onnxruntime", "int8-dynamic", {"measure": "false"}),
     "ov fp32": ("openvino", "fp32", {}),
     "ov int8": ("openvino", "int8", {}),
+    # the plugin's own choice where the CPU has AVX512_BF16 or AMX (modelport pins f32): faster, farther from torch
+    "ov fp32 bf16": ("openvino", "fp32", {"inference_precision": "bf16"}),
+    "ov int8 bf16": ("openvino", "int8", {"inference_precision": "bf16"}),
 }
 OPTIMUM_ROWS = {"optimum O2": "o2", "optimum O3": "o3", "optimum O3 + avx2 int8": "o3_avx2"}
-INT8_ROWS = ("ort int8 unfused", "ort int8", "ort int8-dynamic", "ov int8", "optimum O3 + avx2 int8")
+INT8_ROWS = ("ort int8 unfused", "ort int8", "ort int8-dynamic", "ov int8", "ov int8 bf16", "optimum O3 + avx2 int8")
 REFERENCE = "ort fp32"
 PEAK = "int8 peak (MatMulInteger 1024^3)"
 PEAK_REPEATS = 20  # ~0.2 s a turn, as long as a row's run: one 9 ms MatMul read half the peak (benchmarks/peak.py)
