@@ -39,16 +39,21 @@ def _normal(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
+def _model_data(tmp_path_factory, name: str, code: str) -> tuple[ModelBundle, CalibrationSet, CalibrationSet]:
+    """tests/models.py's `code` as a model file, with 64 calibration and 16 held-out normal samples."""
     ok, reason = get_backend("tflite").available()
     if not ok:
         pytest.skip(reason)
-    path = tmp_path_factory.mktemp("head") / "head.py"
-    path.write_text("import torch\nfrom torch import nn\n\n" + SIGMOID_HEAD)
+    path = tmp_path_factory.mktemp(name) / f"{name}.py"
+    path.write_text("import torch\nimport torch.nn.functional as F\nfrom torch import nn\n\n" + code)
     source = load_model(f"{path}:make", dynamic=["x:0=batch"])
     return (ModelBundle(source), CalibrationSet.from_arrays({"x": _normal(64, 0)}, source.inputs),
             CalibrationSet.from_arrays({"x": _normal(16, 1)}, source.inputs))
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    return _model_data(tmp_path_factory, "head", SIGMOID_HEAD)
 
 
 @pytest.fixture(scope="module")
@@ -135,15 +140,7 @@ def test_ops_mixed_keeps_the_sigmoid_after_a_dynamic_fc_in_float(head, full_int8
 
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory):
-    ok, reason = get_backend("tflite").available()
-    if not ok:
-        pytest.skip(reason)
-    path = tmp_path_factory.mktemp("pooled") / "pooled.py"
-    path.write_text("import torch\nimport torch.nn.functional as F\nfrom torch import nn\n\n" + POOLED)
-    source = load_model(f"{path}:make", dynamic=["x:0=batch"])
-    bundle = ModelBundle(source)
-    calibration = CalibrationSet.from_arrays({"x": _normal(64, 0)}, source.inputs)
-    evaluation = CalibrationSet.from_arrays({"x": _normal(16, 1)}, source.inputs)
+    bundle, calibration, evaluation = _model_data(tmp_path_factory, "pooled", POOLED)
     full = build_artifact(bundle, "tflite", "int8", tmp_path_factory.mktemp("pooled-int8") / "a",
                           calibration=calibration, options={"measure": "off"})[0]
     return bundle, calibration, evaluation, full
