@@ -105,7 +105,7 @@ class OpenVinoBackend(Backend):
                precisions=("int8",)),
         Option(name="inference_precision", help="The precision the plugin computes float layers in: f32 (the "
                "default: OpenVINO's CPU plugin would otherwise run an FP32 or INT8 IR's float layers in BF16 on CPUs "
-               "with AVX512_BF16 or AMX, 2e-2 off PyTorch on the digits CNN) or bf16 (faster there, measured by the "
+               "with AVX512_BF16 or AMX, 4e-2 off PyTorch on the digits CNN) or bf16 (faster there, measured by the "
                "fidelity report; where the CPU lacks it, OpenVINO computes in f32 and the manifest says so).",
                default="f32", parse=str.lower, choices=("f32", "bf16")),
         *(_qdq_only(name) for name in QDQ_ONLY),
