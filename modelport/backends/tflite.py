@@ -185,14 +185,14 @@ def float_after_fc(path: Path) -> list[dict[str, str]]:
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils
 
     model = flatbuffer_utils.read_model(str(path))
+    producers = tensor_producers(model)
     found = []
     for s, sg in enumerate(model.subgraphs):
         outputs = {t.tensorIndex for sig in model.signatureDefs or [] if sig.subgraphIndex == s for t in sig.outputs}
-        writer = {i: flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in sg.operators for i in op.outputs}
         for op in sg.operators:
             kind = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
             if (kind not in MATMUL_OPS and set(op.outputs) & outputs and op.inputs
-                    and writer.get(op.inputs[0]) == "FULLY_CONNECTED"):
+                    and producers.get((s, op.inputs[0]), ("",))[0] == "FULLY_CONNECTED"):
                 found.append({"op": kind, "tensor": tfl_flatbuffer_utils.get_op_scope(op, sg.tensors),
                               "why": "writes a model output from a dynamically-quantized FULLY_CONNECTED's float "
                                      "output: kept float rather than rounded to 8 bits again"})

@@ -10,13 +10,12 @@ missed default build is followed by the route's full INT8 build, which is ranked
 manifest's `tune.exclusion` and `tune.route` say how layers were kept out. Where a backend has a full INT8 build
 that is closer to float on some models and farther on others (TFLite's float-output FCs, exclude.ALTERNATIVES), a
 missed default build is judged beside it and the search goes on from the closer (`tune.alternative`). Where the
-default build met the budget
-but chose fidelity over speed (ONNX Runtime's int8 guard taking u8u8, exclude.FASTER), its faster variant is judged
-beside it (`tune.faster`). Every candidate is timed in interleaved rounds (harness/latency.py); the fastest that
-meets the budget is written to `out`, or the closest when none does (marked `budget: missed`). The manifest's
-`tune.key` hashes everything the search depends on (model content, calibration and evaluation data, budget, options,
-cap, metric, runtime and modelport versions): a later search with the same key reuses the artifact at `out` unless
-`force`.
+default build met the budget but chose fidelity over speed (ONNX Runtime's int8 guard taking u8u8, exclude.FASTER),
+its faster variant is judged beside it (`tune.faster`). Every candidate is timed in interleaved rounds
+(timing.interleaved_rounds); the fastest that meets the budget is written to `out`, or the closest when none does
+(marked `budget: missed`). The manifest's `tune.key` hashes everything the search depends on (model content,
+calibration and evaluation data, budget, options, cap, metric, runtime and modelport versions): a later search with
+the same key reuses the artifact at `out` unless `force`.
 """
 
 from __future__ import annotations

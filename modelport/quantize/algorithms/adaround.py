@@ -133,11 +133,6 @@ def _magnitude(w: np.ndarray, layer: Layer, settings: QdqSettings) -> np.ndarray
     return channel_max(w, layer.out_axis).reshape(shape)
 
 
-def _pinned(w: np.ndarray, layer: Layer, settings: QdqSettings) -> np.ndarray:
-    """The weights of the largest magnitude: they set ORT's scale, so they are written as they are."""
-    return np.abs(w) == _magnitude(w, layer, settings)
-
-
 def _bounds(grid: Grid, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The integers a learnt weight may take: on the grid and no larger in magnitude than the pinned weights (a uint8
     grid reaches 128 steps below its zero point but only 127.5 steps of scale fit in the magnitude)."""
@@ -247,8 +242,9 @@ def _round_layer(layer: Layer, x: torch.Tensor, values: dict[str, np.ndarray], s
     train, test = (x[:-hold], x[-hold:]) if hold else (x, x)
     grid = weight_grid(w, layer, settings)
     nearest = grid.integers(w)
-    pinned = _pinned(w, layer, settings)
-    learnt = learn_rounding(layer, train, w, b, grid, pinned, _bounds(grid, _magnitude(w, layer, settings)), steps)
+    magnitude = _magnitude(w, layer, settings)
+    pinned = np.abs(w) == magnitude  # the weights that set ORT's scale: written as they are
+    learnt = learn_rounding(layer, train, w, b, grid, pinned, _bounds(grid, magnitude), steps)
     written = np.where(pinned, w, grid.values(learnt)).astype(np.float32)
     exact = bool(np.array_equal(weight_grid(written, layer, settings).integers(written), learnt))
     before = _output_sqnr(layer, test, w, grid.values(nearest), b)
