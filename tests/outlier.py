@@ -3,6 +3,7 @@ others and `head`'s weights on that channel are scaled down by as much, so the f
 per-tensor INT8 range for that activation leaves the ordinary channels a handful of levels. `louder` (1000x) is the
 TFLite case: a layer kept in float there still hands an INT8 activation to an INT8 neighbour, so the planted tensor
 is float only with both `wide` and `head` in float, and the 100x model's full INT8 already meets cos>=0.9999.
+`leaky` puts the 1000x outlier behind a LeakyReLU, which the cross-layer equalization below does not pair through.
 
 The QDQ pass's default cross-layer equalization pairs `wide` and `head` through the ReLU and moves the outlier
 into `wide`'s weights: with it, full INT8 no longer misses. The tests that need the miss (debug's ranking, the
@@ -46,6 +47,12 @@ def make(scale=100.0, seed=0):
 
 def other():
     return make(seed=1)
+
+
+def leaky(scale=1000.0):
+    net, example = make(scale)
+    net.act = nn.LeakyReLU(0.01)
+    return net, example
 
 
 def louder():

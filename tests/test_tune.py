@@ -3,7 +3,8 @@
 The model is tests/outlier.py's planted outlier: `wide`'s output has one channel 100x wider, compensated in `head`'s
 weights, so full INT8 loses the seven ordinary channels and misses a cosine budget that keeping `wide` (with the
 ReLU folded into it) in float meets. Candidates are judged on held-out samples drawn apart from the calibration.
-On TFLite the 100x outlier's full INT8 already meets that budget; its 1000x twin (`louder`) misses it there.
+On TFLite the 100x outlier's full INT8 already meets that budget; its 1000x twin (`louder`) misses it there, and
+behind a LeakyReLU (`leaky`) on OpenVINO's QDQ route too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from modelport.exporters.tensor_map import Layer
 from modelport.model import load_model
 from modelport.tune import parse_budget, search, search_closest
 from modelport.tune.budget import check_applies
-from modelport.tune.exclude import layer_groups
+from modelport.tune.exclude import half_for, layer_groups
 from modelport.tune.search import Candidate, _adding_nodes, _all_ranked_float, _without_unhelpful
 from tests.outlier import NO_CLE, ORT_7_BIT, normal
 
@@ -119,6 +120,48 @@ def test_where_nncf_misses_the_search_takes_the_qdq_route_and_says_so(outlier_fi
     assert record["route"]["options"] == {"source": "qdq"} and "source=qdq" in record["exclusion"]
     assert chosen["met"] and chosen["options"]["source"] == "qdq" and chosen["figures"]["sqnr"] >= 25
     assert Artifact.open(out).manifest["recipe"]["options"]["source"] == "qdq"
+
+
+def _bf16_openvino() -> None:
+    ok, reason = get_backend("openvino").available()
+    if not ok:
+        pytest.skip(reason)
+    from modelport.backends.openvino import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native BF16 (AMX or AVX512_BF16): OpenVINO's search keeps layers in FP32 here")
+
+
+# `leaky`: the 1000x outlier behind a LeakyReLU, which cross-layer equalization does not pair through, so the QDQ
+# route's full INT8 misses on OpenVINO too (about 28 dB) and layers must be kept out of INT8.
+def test_on_a_cpu_with_native_bf16_openvino_keeps_layers_out_of_int8_in_bf16_first(outlier_file, tmp_path):
+    _bf16_openvino()
+    leaky = load_model(f"{outlier_file}:leaky", dynamic=["x:0=batch"])
+    outcome = search(ModelBundle(leaky), "openvino", tmp_path / "tuned", parse_budget(BUDGET), data(leaky, 96, 0),
+                     evaluation=data(leaky, 24, 1))
+    record = outcome.record
+    assert outcome.met and record["half"]["options"] == {"inference_precision": "bf16"}
+    assert not record["half"]["fell_back_to_fp32"]
+    full, keeping = record["candidates"][:2], record["candidates"][2:]  # NNCF's and the QDQ route's full INT8
+    assert all("inference_precision" not in c["options"] for c in full) and not any(c["met"] for c in full)
+    assert keeping and all(c["options"]["inference_precision"] == "bf16" and c["kept_in_float"] for c in keeping)
+    shipped = Artifact.open(tmp_path / "tuned")
+    assert shipped.manifest["recipe"]["options"]["inference_precision"] == "bf16"
+    assert shipped.details["runtime"]["inference_precision"] == "bf16"  # what the plugin reported it runs
+    assert half_for("openvino", {"inference_precision": "f32"}) is None  # the user's choice stands
+
+
+def test_where_no_bf16_candidate_meets_the_budget_openvino_keeps_the_layers_in_fp32(outlier_file, tmp_path):
+    _bf16_openvino()
+    leaky = load_model(f"{outlier_file}:leaky", dynamic=["x:0=batch"])
+    outcome = search_closest(ModelBundle(leaky), "openvino", tmp_path / "tuned", parse_budget("sqnr>=99"),
+                             data(leaky, 96, 0), evaluation=data(leaky, 24, 1))
+    record = outcome.record
+    assert not outcome.met and record["half"]["fell_back_to_fp32"]
+    keeping = [c for c in record["candidates"] if c["kept_in_float"]]
+    precisions = [c["options"].get("inference_precision") for c in keeping]
+    assert "bf16" in precisions and precisions[-1] is None  # BF16 first, then the same counts in FP32
+    assert precisions == sorted(precisions, key=lambda p: p is None)
 
 
 def test_an_unreachable_budget_writes_the_closest_marks_it_missed_and_exits_1(outlier_file, tmp_path):

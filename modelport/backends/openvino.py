@@ -715,6 +715,19 @@ def _device_name(core: Any, device: str) -> str:
     return device.upper()
 
 
+@functools.cache
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether OpenVINO computes in BF16 natively on this machine's `device` (AVX512_BF16 or AMX on x86 CPUs): only
+    there does inference_precision=bf16 buy speed; elsewhere the plugin computes f32 whatever it is asked."""
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        return "BF16" in core.get_property(_device_name(core, device), "OPTIMIZATION_CAPABILITIES")
+    except Unavailable:
+        return False
+
+
 def _compile(core: Any, path: Path | str, device: str, hint: str, threads: int | None, model: Any = None,
              inference: str = "f32", *, profile: bool = False) -> Any:
     """Compile the IR at `path` (or `model`, an edited copy of it) for `device`, its float layers computed in

@@ -78,6 +78,22 @@ ALTERNATIVES: dict[str, Route] = {"tflite": Route(
                       "them; judged beside it, the search starts from the closer", unless={"io": "int8"})}
 
 
+def _openvino_half(options: Mapping[str, Any]) -> Route | None:
+    from modelport.backends.openvino import native_bf16
+
+    if not native_bf16(str(options.get("device", "cpu"))):
+        return None
+    return Route({"inference_precision": "bf16"},
+                 "this device computes BF16 natively (AMX or AVX512_BF16), so the layers kept out of INT8 run in BF16 "
+                 "before FP32 is tried: on CREPE tiny, keeping its first two conv blocks out, 36.7 dB at 0.84x the "
+                 "full INT8 build's time in BF16, 36.9 dB at 1.08x in FP32")
+
+
+# Where a backend runs the layers kept out of INT8 in a half precision that is fast on this machine: the options
+# that ask for it. The search keeps layers in it first, and in FP32 only where no such candidate meets the budget.
+HALF: dict[str, Callable[[Mapping[str, Any]], Route | None]] = {"openvino": _openvino_half}
+
+
 def _open(route: Route | None, options: Mapping[str, Any]) -> Route | None:
     """`route`, unless the user chose an option it sets or one it cannot go with."""
     if route is None or set(route.options) & set(options):
@@ -94,6 +110,13 @@ def alternative_for(backend: str, options: Mapping[str, Any]) -> Route | None:
     """The alternative full INT8 build judged beside a missed default one (ALTERNATIVES); none where the user chose
     the options it sets or one it cannot go with."""
     return _open(ALTERNATIVES.get(backend), options)
+
+
+def half_for(backend: str, options: Mapping[str, Any]) -> Route | None:
+    """The options that keep layers out of INT8 in a fast half precision (HALF); none where this machine has none
+    or the user chose the precision."""
+    make = HALF.get(backend)
+    return _open(make(options), options) if make is not None else None
 
 
 def describe_exclusion(backend: str, options: Mapping[str, Any]) -> str:

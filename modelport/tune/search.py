@@ -11,11 +11,13 @@ manifest's `tune.exclusion` and `tune.route` say how layers were kept out. Where
 that is closer to float on some models and farther on others (TFLite's float-output FCs, exclude.ALTERNATIVES), a
 missed default build is judged beside it and the search goes on from the closer (`tune.alternative`). Where the
 default build met the budget but chose fidelity over speed (ONNX Runtime's int8 guard taking u8u8, exclude.FASTER),
-its faster variant is judged beside it (`tune.faster`). Every candidate is timed in interleaved rounds
-(timing.interleaved_rounds); the fastest that meets the budget is written to `out`, or the closest when none does
-(marked `budget: missed`). The manifest's `tune.key` hashes everything the search depends on (model content,
-calibration and evaluation data, budget, options, cap, metric, runtime and modelport versions): a later search with
-the same key reuses the artifact at `out` unless `force`.
+its faster variant is judged beside it (`tune.faster`). Where a backend computes a half precision fast on this
+machine (OpenVINO's BF16 on CPUs with AMX or AVX512_BF16, exclude.HALF), the layers kept out of INT8 are kept in it
+first, and in FP32 only where no such candidate meets the budget (`tune.half`). Every candidate is timed in
+interleaved rounds (timing.interleaved_rounds); the fastest that meets the budget is written to `out`, or the closest
+when none does (marked `budget: missed`). The manifest's `tune.key` hashes everything the search depends on (model
+content, calibration and evaluation data, budget, options, cap, metric, runtime and modelport versions): a later search
+with the same key reuses the artifact at `out` unless `force`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from modelport.tune.exclude import (
     alternative_for,
     describe_exclusion,
     faster_for,
+    half_for,
     layer_groups,
     route_for,
     with_nodes,
@@ -186,13 +189,16 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
             f"{_figures(figures)} -> {'meets' if built.met else 'misses'} {budget.describe()}")
         return built
 
+    keeping = dict(base)  # what candidates that keep layers out of INT8 are built with: base, or base in half
+
     def at(count: int) -> Candidate:
         if count not in tried:
             nodes = tuple(dict.fromkeys(n for g in groups[:count] for n in g))  # groups overlap
-            tried[count] = build(with_nodes(backend, base, nodes) if nodes else dict(base), nodes)
+            tried[count] = build(with_nodes(backend, keeping, nodes) if nodes else dict(base), nodes)
         return tried[count]
 
-    route, alternative = route_for(backend, user), alternative_for(backend, user)
+    route, alternative, half = route_for(backend, user), alternative_for(backend, user), half_for(backend, user)
+    in_half: list[Candidate] = []  # candidates that kept layers in half, set aside when none of them met
     try:
         if not at(0).met and route is not None and max_candidates > 1:
             set_aside.append(tried.pop(0))
@@ -212,11 +218,17 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
         variants = [build({**base, **faster.options})] if faster is not None and cap > 1 else []
         if not tried[0].met and backend in TO_OPTIONS and cap > 1:
             groups = _ranked_groups(bundle, backend, tried[0].path, evaluation, threads)
+            keeping.update({**base, **(half.options if half else {})})
             _fewest(at, len(groups), tried, cap)
-            kept = _without_unhelpful(tried, groups) if len(tried) < cap else None
-            variants += [build(with_nodes(backend, base, kept), kept)] if kept else []
+            if half and not any(c.met for c in tried.values()) and len(tried) < cap:  # half cannot: FP32
+                in_half = [tried.pop(k) for k in sorted(tried) if k]
+                keeping.clear()
+                keeping.update(base)
+                _fewest(at, len(groups), tried, cap - len(in_half))
+            kept = _without_unhelpful(tried, groups) if len(tried) + len(in_half) < cap else None
+            variants += [build(with_nodes(backend, keeping, kept), kept)] if kept else []
         full = sorted([*set_aside, tried[0]], key=lambda c: c.order)  # the full INT8 builds, as judged
-        candidates = full + [tried[k] for k in sorted(tried) if k] + variants
+        candidates = full + in_half + [tried[k] for k in sorted(tried) if k] + variants
         _time(candidates, judge.batches[0], threads)
         passing = [c for c in candidates if c.met]
         chosen = (min(passing, key=lambda c: (c.latency_ms or math.inf, len(c.nodes))) if passing
@@ -232,6 +244,8 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
                      if alternative and any(c.options.items() >= alternative.options.items() for c in candidates)
                      else {}),
                   **({"faster": {"options": faster.options, "why": faster.why}} if variants and faster else {}),
+                  **({"half": {"options": half.options, "why": half.why, "fell_back_to_fp32": bool(in_half)}}
+                     if half and len(candidates) > len(full) else {}),
                   "ranked_groups": [list(g) for g in groups], "max_candidates": max_candidates,
                   "candidates": [c.to_json() for c in candidates], "chosen": candidates.index(chosen),
                   "seconds": round(time.perf_counter() - start, 3),
