@@ -25,6 +25,7 @@ from modelport.errors import BadInput
 from modelport.exporters.tensor_map import Layer
 from modelport.model import load_model
 from modelport.tune import parse_budget, search, search_closest
+from modelport.tune.bench import summary
 from modelport.tune.budget import check_applies
 from modelport.tune.exclude import half_for, layer_groups
 from modelport.tune.search import Candidate, _adding_nodes, _all_ranked_float, _without_unhelpful
@@ -145,6 +146,8 @@ def test_on_a_cpu_with_native_bf16_openvino_keeps_layers_out_of_int8_in_bf16_fir
     full, keeping = record["candidates"][:2], record["candidates"][2:]  # NNCF's and the QDQ route's full INT8
     assert all("inference_precision" not in c["options"] for c in full) and not any(c["met"] for c in full)
     assert keeping and all(c["options"]["inference_precision"] == "bf16" and c["kept_in_float"] for c in keeping)
+    assert [c["kept_in"] for c in record["candidates"]] == ["fp32"] * 2 + ["bf16"] * len(keeping)
+    assert summary(record)["kept_in"] == "bf16"  # what bench --budget rows and the reports say of the choice
     shipped = Artifact.open(tmp_path / "tuned")
     assert shipped.manifest["recipe"]["options"]["inference_precision"] == "bf16"
     assert shipped.details["runtime"]["inference_precision"] == "bf16"  # what the plugin reported it runs
@@ -161,6 +164,7 @@ def test_where_no_bf16_candidate_meets_the_budget_openvino_keeps_the_layers_in_f
     keeping = [c for c in record["candidates"] if c["kept_in_float"]]
     precisions = [c["options"].get("inference_precision") for c in keeping]
     assert "bf16" in precisions and precisions[-1] is None  # BF16 first, then the same counts in FP32
+    assert [c["kept_in"] for c in keeping] == [p or "fp32" for p in precisions]
     assert precisions == sorted(precisions, key=lambda p: p is None)
 
 

@@ -68,6 +68,7 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
     candidates = record["candidates"]
     chosen = candidates[record["chosen"]]
     return {"budget": record["budget"], "status": record["status"], "kept_in_float": chosen["kept_in_float"],
+            "kept_in": chosen.get("kept_in", "fp32"),
             "figures": chosen["figures"], "candidates": len(candidates), "seconds": record["seconds"],
             "latency_ms": chosen["latency_ms"], "full_int8_latency_ms": candidates[0]["latency_ms"],
             "exclusion": record.get("exclusion")}

@@ -34,11 +34,13 @@ def build_to_budget(bundle: ModelBundle, backend: str, out: Path, budget: Budget
         return
     table = Table(title=f"{backend} int8 within {record['budget']}: {len(record['candidates'])} candidates on "
                         f"{record['evaluation']['samples']} held-out samples ({record['seconds']:.1f} s)")
-    for col in ("#", "kept in float", "cos", "sqnr dB", "drop", "meets", "ms"):
+    for col in ("#", "kept out of INT8", "cos", "sqnr dB", "drop", "meets", "ms"):
         table.add_column(col)
     for i, c in enumerate(record["candidates"]):
         f = c["figures"]
-        table.add_row(f"{i}{' *' if i == record['chosen'] else ''}", escape(", ".join(c["kept_in_float"]) or "-"),
+        kept = ", ".join(c["kept_in_float"]) + (f" (in {c['kept_in'].upper()})" if c.get("kept_in", "fp32") != "fp32"
+                                                 else "")
+        table.add_row(f"{i}{' *' if i == record['chosen'] else ''}", escape(kept or "-"),
                       _num(f["cos"], 5), _num(f["sqnr"], 1), _num(f["drop"], 2), "yes" if c["met"] else "no",
                       _num(c["latency_ms"], 3))
     console.print(table)

@@ -74,19 +74,21 @@ class Candidate:
     options: dict[str, Any]  # what it was built with beyond the user's options (a route's and the exclusion)
     latency_ms: float | None = None
     order: int = 0  # when it was built, among the search's candidates
+    kept_in: str = "fp32"  # what the nodes kept out of INT8 compute in (a half precision: exclude.HALF)
 
     def to_json(self) -> dict[str, Any]:
         def clean(v: float | None) -> float | None:
             return v if v is None or math.isfinite(v) else None
 
-        return {"kept_in_float": list(self.nodes), "figures": {k: clean(v) for k, v in self.figures.items()},
-                "met": self.met, "latency_ms": self.latency_ms, "options": self.options}
+        return {"kept_in_float": list(self.nodes), "kept_in": self.kept_in,
+                "figures": {k: clean(v) for k, v in self.figures.items()}, "met": self.met,
+                "latency_ms": self.latency_ms, "options": self.options}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], budget: Budget, path: Path) -> Candidate:
         figures = {k: math.inf if k == "sqnr" and v is None else v for k, v in data["figures"].items()}
         return cls(tuple(data["kept_in_float"]), path, figures, data["met"], budget.shortfall(figures),
-                   dict(data["options"]), data["latency_ms"])
+                   dict(data["options"]), data["latency_ms"], kept_in=data.get("kept_in", "fp32"))
 
 
 class Judge:
@@ -179,13 +181,17 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
     builds = itertools.count()
 
     def build(opts: dict[str, Any], nodes: tuple[str, ...] = ()) -> Candidate:
+        """Build and judge one candidate; `nodes` are kept out of INT8, in the half precision where `opts` ask."""
         order = next(builds)
         path = build_artifact(bundle, backend, "int8", workdir / f"c{order}", options=opts,
                               calibration=calibration)[0].path
         figures = judge(path)
         extra = {k: v for k, v in opts.items() if user.get(k) != v}
-        built = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures), extra, order=order)
-        say(f"{len(nodes)} node(s) in float{''.join(f', {k}={v}' for k, v in extra.items() if k != 'exclude')}: "
+        halved = half is not None and bool(nodes) and half.options.items() <= opts.items()
+        built = Candidate(nodes, path, figures, budget.met(figures), budget.shortfall(figures), extra, order=order,
+                          kept_in=(half.precision or "half") if halved else "fp32")
+        say(f"{len(nodes)} node(s) in {'float' if built.kept_in == 'fp32' else built.kept_in}"
+            f"{''.join(f', {k}={v}' for k, v in extra.items() if k != 'exclude')}: "
             f"{_figures(figures)} -> {'meets' if built.met else 'misses'} {budget.describe()}")
         return built
 
@@ -244,7 +250,8 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
                      if alternative and any(c.options.items() >= alternative.options.items() for c in candidates)
                      else {}),
                   **({"faster": {"options": faster.options, "why": faster.why}} if variants and faster else {}),
-                  **({"half": {"options": half.options, "why": half.why, "fell_back_to_fp32": bool(in_half)}}
+                  **({"half": {"precision": half.precision, "options": half.options, "why": half.why,
+                               "fell_back_to_fp32": bool(in_half)}}
                      if half and len(candidates) > len(full) else {}),
                   "ranked_groups": [list(g) for g in groups], "max_candidates": max_candidates,
                   "candidates": [c.to_json() for c in candidates], "chosen": candidates.index(chosen),
@@ -346,8 +353,8 @@ def _all_ranked_float(chosen: Candidate, groups: Sequence[tuple[str, ...]], back
     ranked = {n for g in groups for n in g}
     if not ranked or not ranked <= set(chosen.nodes):
         return None
-    return (f"Every layer debug ranked is kept in float ({len(chosen.nodes)} nodes): little of this artifact runs in "
-            f"INT8, so {backend}'s FP32 or FP16 build may meet the budget as well and run faster (`modelport bench "
+    return (f"Every layer debug ranked is kept out of INT8 ({len(chosen.nodes)} nodes): little of this artifact runs "
+            f"in INT8, so {backend}'s FP32 or FP16 build may meet the budget as well and run faster (`modelport bench "
             "--budget` times them side by side).")
 
 

@@ -16,11 +16,16 @@ def _figures(figures: Mapping[str, float | None]) -> str:
     return ", ".join(FIGURES[k].format(v) for k, v in figures.items() if v is not None and k in FIGURES)
 
 
+def _kept_in(tune: Mapping[str, Any]) -> str:
+    kept_in = tune.get("kept_in", "fp32")
+    return "in float" if kept_in == "fp32" else f"out of INT8 in {kept_in.upper()}"
+
+
 def _search_text(r: ReportRow) -> str:
     t = r.tune or {}
     kept = t.get("kept_in_float") or []
     text = (f"{r.backend} {r.precision}: {t.get('budget')} {t.get('status')}, "
-            + (f"{len(kept)} node(s) kept in float ({', '.join(kept)})" if kept else "no node kept in float")
+            + (f"{len(kept)} node(s) kept {_kept_in(t)} ({', '.join(kept)})" if kept else "no node kept in float")
             + f", {_figures(t.get('figures') or {})} on the search's held-out samples; "
             f"{t.get('candidates')} candidate(s) in {fmt.num(t.get('seconds'), 1)} s")
     if kept and t.get("latency_ms") and t.get("full_int8_latency_ms"):
