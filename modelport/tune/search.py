@@ -22,6 +22,7 @@ with the same key reuses the artifact at `out` unless `force`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -195,12 +196,13 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
             f"{_figures(figures)} -> {'meets' if built.met else 'misses'} {budget.describe()}")
         return built
 
-    keeping = dict(base)  # what candidates that keep layers out of INT8 are built with: base, or base in half
-
-    def at(count: int) -> Candidate:
+    def at(count: int, keeping: Mapping[str, Any] | None = None) -> Candidate:
+        """The candidate keeping the top `count` ranked groups out of INT8, built with `keeping` (a half route's
+        options) on top of `base`."""
         if count not in tried:
             nodes = tuple(dict.fromkeys(n for g in groups[:count] for n in g))  # groups overlap
-            tried[count] = build(with_nodes(backend, keeping, nodes) if nodes else dict(base), nodes)
+            tried[count] = build(with_nodes(backend, {**base, **(keeping or {})}, nodes) if nodes else dict(base),
+                                 nodes)
         return tried[count]
 
     route, alternative, half = route_for(backend, user), alternative_for(backend, user), half_for(backend, user)
@@ -224,15 +226,13 @@ def search_closest(bundle: ModelBundle, backend: str, out: str | Path, budget: B
         variants = [build({**base, **faster.options})] if faster is not None and cap > 1 else []
         if not tried[0].met and backend in TO_OPTIONS and cap > 1:
             groups = _ranked_groups(bundle, backend, tried[0].path, evaluation, threads)
-            keeping.update({**base, **(half.options if half else {})})
-            _fewest(at, len(groups), tried, cap)
+            keeping = half.options if half else {}
+            _fewest(functools.partial(at, keeping=keeping), len(groups), tried, cap)
             if half and not any(c.met for c in tried.values()) and len(tried) < cap:  # half cannot: FP32
-                in_half = [tried.pop(k) for k in sorted(tried) if k]
-                keeping.clear()
-                keeping.update(base)
+                in_half, keeping = [tried.pop(k) for k in sorted(tried) if k], {}
                 _fewest(at, len(groups), tried, cap - len(in_half))
             kept = _without_unhelpful(tried, groups) if len(tried) + len(in_half) < cap else None
-            variants += [build(with_nodes(backend, keeping, kept), kept)] if kept else []
+            variants += [build(with_nodes(backend, {**base, **keeping}, kept), kept)] if kept else []
         full = sorted([*set_aside, tried[0]], key=lambda c: c.order)  # the full INT8 builds, as judged
         candidates = full + in_half + [tried[k] for k in sorted(tried) if k] + variants
         _time(candidates, judge.batches[0], threads)
